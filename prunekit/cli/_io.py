@@ -1,0 +1,43 @@
+"""Reading and writing checkpoints and data for the commands."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from prunekit import checkpoint
+from prunekit.checkpoint import Checkpoint
+from prunekit.errors import PrunekitError
+
+console = Console(stderr=True)
+
+
+def read_checkpoint(path: str | None) -> Checkpoint:
+    return checkpoint.load(path)
+
+
+def write_checkpoint(ck: Checkpoint, output: Path | None) -> None:
+    """Write to ``output``, or to stdout unless it is a terminal."""
+    if output is None or str(output) == "-":
+        refuse_terminal("a checkpoint")
+        checkpoint.save(ck, None)
+        return
+    size = checkpoint.save(ck, output)
+    console.print(f"wrote {output} ({size:,} bytes)", highlight=False)
+
+
+def refuse_terminal(what: str) -> None:
+    if sys.stdout.isatty():
+        raise PrunekitError(f"refusing to write {what} to a terminal; give -o PATH or pipe the "
+                            f"output into another command")
+
+
+def write_text(text: str, output: Path | None) -> None:
+    """Text data to ``output`` (atomically) or stdout."""
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        checkpoint.write_atomic(output, text.encode())

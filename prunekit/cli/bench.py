@@ -1,0 +1,42 @@
+"""`prunekit bench`: measure a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, read_checkpoint
+from prunekit.cli._options import CheckpointArg, DeviceOpt
+
+EXAMPLE = """Examples:
+
+  prunekit bench pruned.st --threads 2
+
+  prunekit bench yolov3.st --device cuda --batch 16
+
+  prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
+"""
+
+
+@app.command("bench", epilog=EXAMPLE)
+def bench_cmd(
+    model: CheckpointArg = None,
+    device: DeviceOpt = "cpu",
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all torch "
+                                                "uses).", show_default=False)] = None,
+    latency: Annotated[bool, typer.Option("--latency/--no-latency",
+                                          help="Time the model.")] = True,
+    min_time: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 2.0,
+) -> None:
+    """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON."""
+    from prunekit.bench import bench
+
+    ck = read_checkpoint(model)
+    with console.status("benchmarking", spinner="dots"):
+        result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,
+                       min_run_time=min_time)
+    typer.echo(json.dumps(result, indent=2))

@@ -1,0 +1,54 @@
+"""`prunekit init`: build a detector checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import write_checkpoint
+from prunekit.cli._options import ImgSizeOpt, OutputOpt, SeedOpt
+
+EXAMPLE = """Examples:
+
+  prunekit init yolov3 --classes 80 --img-size 416 -o yolov3.st
+
+  prunekit init yolov3-small --dataset data/synth/train.json --grey -o small-grey.st
+
+  prunekit init --cfg yolov3.cfg --weights yolov3.weights -o yolov3-coco.st
+"""
+
+
+@app.command("init", epilog=EXAMPLE)
+def init_cmd(
+    arch: Annotated[str | None, typer.Argument(
+        help="yolov3, yolov3-tiny or yolov3-small (omit with --cfg).", show_default=False)] = None,
+    classes: Annotated[int | None, typer.Option(help="Number of classes.",
+                                                show_default=False)] = None,
+    names: Annotated[str | None, typer.Option(help="Comma-separated class names, in "
+                                              "category-id order.", show_default=False)] = None,
+    dataset: Annotated[Path | None, typer.Option(help="COCO JSON whose categories give the "
+                                                 "classes.", show_default=False)] = None,
+    img_size: ImgSizeOpt = None,
+    grey: Annotated[bool, typer.Option("--grey", help="Feed the model Rec. 601 grey "
+                                       "images.")] = False,
+    width: Annotated[float | None, typer.Option(help="Channel multiplier (default: the "
+                                                "member's).", show_default=False)] = None,
+    depth: Annotated[float | None, typer.Option(help="Depth multiplier (default: the "
+                                                "member's).", show_default=False)] = None,
+    cfg: Annotated[Path | None, typer.Option(help="Darknet .cfg to build.",
+                                             show_default=False)] = None,
+    weights: Annotated[Path | None, typer.Option(help="Darknet .weights for --cfg.",
+                                                 show_default=False)] = None,
+    seed: SeedOpt = 0,
+    output: OutputOpt = None,
+) -> None:
+    """Build a detector: a family member with fresh weights, or Darknet .cfg (+ .weights)."""
+    from prunekit.init import init
+
+    name_list = [n.strip() for n in names.split(",")] if names else None
+    ck = init(arch, classes=classes, names=name_list, dataset=dataset, img_size=img_size,
+              grey=grey, width=width, depth=depth, cfg=cfg, weights=weights, seed=seed)
+    write_checkpoint(ck, output)
