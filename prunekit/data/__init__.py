@@ -1,0 +1,1 @@
+"""Datasets: COCO loading with letterbox, the synthetic dataset, KITTI conversion."""
