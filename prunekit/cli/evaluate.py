@@ -1,0 +1,52 @@
+"""`prunekit evaluate`: COCO mAP of a detections CSV."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, write_text
+from prunekit.cli._options import OutputOpt
+
+EXAMPLE = """Examples:
+
+  prunekit evaluate dets.csv --gt data/synth/val.json
+
+  prunekit evaluate dets.csv --gt val.json --format csv --no-per-class >> results.csv
+
+  prunekit detect pruned.st --data val.json | prunekit evaluate --gt val.json -o metrics.json
+"""
+
+
+class Format(str, Enum):
+    json = "json"
+    csv = "csv"
+
+
+@app.command("evaluate", epilog=EXAMPLE)
+def evaluate_cmd(
+    gt: Annotated[Path, typer.Option("--gt", help="COCO instances JSON with the ground truth.",
+                                     show_default=False)],
+    detections: Annotated[str | None, typer.Argument(
+        help="Detections CSV; `-` or omitted reads stdin.", show_default=False)] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="json (indented), or csv: a header "
+                                        "and one row, for aggregating runs.")] = Format.json,
+    per_class: Annotated[bool, typer.Option("--per-class/--no-per-class",
+                                            help="Report AP and AP50 per category.")] = True,
+    output: OutputOpt = None,
+) -> None:
+    """Score detections with pycocotools: mAP@[.5:.95], mAP50, mAP75, S/M/L, AR, per-class AP.
+
+    Metrics pycocotools cannot compute (-1: no ground truth of that size) are null.
+    """
+    from prunekit.evaluate import evaluate, format_csv_row
+
+    with console.status("evaluating", spinner="dots"):
+        metrics = evaluate(detections, gt, per_class=per_class)
+    text = format_csv_row(metrics) if fmt is Format.csv else json.dumps(metrics, indent=2) + "\n"
+    write_text(text, output)

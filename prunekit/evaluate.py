@@ -1,0 +1,210 @@
+"""COCO box evaluation of a detections CSV with pycocotools, and the metrics it reports.
+
+The numbers are pycocotools' own: the CSV's rows go to ``COCO.loadRes`` and ``COCOeval(gt, dt,
+"bbox")`` with its default parameters, and the summary keys are ``COCOeval.stats`` in order.
+Around pycocotools this module adds only what it gets wrong or leaves unsaid:
+
+* **No detections** scores 0, not a crash (``loadRes([])`` raises): the evaluation runs on an
+  empty result set, which is what pycocotools would compute if it accepted one.
+* **Unknown ids are an error.** pycocotools silently drops a detection whose category id is
+  not in the ground truth (and asserts on an unknown image id); a model evaluated against the
+  wrong dataset must not quietly score 0.
+* **-1 becomes null.** Where pycocotools reports -1 (no ground truth of that size, e.g.
+  ``map_small`` on a dataset without small objects) the metric is ``None`` (JSON ``null``, an
+  empty CSV cell), so that a sentinel can never be averaged into a table of results.
+* **Per-class AP** is the mean of ``precision[:, :, k, area=all, maxDets=100]`` over entries
+  > -1, as pycocotools computes ``map`` for all classes at once. A category without ground truth
+  has no AP at all (pycocotools leaves it out of ``map``), so it is left out of ``per_class``
+  too; the mean of ``per_class`` is then ``map``. ``per_class_ap50`` does the same at IoU 0.5.
+* **Ground truth is not modified**, and two gaps pycocotools would crash on are filled in a
+  copy: a missing ``iscrowd`` is 0 and a missing ``area`` is the box's ``w * h``. Annotation ids
+  are renumbered from 1 in the copy, because pycocotools takes a match with annotation id 0 for
+  no match, and collapses duplicate ids; neither changes the result for well-formed files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+
+from prunekit.data.coco import read_json
+from prunekit.detections import check_frame, read_detections
+from prunekit.errors import DataError
+
+#: The summary metrics, in the order of pycocotools' ``COCOeval.stats``.
+METRICS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
+           "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
+_PER_CLASS_PREFIX = {"per_class": "ap.", "per_class_ap50": "ap50."}
+
+
+def evaluate(detections: str | Path | IO[str] | pd.DataFrame | None,
+             gt: str | Path | dict[str, Any], *,
+             per_class: bool = True) -> dict[str, Any]:
+    """Score detections against COCO ground truth with pycocotools (bbox, default parameters).
+
+    Args:
+        detections: A detections CSV (path, text stream, or ``None`` / ``"-"`` for stdin) or a
+            frame with its columns, as :func:`prunekit.detections.read_detections` returns.
+        gt: A COCO instances JSON, as a path or already loaded (it is not modified).
+        per_class: Also report AP and AP50 per category name.
+
+    Returns:
+        ``map, map50, map75, map_small, map_medium, map_large, ar1, ar10, ar100, ar_small,
+        ar_medium, ar_large`` (floats, ``None`` where pycocotools says -1), ``images`` (ground
+        truth images evaluated), ``detections`` (rows read) and, with ``per_class``,
+        ``per_class`` and ``per_class_ap50`` (category name → AP, categories with ground truth
+        only, in category-id order).
+
+    Raises:
+        DataError: An unreadable file, or a detection whose image or category id is not in the
+            ground truth.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if isinstance(detections, pd.DataFrame):
+        frame = check_frame(detections, str(detections.attrs.get("source", "detections")))
+    else:
+        frame = read_detections(detections)
+    dataset, gt_name = _ground_truth(gt)
+    _check_ids(frame, dataset, frame.attrs.get("source", "detections"), gt_name)
+
+    # pycocotools prints progress on stdout, which carries only data here.
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = dataset
+        coco_gt.createIndex()
+        if len(frame):
+            coco_dt = coco_gt.loadRes(_results(frame))
+        else:  # loadRes([]) raises; score the empty result set pycocotools cannot load
+            coco_dt = COCO()
+            coco_dt.dataset = {"images": list(dataset["images"]), "annotations": [],
+                               "categories": copy.deepcopy(dataset["categories"])}
+            coco_dt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_dt, "bbox")
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+
+    metrics: dict[str, Any] = {key: _number(v) for key, v in zip(METRICS, coco_eval.stats,
+                                                                  strict=True)}
+    metrics["images"] = len(coco_eval.params.imgIds)
+    metrics["detections"] = len(frame)
+    if per_class:
+        metrics["per_class"], metrics["per_class_ap50"] = _per_class(coco_eval, coco_gt)
+    return metrics
+
+
+def format_csv_row(metrics: dict[str, Any]) -> str:
+    """A header line and one row of ``metrics``, for appending runs into one table.
+
+    Per-class dictionaries become columns ``ap.<name>`` and ``ap50.<name>``; ``None`` becomes an
+    empty cell; floats are written in full (``repr``) so the row holds pycocotools' numbers.
+    """
+    row: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            prefix = _PER_CLASS_PREFIX.get(key, f"{key}.")
+            row.update({f"{prefix}{name}": v for name, v in value.items()})
+        else:
+            row[key] = value
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(row)
+    writer.writerow("" if v is None else repr(v) if isinstance(v, float) else v
+                    for v in row.values())
+    return out.getvalue()
+
+
+def _ground_truth(gt: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A private copy of the ground truth, made safe for pycocotools (module docstring)."""
+    if isinstance(gt, dict):
+        name = "the ground truth"
+        missing = [k for k in ("images", "categories") if not isinstance(gt.get(k), list)]
+        if missing:
+            raise DataError(f"{name} is not a COCO instances dict: it has no '{missing[0]}' "
+                            f"list")
+        dataset = copy.deepcopy(gt)
+        dataset.setdefault("annotations", [])
+    else:
+        name = str(gt)
+        dataset = read_json(gt)
+    for kind in ("images", "categories"):
+        for entry in dataset[kind]:
+            if not isinstance(entry.get("id"), int | np.integer):
+                raise DataError(f"{name}: {kind[:-1]} id {entry.get('id')!r} is not an integer; "
+                                f"prunekit needs COCO's integer ids (the detections CSV holds "
+                                f"integers)")
+    for number, ann in enumerate(dataset["annotations"], start=1):
+        bbox = ann.get("bbox")
+        if not (isinstance(bbox, list | tuple) and len(bbox) == 4):
+            raise DataError(f"{name}: annotation {ann.get('id', number)!r} has no 'bbox' "
+                            f"[x, y, w, h]; box evaluation needs one on every annotation")
+        ann.setdefault("iscrowd", 0)
+        ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
+        ann["id"] = number
+    return dataset, name
+
+
+def _check_ids(frame: pd.DataFrame, dataset: dict[str, Any], det_name: str,
+               gt_name: str) -> None:
+    images = {img["id"] for img in dataset["images"]}
+    bad = ~frame["image_id"].isin(images)
+    if bad.any():
+        first = int(frame["image_id"][bad].iloc[0])
+        raise DataError(f"{det_name}: image_id {first} is not an image in {gt_name}"
+                        f"{_more(int(bad.sum()))}; evaluate detections against the ground "
+                        f"truth of the images they were made on")
+    categories = sorted(cat["id"] for cat in dataset["categories"])
+    bad = ~frame["category_id"].isin(set(categories))
+    if bad.any():
+        first = int(frame["category_id"][bad].iloc[0])
+        shown = ", ".join(map(str, categories[:10])) + (", ..." if len(categories) > 10 else "")
+        raise DataError(f"{det_name}: category_id {first} is not a category in {gt_name}"
+                        f"{_more(int(bad.sum()))}; its category ids are {shown or 'none'}: use "
+                        f"the dataset's COCO category ids, not the model's class indices")
+
+
+def _more(rows: int) -> str:
+    return f" ({rows - 1} more rows like it)" if rows > 1 else ""
+
+
+def _results(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows in pycocotools' results format, as plain Python numbers."""
+    boxes = frame[["x", "y", "w", "h"]].to_numpy(dtype=np.float64).tolist()
+    return [{"image_id": i, "category_id": c, "bbox": b, "score": s}
+            for i, c, b, s in zip(frame["image_id"].tolist(), frame["category_id"].tolist(),
+                                  boxes, frame["score"].tolist(), strict=True)]
+
+
+def _per_class(coco_eval: Any, coco_gt: Any) -> tuple[dict[str, float], dict[str, float]]:
+    params = coco_eval.params
+    # precision is [IoU thresholds, recall thresholds, categories, area ranges, max detections]
+    precision = coco_eval.eval["precision"][:, :, :, params.areaRngLbl.index("all"),
+                                            params.maxDets.index(100)]
+    iou50 = int(np.flatnonzero(np.isclose(params.iouThrs, 0.5))[0])
+    cats = coco_gt.loadCats(params.catIds)
+    names = [str(c.get("name", c["id"])) for c in cats]
+    ap: dict[str, float] = {}
+    ap50: dict[str, float] = {}
+    for k, cat in enumerate(cats):
+        values = precision[:, :, k]
+        if not (values > -1).any():
+            continue  # no ground truth of this category: pycocotools leaves it out of map
+        # Two categories sharing a name would overwrite each other; the id tells them apart.
+        name = names[k] if names.count(names[k]) == 1 else f"{names[k]}#{cat['id']}"
+        ap[name] = float(np.mean(values[values > -1]))
+        at50 = values[iou50]
+        ap50[name] = float(np.mean(at50[at50 > -1]))
+    return ap, ap50
+
+
+def _number(value: float) -> float | None:
+    return None if value == -1 else float(value)

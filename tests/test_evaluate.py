@@ -1,0 +1,298 @@
+"""`evaluate`: pycocotools' numbers through the detections CSV, and the command around it."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import io
+import json
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from prunekit.cli import app
+from prunekit.detections import DetectionWriter, read_detections
+from prunekit.errors import DataError
+from prunekit.evaluate import METRICS, evaluate, format_csv_row
+from tests.conftest import fixture_path
+
+# pycocotools' bbox stats for cocoapi's fake results, at full precision (fixtures/README.md).
+PUBLISHED = {
+    "map": 0.5045806987249628, "map50": 0.6969727247299577, "map75": 0.5729816669904824,
+    "map_small": 0.5856257209410443, "map_medium": 0.5193996948036719,
+    "map_large": 0.5013978986347466, "ar1": 0.38681277964578054, "ar10": 0.5936795762842003,
+    "ar100": 0.595352982877607, "ar_small": 0.6398109626113442,
+    "ar_medium": 0.5664205978994309, "ar_large": 0.5642905982905982,
+}
+
+
+def _pycocotools_stats(gt: dict, results: list[dict], cat_ids: list[int] | None = None
+                       ) -> np.ndarray:
+    """COCOeval run directly, as its documentation shows: the reference."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        coco.createIndex()
+        coco_eval = COCOeval(coco, coco.loadRes(copy.deepcopy(results)), "bbox")
+        if cat_ids is not None:
+            coco_eval.params.catIds = cat_ids
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval.stats
+
+
+def _to_csv(results: list[dict], names: dict[int, str]) -> str:
+    """COCO results (a JSON list) → the detections CSV, one image at a time as `detect` does."""
+    by_image = defaultdict(list)
+    for r in results:
+        by_image[r["image_id"]].append(r)
+    out = io.StringIO()
+    with DetectionWriter(out) as writer:
+        for image_id, rows in by_image.items():
+            writer.write(image_id, f"{image_id:012d}.jpg",
+                         np.array([r["bbox"] for r in rows], dtype=np.float64),
+                         np.array([r["score"] for r in rows], dtype=np.float64),
+                         np.array([r["category_id"] for r in rows]), names)
+    return out.getvalue()
+
+
+def _names(gt: dict) -> dict[int, str]:
+    return {c["id"]: c["name"] for c in gt["categories"]}
+
+
+@pytest.fixture(scope="module")
+def coco100():
+    gt_path = fixture_path("cocoapi", "instances_val2014_100.json")
+    results = json.loads(fixture_path("cocoapi",
+                                      "instances_val2014_fakebbox100_results.json").read_text())
+    return gt_path, results
+
+
+def test_reproduces_pycocotools_published_stats_through_the_csv(coco100, tmp_path):
+    gt_path, results = coco100
+    gt = json.loads(gt_path.read_text())
+    csv_path = tmp_path / "dets.csv"
+    csv_path.write_text(_to_csv(results, _names(gt)))
+
+    # The CSV holds the coordinates exactly, not merely to 1e-9.
+    frame = read_detections(csv_path).sort_values(["image_id", "score"], kind="stable")
+    boxes = np.array([r["bbox"] for r in results])
+    order = np.lexsort(([r["score"] for r in results], [r["image_id"] for r in results]))
+    assert np.array_equal(frame[["x", "y", "w", "h"]].to_numpy(), boxes[order])
+
+    metrics = evaluate(csv_path, gt_path)
+    for key, value in PUBLISHED.items():
+        assert metrics[key] == pytest.approx(value, abs=1e-9), key
+    assert metrics["images"] == 100 and metrics["detections"] == 734 == len(results)
+    assert list(metrics["per_class"]) == list(metrics["per_class_ap50"])
+    assert len(metrics["per_class"]) == 70  # 10 of the 80 categories have no ground truth
+    assert np.mean(list(metrics["per_class"].values())) == pytest.approx(metrics["map"],
+                                                                         abs=1e-12)
+    # A category's AP is what pycocotools reports when told to evaluate that category alone.
+    for name in ("person", "dog", "toothbrush"):
+        (cat_id,) = [c["id"] for c in gt["categories"] if c["name"] == name]
+        alone = _pycocotools_stats(gt, results, cat_ids=[cat_id])
+        assert metrics["per_class"][name] == pytest.approx(alone[0], abs=1e-12)
+        assert metrics["per_class_ap50"][name] == pytest.approx(alone[1], abs=1e-12)
+    assert np.array_equal(_pycocotools_stats(gt, results),
+                          np.array([metrics[k] for k in METRICS]))
+
+
+@st.composite
+def _scenes(draw):
+    """Random ground truth (sizes in all three COCO area ranges, some crowd regions) and
+    detections, some near a ground-truth box so that matches happen at every IoU."""
+    cat_ids = draw(st.lists(st.integers(1, 30), min_size=2, max_size=3, unique=True))
+    image_ids = draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=4, unique=True))
+    coord = st.floats(0, 400, allow_nan=False, width=32)
+    size = st.floats(0.5, 160, allow_nan=False, width=32)
+    images, anns, results = [], [], []
+    for image_id in image_ids:
+        images.append({"id": image_id, "file_name": f"{image_id}.jpg", "width": 640,
+                       "height": 480})
+        boxes = []
+        for _ in range(draw(st.integers(0, 5))):
+            box = [draw(coord), draw(coord), draw(size), draw(size)]
+            boxes.append(box)
+            anns.append({"id": len(anns) + 1, "image_id": image_id, "bbox": box,
+                         "category_id": draw(st.sampled_from(cat_ids)),
+                         "area": box[2] * box[3] * draw(st.floats(0.3, 1.0)),
+                         "iscrowd": int(draw(st.integers(0, 5)) == 0)})
+        for _ in range(draw(st.integers(0, 6))):
+            if boxes and draw(st.booleans()):
+                x, y, w, h = draw(st.sampled_from(boxes))
+                jitter = draw(st.lists(st.floats(-0.3, 0.3), min_size=4, max_size=4))
+                box = [x + jitter[0] * w, y + jitter[1] * h, w * (1 + jitter[2]),
+                       h * (1 + jitter[3])]
+            else:
+                box = [draw(coord), draw(coord), draw(size), draw(size)]
+            results.append({"image_id": image_id, "category_id": draw(st.sampled_from(cat_ids)),
+                            "bbox": box, "score": draw(st.floats(0.01, 1.0))})
+    categories = [{"id": c, "name": f"class{c}"} for c in cat_ids]
+    return {"images": images, "annotations": anns, "categories": categories}, results
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenes())
+def test_equals_pycocotools_on_random_scenes(scene):
+    gt, results = scene
+    assume(results)  # pycocotools itself cannot take an empty result list
+    reference = _pycocotools_stats(gt, results)
+    gt_before = copy.deepcopy(gt)
+    text = _to_csv(results, _names(gt))
+    metrics = evaluate(io.StringIO(text), gt)
+    assert gt == gt_before  # the caller's ground truth is left alone
+    for key, expected in zip(METRICS, reference, strict=True):
+        if expected == -1:
+            assert metrics[key] is None, key
+        else:
+            assert metrics[key] == pytest.approx(expected, abs=1e-12), key
+    if metrics["map"] is not None:
+        assert np.mean(list(metrics["per_class"].values())) == pytest.approx(metrics["map"],
+                                                                             abs=1e-12)
+
+    # Another column order, plus a column the reader does not know, gives the same result.
+    frame = pd.read_csv(io.StringIO(text), dtype={"file_name": str})
+    frame.insert(3, "model", "yolov3")
+    shuffled = frame[["h", "score", "model", "category", "x", "image_id", "w", "file_name",
+                      "y", "category_id"]].to_csv(index=False)
+    assert evaluate(io.StringIO(shuffled), gt) == metrics
+
+
+def _small_gt() -> dict:
+    """Two images, two categories, one medium and one large box, no small ones."""
+    return {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "categories": [{"id": 3, "name": "circle"}, {"id": 5, "name": "square"},
+                       {"id": 9, "name": "unseen"}],
+        "annotations": [
+            {"id": 0, "image_id": 1, "category_id": 3, "bbox": [10, 10, 50, 50]},
+            {"id": 0, "image_id": 2, "category_id": 5, "bbox": [0, 0, 120, 100],
+             "area": 12000.0, "iscrowd": 0},
+        ],
+    }
+
+
+def test_small_ground_truth_without_info_area_or_unique_ids():
+    # One hit for "circle", an IoU-0.6 box for "square"; no info block, one annotation without
+    # area and iscrowd, both with id 0 (which pycocotools would take for "unmatched").
+    dets = pd.DataFrame({"image_id": [1, 2], "category_id": [3, 5], "score": [0.9, 0.8],
+                         "x": [10.0, 0.0], "y": [10.0, 0.0], "w": [50.0, 72.0],
+                         "h": [50.0, 100.0]})
+    metrics = evaluate(dets, _small_gt())
+    # IoU 0.6 matches at thresholds 0.5, 0.55 and 0.6: 3 of 10. ("unseen" has no ground truth.)
+    assert metrics["per_class"] == {"circle": pytest.approx(1), "square": pytest.approx(0.3)}
+    assert metrics["per_class_ap50"] == {"circle": pytest.approx(1), "square": pytest.approx(1)}
+    assert metrics["map"] == pytest.approx(0.65) and metrics["map50"] == pytest.approx(1)
+    assert metrics["map_small"] is None and metrics["ar_small"] is None  # no small objects
+    assert metrics["map_medium"] == pytest.approx(1)
+    assert metrics["map_large"] == pytest.approx(0.3)
+    assert metrics["images"] == 2 and metrics["detections"] == 2
+    assert "per_class" not in evaluate(dets, _small_gt(), per_class=False)
+
+
+def test_no_detections_scores_zero():
+    empty = pd.DataFrame(columns=["image_id", "category_id", "score", "x", "y", "w", "h"])
+    metrics = evaluate(empty, _small_gt())
+    assert all(metrics[k] == 0.0 for k in METRICS if not k.endswith("_small"))
+    assert metrics["map_small"] is None
+    assert metrics["per_class"] == {"circle": 0.0, "square": 0.0}
+    assert metrics["detections"] == 0
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    ("7,x.png,3,circle,0.5,1,2,3,4", "image_id 7 is not an image in"),
+    ("2,b.png,4,circle,0.5,1,2,3,4", "category_id 4 is not a category in"),
+])
+def test_unknown_ids_are_errors_not_silently_dropped(tmp_path, row, message):
+    path = tmp_path / "dets.csv"
+    path.write_text("image_id,file_name,category_id,category,score,x,y,w,h\n"
+                    "1,a.png,3,circle,0.5,1,2,3,4\n" + row + "\n")
+    with pytest.raises(DataError, match=message):
+        evaluate(path, _small_gt())
+
+
+def test_ground_truth_with_string_ids_is_refused():
+    gt = _small_gt()
+    gt["images"][0]["id"] = "a"
+    with pytest.raises(DataError, match="image id 'a' is not an integer"):
+        evaluate(pd.DataFrame(columns=["image_id", "category_id", "score", "x", "y", "w", "h"]),
+                 gt)
+
+
+def test_csv_row_flattens_per_class_and_blanks_missing_metrics():
+    metrics = {"map": 0.5, "map_small": None, "images": 2, "detections": 3,
+               "per_class": {"a,b": 0.25, "c": 1.0}, "per_class_ap50": {"a,b": 0.5, "c": 1.0}}
+    header, row = csv.reader(io.StringIO(format_csv_row(metrics)))
+    assert header == ["map", "map_small", "images", "detections", "ap.a,b", "ap.c", "ap50.a,b",
+                      "ap50.c"]
+    assert row == ["0.5", "", "2", "3", "0.25", "1.0", "0.5", "1.0"]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def _gt_file(tmp_path):
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(_small_gt()))
+    return path
+
+
+def test_cli_prints_only_json(runner, coco100, tmp_path):
+    gt_path, results = coco100
+    dets = tmp_path / "dets.csv"
+    dets.write_text(_to_csv(results, _names(json.loads(gt_path.read_text()))))
+    result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(gt_path)])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["map"] == PUBLISHED["map"] and len(metrics["per_class"]) == 70
+
+    result = runner.invoke(app, ["evaluate", "-", "--gt", str(gt_path), "--format", "csv"],
+                           input=dets.read_text())
+    assert result.exit_code == 0, result.stderr
+    header, row, *rest = csv.reader(io.StringIO(result.stdout))
+    assert not rest and len(header) == len(row) == 14 + 2 * 70
+    assert dict(zip(header, row, strict=True))["map50"] == repr(PUBLISHED["map50"])
+
+
+def test_cli_header_only_scores_zero_and_writes_output_file(runner, tmp_path):
+    dets = tmp_path / "dets.csv"
+    dets.write_text("image_id,file_name,category_id,category,score,x,y,w,h\n")
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(_gt_file(tmp_path)),
+                                 "--no-per-class", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    metrics = json.loads(out.read_text())
+    assert metrics["map"] == 0.0 and metrics["ar100"] == 0.0 and "per_class" not in metrics
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("image_id,category_id,score,x,y,w,h\n1,3,0.5,1,2,3,4\n42,3,0.5,1,2,3,4\n",
+     "image_id 42 is not an image"),
+    ("image_id,category_id,score,x,y,w,h\n1,99,0.5,1,2,3,4\n", "category_id 99 is not a category"),
+    ("", "is empty"),
+])
+def test_cli_bad_input_is_one_error_line_and_exit_1(runner, tmp_path, text, message):
+    dets = tmp_path / "dets.csv"
+    dets.write_text(text)
+    out = tmp_path / "metrics.json"
+    result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(_gt_file(tmp_path)),
+                                 "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stdout == "" and not out.exists()
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_cli_needs_ground_truth(runner, tmp_path):
+    result = runner.invoke(app, ["evaluate", "dets.csv"])
+    assert result.exit_code == 2 and "--gt" in result.stderr
