@@ -1,0 +1,41 @@
+"""`prunekit stats`: tables, ANOVA, figures and the findings report for a results table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console
+
+EXAMPLE = """Examples:
+
+  prunekit stats results.csv -o report/
+
+  prunekit stats grid-a.csv grid-b.csv -o report/ --std sample
+"""
+
+
+@app.command("stats", epilog=EXAMPLE)
+def stats_cmd(
+    results: Annotated[list[Path], typer.Argument(
+        help="Results CSV(s) from the experiment grid (scenario, run, ratio, metrics...); "
+             "several are concatenated.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", help="Report folder: report.md, findings.json, tables/, anova/, "
+        "figures/ (those entries are replaced, other files kept).")] = Path("report"),
+    std: Annotated[Literal["population", "sample"], typer.Option(
+        "--std", help="Standard deviation over runs: population (ddof=0, as the paper's "
+        "tables) or sample (ddof=1).")] = "population",
+) -> None:
+    """Per-scenario tables, ANOVA p-values, plots and a verdict on each of the paper's findings."""
+    from prunekit.stats import report
+
+    with console.status("computing statistics", spinner="dots"):
+        result = report(results, output, std=std)
+    console.print(f"wrote {result['report']} ({len(result['tables'])} table files, "
+                  f"{len(result['figures'])} figures)", highlight=False)
+    for f in result["findings"]:
+        console.print(f"finding {f['number']}: {f['verdict']}", highlight=False)
