@@ -97,7 +97,7 @@ def _init_head_biases(model: Detector) -> None:
     size = model.img_size
     with torch.no_grad():
         outputs = model.eval()(torch.zeros(1, 3, size, size))
-        for i, out in zip(head_conv_indices(model.arch), outputs):
+        for i, out in zip(head_conv_indices(model.arch), outputs, strict=True):
             stride = size / out.shape[-1]
             b = model.layers[i].conv.bias.view(-1, 5 + model.num_classes)
             b[:, 4] = math.log(8 / (640 / stride) ** 2)

@@ -8,6 +8,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+# One thread: tests run beside other jobs on two cores, and oversubscribed OpenMP threads spin
+# each other to a crawl (a 3 s test took 100 s with another 2-thread job running).
+torch.set_num_threads(1)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 FIXTURES = SHARED / "fixtures"
@@ -38,3 +42,13 @@ def tiny_checkpoint(classes: int = 3, img_size: int = 64, seed: int = 0, grey: b
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory):
+    """A tiny synthetic dataset: 24 training and 8 validation images of 64 pixels."""
+    from prunekit.data.synth import synth
+
+    out = tmp_path_factory.mktemp("synth") / "data"
+    synth(out, train=24, val=8, size=64, seed=0)
+    return out

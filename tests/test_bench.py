@@ -21,7 +21,7 @@ def test_bench_reports_exact_figures_for_yolov3_tiny(runner, tmp_path):
     result = runner.invoke(app, ["bench", str(path), "--no-latency"])
     assert result.exit_code == 0, result.stderr
     figures = json.loads(result.stdout)
-    assert KEYS <= figures.keys()
+    assert figures.keys() >= KEYS
     assert figures["params_total"] == 8_852_366
     assert figures["macs"] == 2_782_480_896 and figures["flops"] == 2 * figures["macs"]
     assert figures["bytes_stored"] == path.stat().st_size

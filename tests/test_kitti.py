@@ -217,7 +217,7 @@ def test_val_fraction_outside_range_is_an_error(tmp_path, fraction):
         kitti_to_coco(root, val_fraction=fraction)
 
 
-def test_convert_writes_json_that_resolves_images_relative_to_out(tmp_path):
+def test_convert_writes_json_that_resolves_images_relative_to_root(tmp_path):
     root = _kitti(tmp_path / "kitti", {f"{i:06d}": [CAR, PED] for i in range(5)}, size=(8, 8))
     out = tmp_path / "data" / "kitti"
     summary = convert(root, out, val_fraction=0.2)
@@ -227,8 +227,8 @@ def test_convert_writes_json_that_resolves_images_relative_to_out(tmp_path):
     for split in ("train", "val"):
         data = json.loads((out / f"{split}.json").read_text())
         for im in data["images"]:
-            assert (out / im["file_name"]).resolve() == (root / "image_2").resolve() / \
-                Path(im["file_name"]).name
+            assert im["file_name"].startswith("image_2/")
+            assert (root / im["file_name"]).is_file()
     assert not list((root / "image_2").glob("*.json"))  # nothing copied or written beside ROOT
 
 

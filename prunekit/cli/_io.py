@@ -41,3 +41,20 @@ def write_text(text: str, output: Path | None) -> None:
         sys.stdout.flush()
     else:
         checkpoint.write_atomic(output, text.encode())
+
+
+def progress_bar(description: str):
+    """A rich progress bar on stderr with a field for live metrics."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=console, redirect_stdout=False,
+                    redirect_stderr=False, transient=False)

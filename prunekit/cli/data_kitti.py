@@ -20,7 +20,8 @@ EXAMPLE = """Examples:
 
   prunekit data kitti kitti/training data/kitti --val-fraction 0.1 --seed 1
 
-Image paths in the JSON files are relative to OUT; the images themselves are not copied.
+Image paths in the JSON files are relative to ROOT (the images are not copied): give
+--images ROOT to finetune, detect and attack.
 """
 
 

@@ -2,8 +2,10 @@
 
 Reads ``ROOT/label_2/*.txt`` and the matching ``ROOT/image_2/*.png|jpg`` and builds a train and a
 val COCO dict that point at the original images (no copies). Each ``file_name`` is relative to the
-folder the JSON is written to, because pycocotools users and prunekit resolve image paths relative
-to the annotation file's folder; moving the JSON files therefore means converting again.
+KITTI ``ROOT`` (``image_2/000123.png``), so the JSON files can move freely; give ``--images ROOT``
+to ``finetune``, ``detect`` and ``attack``. (Paths relative to the JSON's own folder would have to
+climb out of it with ``..``, which prunekit rejects: a ``file_name`` may not escape its image
+root.)
 
 Every annotation keeps KITTI's ``truncated`` and ``occluded`` values and its ``difficulty``
 ("easy", "moderate", "hard" or "none", by the rules of KITTI's evaluation).
@@ -169,7 +171,7 @@ def convert(
 
     Both files are built and serialised before either is written, and each is written atomically,
     so a bad label leaves no output behind. ``OUT`` is created when missing. Image paths in the
-    files are relative to ``OUT``.
+    files are relative to ``root`` (give ``--images ROOT`` to the commands that read images).
 
     Args:
         root: Folder holding ``label_2/`` and ``image_2/``.
@@ -187,7 +189,7 @@ def convert(
     if out.exists() and not out.is_dir():
         raise PrunekitError(f"{out} is a file; OUT must be a folder for train.json and val.json")
     train, val = kitti_to_coco(root, classes=classes, dontcare=dontcare,
-                               val_fraction=val_fraction, seed=seed, relative_to=out)
+                               val_fraction=val_fraction, seed=seed, relative_to=root)
     payloads = {name: json.dumps(d).encode() for name, d in (("train", train), ("val", val))}
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

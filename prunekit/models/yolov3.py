@@ -3,9 +3,10 @@
 An architecture (`arch`) is a JSON-serialisable dict: ``name``, ``num_classes``, ``anchors``
 (pixels at the model's input size) and ``layers``, a list of Darknet layers (``conv``,
 ``shortcut``, ``route``, ``upsample``, ``maxpool``, ``yolo``) with absolute layer indices. The
-built-in family (:func:`build_arch`) and the Darknet ``.cfg`` parser (:mod:`prunekit.models.darknet`)
-both produce it, so one module class (:class:`Detector`) serves both, and compaction only has to
-rewrite the ``filters`` of conv layers for the checkpoint to describe the smaller model.
+built-in family (:func:`build_arch`) and the Darknet ``.cfg`` parser
+(:mod:`prunekit.models.darknet`) both produce it, so one module class (:class:`Detector`) serves
+both, and compaction only has to rewrite the ``filters`` of conv layers for the checkpoint to
+describe the smaller model.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ class Detector(nn.Module):
 
 def decode(outputs, anchors: list[Tensor], img_size: int, num_classes: int) -> Tensor:
     decoded = []
-    for out, anc in zip(outputs, anchors):
+    for out, anc in zip(outputs, anchors, strict=True):
         n, _, h, w = out.shape
         a = anc.shape[0]
         p = out.view(n, a, 5 + num_classes, h, w).permute(0, 1, 3, 4, 2).float()
@@ -343,7 +344,8 @@ def decode(outputs, anchors: list[Tensor], img_size: int, num_classes: int) -> T
         grid = torch.stack((gx, gy), -1).view(1, 1, h, w, 2)
         xy = (p[..., :2].sigmoid() + grid) * stride
         wh = p[..., 2:4].clamp(max=12).exp() * anc.to(out.device).view(1, a, 1, 1, 2)
-        decoded.append(torch.cat((xy, wh, p[..., 4:].sigmoid()), -1).reshape(n, -1, 5 + num_classes))
+        decoded.append(torch.cat((xy, wh, p[..., 4:].sigmoid()), -1)
+                       .reshape(n, -1, 5 + num_classes))
     return torch.cat(decoded, 1)
 
 

@@ -1,0 +1,54 @@
+"""`prunekit attack`: write adversarial images (PNG) and their COCO JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, progress_bar, read_checkpoint
+from prunekit.cli._options import CheckpointArg, DeviceOpt, SeedOpt
+
+EXAMPLE = """Examples:
+
+  prunekit attack model.st --data data/synth/val.json -o adv/
+
+  prunekit detect model.st --data adv/val.json --conf 0.001 | prunekit evaluate - --gt adv/val.json
+
+  prunekit attack model.st --data data/synth/val.json --method fgsm --loss obj -o vanish/
+"""
+
+
+@app.command("attack", epilog=EXAMPLE)
+def attack_cmd(
+    model: CheckpointArg = None,
+    data: Annotated[Path, typer.Option(help="COCO JSON of the images to attack.",
+                                       show_default=False)] = ...,
+    images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
+                                                "folder).", show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="pgd or fgsm.")] = "pgd",
+    eps: Annotated[float, typer.Option(help="L∞ radius (images in [0, 1]).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="PGD step size.")] = 0.02,
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
+    loss: Annotated[str, typer.Option(help="total, cls, box or obj (vanishing).")] = "total",
+    batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (new or "
+                                         "empty).", show_default=False)] = ...,
+) -> None:
+    """Attack every image of a dataset; write PNGs and a COCO JSON with the same ids."""
+    from prunekit.attack import AttackConfig, attack_dataset
+
+    ck = read_checkpoint(model)
+    config = AttackConfig(method=method, eps=eps, alpha=alpha, steps=steps, loss=loss).check()
+    with progress_bar("attack") as bar:
+        task = bar.add_task("attack", total=None, info="")
+        summary = attack_dataset(ck, data, output, config, images=images,
+                                 batch_size=batch_size, device=device, seed=seed,
+                                 progress=lambda d, t: bar.update(task, completed=d, total=t))
+    console.print(f"wrote {summary['images']} images and {summary['json']}", highlight=False)
+    typer.echo(json.dumps(summary))

@@ -1,0 +1,92 @@
+"""`prunekit finetune`: train a checkpoint (from scratch, fine-tune, adversarial, after pruning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, progress_bar, read_checkpoint, write_checkpoint
+from prunekit.cli._options import CheckpointArg, DeviceOpt, ImgSizeOpt, OutputOpt, SeedOpt
+
+EXAMPLE = """Examples:
+
+  prunekit finetune model.st --data data/synth/train.json --val data/synth/val.json --epochs 20 -o trained.st
+
+  prunekit finetune trained.st --data data/synth/train.json --adv pgd --adv-mix 0.5 --steps 300 --lr 5e-4 -o robust.st
+
+  prunekit mask scored.st --ratio 0.5 | prunekit finetune --data data/synth/train.json --steps 100 -o pruned.st
+"""
+
+
+@app.command("finetune", epilog=EXAMPLE)
+def finetune_cmd(
+    model: CheckpointArg = None,
+    data: Annotated[Path, typer.Option(help="Training COCO JSON.", show_default=False)] = ...,
+    val: Annotated[Path | None, typer.Option(help="Validation COCO JSON for the learning "
+                                             "curve.", show_default=False)] = None,
+    epochs: Annotated[float | None, typer.Option(help="Passes over the data.",
+                                                 show_default=False)] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimisation steps (instead of "
+                                              "--epochs).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="Decoupled weight decay.")] = 0.05,
+    warmup: Annotated[int | None, typer.Option(help="Warm-up steps (default 3 % of the "
+                                               "run).", show_default=False)] = None,
+    img_size: ImgSizeOpt = None,
+    grey: Annotated[bool | None, typer.Option("--grey/--colour", help="Switch the model to "
+                                              "grey or colour input (default: keep).",
+                                              show_default=False)] = None,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment",
+                                          help="Flip, scale, translate, brightness.")] = True,
+    adv: Annotated[str, typer.Option(help="Adversarial training: none, pgd, or fgsm (FGSM "
+                                     "with random start).")] = "none",
+    adv_mix: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 0.5,
+    eps: Annotated[float, typer.Option(help="Attack radius (L∞, images in [0, 1]).")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Attack step size.")] = 0.02,
+    attack_steps: Annotated[int, typer.Option("--attack-steps", "--pgd-steps",
+                                              help="PGD steps.")] = 5,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
+                                                "folder).", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from "
+                                         "its state file (OUTPUT.state).")] = False,
+    save_every: Annotated[int, typer.Option(help="Steps between saves of the training "
+                                            "state.")] = 200,
+    eval_every: Annotated[int, typer.Option(help="Steps between validation mAP "
+                                            "evaluations (0: only at the end).")] = 0,
+    threads: Annotated[int | None, typer.Option(help="CPU threads.",
+                                                show_default=False)] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    output: OutputOpt = None,
+) -> None:
+    """Train a detector; masks in the checkpoint stay applied (pruned weights stay 0)."""
+    from prunekit.finetune import finetune
+
+    ck = read_checkpoint(model)
+    state = None
+    if output is not None and str(output) != "-":
+        state = output.with_name(output.name + ".state")
+    with progress_bar("finetune") as bar:
+        task = bar.add_task("finetune", total=None, info="")
+
+        def _progress(step: int, total: int, parts: dict[str, float]) -> None:
+            info = " ".join(f"{k} {v:.3f}" for k, v in parts.items() if k in
+                            ("loss", "adv_loss", "map", "map50"))
+            bar.update(task, completed=step, total=total, info=info)
+
+        out = finetune(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                       weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,
+                       seed=seed, device=device, grey=grey, img_size=img_size, augment=augment,
+                       adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=attack_steps,
+                       state_file=state, resume=resume, save_every=save_every, val=val,
+                       eval_every=eval_every, threads=threads, progress=_progress)
+    curve = out.history[-1]["args"].get("curve")
+    if curve:
+        console.print(f"validation: mAP {curve[-1]['map']:.4f}, mAP50 {curve[-1]['map50']:.4f}",
+                      highlight=False)
+    write_checkpoint(out, output)

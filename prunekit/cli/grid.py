@@ -1,0 +1,88 @@
+"""`prunekit grid`: the building blocks the Makefile's experiment grid is made of."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, write_text
+
+grid_app = typer.Typer(
+    help="The experiment grid's building blocks (see `make all-scenarios`): one cell, "
+         "collecting cells, a validation subset.",
+    epilog="Example: prunekit grid collect runs/grid -o runs/grid/results.csv",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(grid_app, name="grid")
+
+CELL_EXAMPLE = """Examples:
+
+  prunekit grid cell runs/grid/run1/deeplift-rgb.st runs/grid/structured-deeplift/run1/r0.75 --scenario structured-deeplift --run 1 --ratio 0.75 --granularity filter --data data/synth/train.json --val data/synth/val-grid.json
+"""
+
+
+@grid_app.command("cell", epilog=CELL_EXAMPLE)
+def cell_cmd(
+    model: Annotated[Path, typer.Argument(help="Scored robust checkpoint.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="The cell's folder.", show_default=False)],
+    scenario: Annotated[str, typer.Option(help="Scenario name.", show_default=False)] = ...,
+    run: Annotated[int, typer.Option(help="Run number.", show_default=False)] = ...,
+    ratio: Annotated[float, typer.Option(help="Pruning ratio.", show_default=False)] = ...,
+    data: Annotated[Path, typer.Option(help="Training COCO JSON.", show_default=False)] = ...,
+    val: Annotated[Path, typer.Option(help="Validation COCO JSON.", show_default=False)] = ...,
+    granularity: Annotated[str, typer.Option(help="weight or filter.")] = "weight",
+    steps: Annotated[int, typer.Option(help="Fine-tuning steps after pruning.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 5e-4,
+    adv: Annotated[str, typer.Option(help="Fine-tuning attack: fgsm, pgd or none.")] = "fgsm",
+    eps: Annotated[float, typer.Option(help="Attack radius.")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="PGD step.")] = 0.02,
+    attack_steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,
+) -> None:
+    """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
+    from prunekit.grid import cell
+
+    row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
+               granularity=granularity, steps=steps, batch_size=batch_size, lr=lr, adv=adv,
+               eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed, threads=threads,
+               bench_seconds=bench_seconds)
+    console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}, adversarial "
+                  f"{row['adv_map']:.3f}, {row['latency_ms']:.1f} ms, "
+                  f"{row['seconds_total']:.0f} s", highlight=False)
+
+
+@grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid -o "
+                                    "runs/grid/results.csv\n")
+def collect_cmd(
+    root: Annotated[Path, typer.Argument(help="The grid's folder.", show_default=False)],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="CSV path (default: "
+                                                "stdout).", show_default=False)] = None,
+) -> None:
+    """Gather every cell's result.json into one long-format CSV."""
+    from prunekit.grid import collect
+
+    df = collect(root)
+    write_text(df.to_csv(index=False), output)
+    console.print(f"{len(df)} cells", highlight=False)
+
+
+@grid_app.command("subset", epilog="Example:\n\n  prunekit grid subset data/synth/val.json "
+                                   "data/synth/val-grid.json --images 200\n")
+def subset_cmd(
+    src: Annotated[Path, typer.Argument(help="COCO JSON.", show_default=False)],
+    dest: Annotated[Path, typer.Argument(help="Output COCO JSON, beside SRC.",
+                                         show_default=False)],
+    images: Annotated[int, typer.Option(help="Images kept (the first by id).")] = 200,
+) -> None:
+    """Keep the first N images of a COCO JSON (a fixed validation subset for the grid)."""
+    from prunekit.grid import subset
+
+    typer.echo(json.dumps({"images": subset(src, dest, images)}))

@@ -1,0 +1,50 @@
+"""`prunekit mask`: prune a scored checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import console, read_checkpoint, write_checkpoint
+from prunekit.cli._options import CheckpointArg, OutputOpt
+
+EXAMPLE = """Examples:
+
+  prunekit mask scored.st --ratio 0.9 -o pruned.st
+
+  prunekit mask scored.st --structured --ratio 0.5 --compact -o small.st
+
+  prunekit score --method l1-filter model.st | prunekit mask --granularity filter --scope global --ratio 0.3 > pruned.st
+"""
+
+
+@app.command("mask", epilog=EXAMPLE)
+def mask_cmd(
+    model: CheckpointArg = None,
+    ratio: Annotated[float, typer.Option(help="Fraction of weights (or kernels, or filters) "
+                                         "removed, in [0, 1).", show_default=False)] = ...,
+    structured: Annotated[bool, typer.Option("--structured", help="Same as --granularity "
+                                             "filter.")] = False,
+    granularity: Annotated[str | None, typer.Option(help="weight (default), kernel or filter.",
+                                                    show_default=False)] = None,
+    scope: Annotated[str, typer.Option(help="layer (the ratio in every layer) or "
+                                       "global.")] = "layer",
+    compact: Annotated[bool, typer.Option("--compact", help="Physically remove pruned filters "
+                                          "(smaller and faster).")] = False,
+    output: OutputOpt = None,
+) -> None:
+    """Build masks from the scores, apply them, and drop the scores."""
+    from prunekit.errors import PrunekitError
+    from prunekit.mask import mask
+
+    if structured and granularity not in (None, "filter"):
+        raise PrunekitError(f"--structured means --granularity filter, not {granularity}")
+    gran = "filter" if structured else (granularity or "weight")
+    ck = read_checkpoint(model)
+    out = mask(ck, ratio, granularity=gran, scope=scope, compact=compact)
+    entry = next(h for h in reversed(out.history) if h["command"] == "mask")["args"]
+    console.print(f"{gran} pruning at {ratio:g}: {entry['sparsity']:.1%} of prunable weights "
+                  f"zeroed" + (", compacted" if compact else ""), highlight=False)
+    write_checkpoint(out, output)

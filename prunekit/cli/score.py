@@ -1,0 +1,65 @@
+"""`prunekit score`: importance scores for every prunable weight."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prunekit.cli._app import app
+from prunekit.cli._io import progress_bar, read_checkpoint, write_checkpoint
+from prunekit.cli._options import CheckpointArg, DeviceOpt, OutputOpt, SeedOpt
+
+EXAMPLE = """Examples:
+
+  prunekit score --method deeplift robust.st --data data/synth/train.json -o scored.st
+
+  prunekit score --method hydra robust.st --data data/synth/train.json --ratio 0.75 --granularity filter --adv pgd --steps 100 -o scored.st
+
+  prunekit score --method magnitude model.st | prunekit mask --ratio 0.9 -o pruned.st
+"""
+
+
+@app.command("score", epilog=EXAMPLE)
+def score_cmd(
+    model: CheckpointArg = None,
+    method: Annotated[str, typer.Option(help="magnitude, l1-filter, random, taylor, deeplift "
+                                        "or hydra.", show_default=False)] = ...,
+    data: Annotated[Path | None, typer.Option(help="Training COCO JSON (taylor, deeplift, "
+                                              "hydra).", show_default=False)] = None,
+    images: Annotated[Path | None, typer.Option(help="Image root for --data.",
+                                                show_default=False)] = None,
+    ratio: Annotated[float, typer.Option(help="HYDRA: the target pruning ratio.")] = 0.5,
+    steps: Annotated[int, typer.Option(help="HYDRA: score optimisation steps.")] = 100,
+    lr: Annotated[float, typer.Option(help="HYDRA: SGD learning rate.")] = 0.1,
+    granularity: Annotated[str, typer.Option(help="HYDRA: mask granularity while optimising "
+                                             "(weight, kernel, filter).")] = "weight",
+    scope: Annotated[str, typer.Option(help="HYDRA: layer or global top-k.")] = "layer",
+    adv: Annotated[str, typer.Option(help="HYDRA: optimise on adversarial examples (none, "
+                                     "pgd, fgsm).")] = "none",
+    eps: Annotated[float, typer.Option(help="Attack radius.")] = 0.05,
+    alpha: Annotated[float, typer.Option(help="Attack step.")] = 0.02,
+    attack_steps: Annotated[int, typer.Option("--attack-steps", help="PGD steps.")] = 5,
+    baseline: Annotated[str, typer.Option(help="DeepLIFT reference: black, white, grey or "
+                                          "blur.")] = "black",
+    batches: Annotated[int, typer.Option(help="Calibration batches (taylor, deeplift).")] = 8,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    output: OutputOpt = None,
+) -> None:
+    """Add scores.<param> for every conv and linear weight to the checkpoint."""
+    from prunekit.score import score
+
+    ck = read_checkpoint(model)
+    with progress_bar("score") as bar:
+        task = bar.add_task(f"score {method}", total=None, info="")
+        out = score(ck, method, data=str(data) if data else None,
+                    images=str(images) if images else None, ratio=ratio, steps=steps, lr=lr,
+                    granularity=granularity, scope=scope, adv=adv, eps=eps, alpha=alpha,
+                    adv_steps=attack_steps, baseline=baseline, batches=batches,
+                    batch_size=batch_size, workers=workers, seed=seed, device=device,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+    write_checkpoint(out, output)

@@ -1,0 +1,456 @@
+"""One training loop for every purpose: from scratch, fine-tuning, adversarial, after pruning.
+
+Recipe: AdamW (no weight decay on BatchNorm and biases), linear warm-up then cosine decay sized
+to the run, an exponential moving average (EMA) of the weights whose horizon scales with the
+run's length (the EMA is what the output checkpoint holds), channels-last memory on CPU, bfloat16
+autocast on CUDA. Masks in the checkpoint stay applied: gradients of pruned weights are zeroed
+before each step and the weights re-zeroed after it, so they stay exactly 0 and the masks do
+not change.
+
+Determinism and resume: batch order and each image's augmentation are functions of (seed,
+epoch, position) alone, and each step re-seeds torch's generator from (seed, step), so a run
+replays bit for bit on CPU. The training state (model, EMA, optimizer, step) is saved every
+``save_every`` steps and on interruption to a state file beside the output; ``resume=True``
+continues from it and gives the same final weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Sampler
+
+from prunekit import checkpoint
+from prunekit.bench import resolve_device
+from prunekit.checkpoint import Checkpoint
+from prunekit.errors import PrunekitError
+from prunekit.loss import LossConfig, yolo_loss
+from prunekit.models import Detector
+
+Progress = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The resolved training arguments (recorded in the checkpoint's history)."""
+
+    data: str
+    steps: int
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 0
+    workers: int = 1
+    seed: int = 0
+    adv: str = "none"
+    adv_mix: float = 0.5
+    eps: float = 0.05
+    alpha: float = 0.02
+    adv_steps: int = 5
+    augment: bool = True
+    images: str | None = None
+
+
+class _EpochBatches(Sampler):
+    """Batches of (index, augmentation seed) for steps ``start``.. ``stop``; each epoch is a
+    permutation seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+        self.per_epoch = n // batch
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = -1, None
+        for step in range(self.start, self.stop):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(self.seed * 7919 + e)
+                order, epoch = torch.randperm(self.n, generator=g).tolist(), e
+            chunk = order[k * self.batch:(k + 1) * self.batch]
+            yield [(i, (self.seed * 1_000_003 + step * 4099 + j) % 2**62)
+                   for j, i in enumerate(chunk)]
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 2 % of ``base``."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+class EMA:
+    """Exponential moving average of a model's state, with a warm-up so early steps count."""
+
+    def __init__(self, model: nn.Module, total_steps: int) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.decay = min(0.9999, max(0.9, 1 - 1 / max(1.0, 0.05 * total_steps)))
+        self.tau = max(1.0, total_steps / 20)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = self.decay * (1 - math.exp(-self.updates / self.tau))
+        msd = model.state_dict()
+        for k, v in self.model.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+            else:
+                v.copy_(msd[k])
+
+
+def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    """Zero every masked-out entry (``masked_fill`` keeps the zeros +0.0)."""
+    if not masks:
+        return
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, mask in masks.items():
+            state[name].masked_fill_(~mask.to(state[name].device), 0.0)
+
+
+def _mask_grads(model: nn.Module, masks: dict[str, Tensor]) -> None:
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        p = params.get(name)
+        if p is not None and p.grad is not None:
+            p.grad.masked_fill_(~mask.to(p.grad.device), 0.0)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
+               loss_config: LossConfig = LossConfig(), adv=None, adv_mix: float = 0.5,
+               masks: dict[str, Tensor] | None = None,
+               autocast: torch.autocast | None = None) -> dict[str, float]:
+    """One optimisation step on a batch (clean, or mixed with adversarial examples).
+
+    Args:
+        model: the detector (put in train mode here).
+        images: N×3×S×S floats in [0, 1].
+        targets: M×6 targets (see :func:`prunekit.loss.yolo_loss`).
+        optimizer: the optimizer.
+        loss_config: loss weights.
+        adv: optional ``adv(model, images, targets) -> adversarial images`` (run in eval mode).
+        adv_mix: weight of the adversarial loss; the clean loss gets ``1 - adv_mix``.
+        masks: keep-masks to hold pruned weights at zero.
+        autocast: a CUDA autocast context, or None.
+    """
+    anchors = [h.anchors for h in model.heads()]
+    adv_images = None
+    if adv is not None and adv_mix > 0:
+        adv_images = adv(model, images, targets)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    parts: dict[str, float] = {}
+
+    def _loss(x: Tensor) -> Tensor:
+        ctx = autocast if autocast is not None else _nullcontext()
+        with ctx:
+            out = model(x)
+        total, p = yolo_loss(out, targets, anchors, model.img_size, model.num_classes,
+                             loss_config)
+        for k, v in p.items():
+            parts[k] = parts.get(k, 0.0) + float(v.detach())
+        return total
+
+    if adv_images is None:
+        loss = _loss(images)
+        parts["loss"] = float(loss.detach())
+    elif adv_mix >= 1:
+        loss = _loss(adv_images)
+        parts["loss"] = parts["adv_loss"] = float(loss.detach())
+    else:
+        # One forward over clean and adversarial images together: BatchNorm sees both, as in
+        # the usual mixed adversarial training, and the step costs one pass, not two.
+        both = torch.cat((images, adv_images))
+        n = images.shape[0]
+        ctx = autocast if autocast is not None else _nullcontext()
+        with ctx:
+            out = model(both)
+        clean_out = [o[:n] for o in out]
+        adv_out = [o[n:] for o in out]
+        lc, _ = yolo_loss(clean_out, targets, anchors, model.img_size, model.num_classes,
+                          loss_config)
+        la, _ = yolo_loss(adv_out, targets, anchors, model.img_size, model.num_classes,
+                          loss_config)
+        loss = (1 - adv_mix) * lc + adv_mix * la
+        parts.update(loss=float(loss.detach()), clean_loss=float(lc.detach()),
+                     adv_loss=float(la.detach()))
+    if not torch.isfinite(loss):
+        raise PrunekitError(f"the loss became {float(loss.detach())}; training diverged: lower "
+                            f"--lr")
+    loss.backward()
+    if masks:
+        _mask_grads(model, masks)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    optimizer.step()
+    if masks:
+        apply_masks(model, masks)
+    return parts
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+# ------------------------------------------------------------------------------ state files
+
+
+def _save_state(path: Path, config: TrainConfig, step: int, model: nn.Module, ema: EMA,
+                optimizer: torch.optim.Optimizer, ck: Checkpoint) -> None:
+    tensors: dict[str, Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
+    for k, v in ema.model.state_dict().items():
+        tensors[f"ema.{k}"] = v.detach().cpu().contiguous().clone()
+    opt = optimizer.state_dict()
+    opt_meta = {"param_groups": opt["param_groups"], "state": {}}
+    for pid, st in opt["state"].items():
+        opt_meta["state"][str(pid)] = {}
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{pid}.{key}"] = val.detach().cpu().contiguous().clone()
+                opt_meta["state"][str(pid)][key] = "tensor"
+            else:
+                opt_meta["state"][str(pid)][key] = val
+    meta = {"config": json.dumps(asdict(config), sort_keys=True), "step": str(step),
+            "ema_updates": str(ema.updates), "optim": json.dumps(opt_meta),
+            "checkpoint": json.dumps({"arch": ck.arch, "input": ck.input})}
+    from safetensors.torch import save
+
+    checkpoint.write_atomic(path, save(tensors, metadata=meta))
+
+
+def _load_state(path: Path, config: TrainConfig, model: nn.Module, ema: EMA,
+                optimizer: torch.optim.Optimizer) -> int:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        data = path.read_bytes()
+        tensors = load(data)
+        import struct
+
+        n = struct.unpack("<Q", data[:8])[0]
+        meta = json.loads(data[8:8 + n])["__metadata__"]
+    except FileNotFoundError:
+        raise PrunekitError(f"--resume: no training state at {path}; run without --resume to "
+                            f"start") from None
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        raise PrunekitError(f"--resume: training state {path} is unreadable ({e}); delete it "
+                            f"and start again") from None
+    saved = json.loads(meta["config"])
+    mine = asdict(config)
+    diff = [k for k in mine if k not in ("workers",) and saved.get(k) != mine[k]]
+    if diff:
+        raise PrunekitError(f"--resume: {path} was started with other arguments ({diff[0]}: "
+                            f"{saved.get(diff[0])!r} then, {mine[diff[0]]!r} now); use the "
+                            f"same arguments or delete the state file")
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.model.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    ema.updates = int(meta["ema_updates"])
+    opt_meta = json.loads(meta["optim"])
+    state = {}
+    for pid, st in opt_meta["state"].items():
+        state[int(pid)] = {key: tensors[f"optim.{pid}.{key}"] if val == "tensor" else val
+                           for key, val in st.items()}
+    optimizer.load_state_dict({"param_groups": opt_meta["param_groups"], "state": state})
+    return int(meta["step"])
+
+
+# -------------------------------------------------------------------------------- the loop
+
+
+def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
+             steps: int | None = None, batch_size: int = 32, lr: float = 2e-3,
+             weight_decay: float = 0.05, warmup: int | None = None, workers: int = 1,
+             images: str | Path | None = None, seed: int = 0, device: str = "auto",
+             grey: bool | None = None, img_size: int | None = None, augment: bool = True,
+             adv: str = "none", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
+             adv_steps: int = 5, state_file: str | Path | None = None, resume: bool = False,
+             save_every: int = 200, val: str | Path | None = None, eval_every: int = 0,
+             threads: int | None = None, progress: Progress | None = None) -> Checkpoint:
+    """Train a checkpoint on a COCO dataset and return the trained checkpoint (EMA weights).
+
+    Args:
+        ck: the starting checkpoint; its masks stay applied.
+        data: training COCO JSON.
+        epochs: passes over the data (or give ``steps``).
+        steps: optimisation steps (overrides ``epochs``).
+        batch_size: images per step.
+        lr: peak learning rate (AdamW).
+        weight_decay: decoupled weight decay on conv and linear weights.
+        warmup: warm-up steps (default 3 % of the run, at least 1).
+        workers: DataLoader worker processes.
+        images: image root (default: the JSON's folder).
+        seed: seed for batch order, augmentation and attacks.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        grey: switch the model's input to grey (True) or colour (False); None keeps it.
+        img_size: change the input size (a multiple of 32); None keeps it.
+        augment: flip / scale / translate / brightness augmentation.
+        adv: ``none``, ``pgd`` or ``fgsm`` (FGSM with a random start): adversarial training.
+        adv_mix: weight of the adversarial loss in each step.
+        eps: L∞ radius of the training attack (images in [0, 1]).
+        alpha: attack step size.
+        adv_steps: PGD steps.
+        state_file: where periodic training state goes (None: nowhere).
+        resume: continue from ``state_file``.
+        save_every: steps between state saves.
+        val: validation COCO JSON for the learning curve.
+        eval_every: steps between validation evaluations (0: only at the end when ``val``).
+        threads: CPU threads for torch (default: unchanged).
+        progress: ``progress(step, total, metrics)`` callback.
+    """
+    from prunekit.data.coco import CocoDetection, loader
+
+    if threads:
+        torch.set_num_threads(threads)
+    if batch_size < 1:
+        raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
+    if lr <= 0:
+        raise PrunekitError(f"--lr must be positive, got {lr}")
+    if adv not in ("none", "pgd", "fgsm"):
+        raise PrunekitError(f"--adv {adv!r} is unknown; use none, pgd or fgsm")
+    if not 0 <= adv_mix <= 1:
+        raise PrunekitError(f"--adv-mix must lie in [0, 1], got {adv_mix}")
+    if resume and state_file is None:
+        raise PrunekitError("--resume needs the training state, which lives beside -o PATH; "
+                            "give -o")
+    dev = resolve_device(device)
+    ck = copy.copy(ck)
+    ck.input = dict(ck.input)
+    if grey is not None:
+        ck.input["colour"] = "grey" if grey else "rgb"
+    if img_size is not None:
+        from prunekit.models import default_input
+
+        ck.input["size"] = default_input(img_size, ck.input.get("colour", "rgb"))["size"]
+    model = ck.build()
+    dataset = CocoDetection(data, model.img_size, images=images, classes=model.classes,
+                            augment=augment, cache=True)
+    if len(dataset) < batch_size:
+        raise PrunekitError(f"{data} has {len(dataset)} images, fewer than --batch-size "
+                            f"{batch_size}; lower the batch size")
+    per_epoch = len(dataset) // batch_size
+    if steps is None:
+        if epochs is None:
+            raise PrunekitError("how long? give --epochs E or --steps S")
+        steps = max(1, int(round(epochs * per_epoch)))
+    if steps < 1:
+        raise PrunekitError(f"--steps must be at least 1, got {steps}")
+    warmup = max(1, int(0.03 * steps)) if warmup is None else warmup
+    config = TrainConfig(data=str(data), steps=steps, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, warmup=warmup, workers=workers, seed=seed,
+                         adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=adv_steps,
+                         augment=augment, images=str(images) if images else None)
+    masks = {k: v.bool() for k, v in ck.masks.items()}
+    model = model.to(dev)
+    if dev.type == "cpu":
+        model = model.to(memory_format=torch.channels_last)
+    masks = {k: v.to(dev) for k, v in masks.items()}
+    apply_masks(model, masks)
+    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
+    ema = EMA(model, steps)
+    start = 0
+    state_path = Path(state_file) if state_file else None
+    if resume:
+        start = _load_state(state_path, config, model, ema, optimizer)
+    attack_fn = None
+    if adv != "none":
+        from prunekit.attack import training_attack
+
+        attack_fn = training_attack(adv, eps=eps, alpha=alpha, steps=adv_steps)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
+    batches = loader(dataset, batch_size, workers=workers, seed=seed,
+                     batch_sampler=_EpochBatches(len(dataset), batch_size, seed, start, steps))
+    curve: list[dict[str, float]] = []
+    step = start
+    try:
+        for images_b, targets, _ in batches:
+            torch.manual_seed(seed * 1_000_003 + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, steps, lr, warmup)
+            x = images_b.to(dev, non_blocking=True)
+            if dev.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            parts = train_step(model, x, targets, optimizer, adv=attack_fn, adv_mix=adv_mix,
+                               masks=masks, autocast=autocast)
+            ema.update(model)
+            step += 1
+            if val is not None and eval_every and step % eval_every == 0 and step < steps:
+                curve.append({"step": step, **_validate(ema.model, val, images, dev)})
+                parts.update({k: v for k, v in curve[-1].items() if k != "step"})
+            if progress is not None:
+                progress(step, steps, parts)
+            if state_path is not None and save_every and step % save_every == 0 and step < steps:
+                _save_state(state_path, config, step, model, ema, optimizer, ck)
+    except KeyboardInterrupt:
+        if state_path is not None:
+            _save_state(state_path, config, step, model, ema, optimizer, ck)
+            raise PrunekitError(f"interrupted at step {step}/{steps}; the training state is in "
+                                f"{state_path}: run the same command with --resume to "
+                                f"continue") from None
+        raise
+    final = ema.model
+    apply_masks(final, masks)
+    if val is not None:
+        curve.append({"step": step, **_validate(final, val, images, dev)})
+    out = ck.with_model(final.to("cpu").to(memory_format=torch.contiguous_format))
+    out.masks = {k: v.cpu() for k, v in masks.items()}
+    out.scores = {}
+    args = {**asdict(config), "epochs": epochs, "device": dev.type, "grey": grey,
+            "img_size": img_size, "resumed_from": start or None}
+    if curve:
+        args["curve"] = curve
+    if state_path is not None and state_path.exists():
+        os.unlink(state_path)
+    return out.add_history("finetune", args)
+
+
+def _validate(model: nn.Module, val: str | Path, images, dev) -> dict[str, float]:
+    """mAP of the model on a validation set at confidence 0.001 (the learning curve)."""
+    from prunekit.data.coco import CocoDetection, loader
+    from prunekit.detect import category_ids, detect
+    from prunekit.evaluate import evaluate
+
+    was_training = model.training
+    ds = CocoDetection(val, model.img_size, images=images, classes=model.classes)
+    ids = category_ids(model.classes, val)
+    rows = []
+    for d in detect(model, loader(ds, 32), conf=0.001, device=dev):
+        for box, score, label in zip(d.boxes_xyxy.tolist(), d.scores.tolist(),
+                                            d.labels.tolist(), strict=True):
+            rows.append({"image_id": d.image_id, "category_id": ids[label], "score": score,
+                         "x": box[0], "y": box[1], "w": box[2] - box[0], "h": box[3] - box[1]})
+    import pandas as pd
+
+    m = evaluate(pd.DataFrame(rows, columns=["image_id", "category_id", "score", "x", "y", "w",
+                                             "h"]), val, per_class=False)
+    model.train(was_training)
+    return {"map": m["map"], "map50": m["map50"]}

@@ -1,0 +1,207 @@
+"""The YOLOv3 detection loss, shared by training, attacks and score optimisation.
+
+Choices (documented because they change what "the loss" means):
+
+* **Assignment.** A target is assigned, at every scale, to each of that head's anchors whose
+  width and height ratios to the box both lie within ``anchor_t`` (4×), in the grid cell that
+  holds the box centre; when no anchor of any head qualifies, the best-fitting anchor overall
+  takes it. Several anchors per target give more positives than YOLOv3's single best anchor and
+  train faster; this is the rule later YOLO versions settled on.
+* **Box loss.** 1 − CIoU between the decoded box (YOLOv3's decoding: centre = sigmoid + cell,
+  size = exp · anchor) and the target, averaged over positives.
+* **Objectness.** Binary cross-entropy over every prediction. A positive's target is the IoU of
+  its predicted box with its target (detached, at least 0), so confidence ranks by localisation
+  quality, which mAP@[.5:.95] rewards. A negative whose predicted box overlaps any target of its
+  image by more than ``ignore_iou`` is ignored, as in YOLOv3: it is a reasonable box, only not
+  the assigned one. Heads are balanced 4 : 1 : 0.4 from stride 8 to stride 32.
+* **Classes.** Binary cross-entropy per class (one-hot) over positives, as YOLOv3.
+* **Scale.** The three parts are weighted (``box``, ``obj``, ``cls``) and summed; the total is
+  multiplied by the batch size, so the gradient per image does not shrink with the batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights and thresholds of the loss."""
+
+    box: float = 0.05
+    obj: float = 1.0
+    cls: float = 0.5
+    anchor_t: float = 4.0
+    ignore_iou: float = 0.7
+
+
+_BALANCE = {8: 4.0, 16: 1.0, 32: 0.4}
+
+
+def box_iou_xyxy(a: Tensor, b: Tensor) -> Tensor:
+    """Pairwise IoU of boxes a (..., N, 4) and b (..., M, 4) → (..., N, M)."""
+    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
+    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter + 1e-9)
+
+
+def ciou(p: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
+    """Complete IoU of matched boxes given as (cx, cy, w, h) rows."""
+    p1, p2 = p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2
+    t1, t2 = t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2
+    inter = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0).prod(1)
+    union = p[:, 2:].prod(1) + t[:, 2:].prod(1) - inter + eps
+    iou = inter / union
+    enclose = torch.maximum(p2, t2) - torch.minimum(p1, t1)
+    c2 = enclose.pow(2).sum(1) + eps
+    rho2 = (p[:, :2] - t[:, :2]).pow(2).sum(1)
+    v = (4 / math.pi**2) * (torch.atan(t[:, 2] / (t[:, 3] + eps))
+                            - torch.atan(p[:, 2] / (p[:, 3] + eps))).pow(2)
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+@dataclass
+class Assignment:
+    """Targets assigned to one head: image, anchor, row, column, class and target row index."""
+
+    image: Tensor
+    anchor: Tensor
+    row: Tensor
+    col: Tensor
+    cls: Tensor
+    target: Tensor
+
+
+def assign(targets: Tensor, anchors: Sequence[Tensor], grids: Sequence[tuple[int, int]],
+           img_size: int, anchor_t: float = 4.0) -> list[Assignment]:
+    """Which (anchor, cell) of which head predicts which target (see the module docstring).
+
+    Args:
+        targets: M×6 rows of (image index, class, x1, y1, x2, y2) in input pixels.
+        anchors: each head's anchors, A×2 in input pixels.
+        grids: each head's (rows, columns).
+        img_size: the model's input size.
+        anchor_t: largest width or height ratio between a box and an anchor it may use.
+    """
+    device = anchors[0].device
+    targets = targets.to(device)
+    cxy = (targets[:, 2:4] + targets[:, 4:6]) / 2
+    wh = targets[:, 4:6] - targets[:, 2:4]
+    all_anchors = torch.cat(list(anchors))
+    ratio = wh[:, None] / all_anchors[None]
+    fit_all = torch.maximum(ratio, 1 / ratio).amax(2)  # M × (all anchors)
+    fits_somewhere = (fit_all < anchor_t).any(1)
+    best = fit_all.argmin(1)
+    result = []
+    offset = 0
+    for anc, (h, w) in zip(anchors, grids, strict=True):
+        a = anc.shape[0]
+        ok = fit_all[:, offset:offset + a] < anchor_t
+        ok |= (~fits_somewhere[:, None]) & (best[:, None] == torch.arange(
+            offset, offset + a, device=device)[None])
+        ti, ai = ok.nonzero(as_tuple=True)
+        stride = img_size / h
+        cell = (cxy[ti] / stride).long().clamp_(min=0)
+        result.append(Assignment(targets[ti, 0].long(), ai, cell[:, 1].clamp(max=h - 1),
+                                 cell[:, 0].clamp(max=w - 1), targets[ti, 1].long(), ti))
+        offset += a
+    return result
+
+
+def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tensor],
+              img_size: int, num_classes: int, config: LossConfig = LossConfig()) \
+        -> tuple[Tensor, dict[str, Tensor]]:
+    """The detection loss of raw head outputs against targets.
+
+    Args:
+        outputs: raw head outputs, N×(A·(5+C))×h×w each.
+        targets: M×6 rows of (image index, class, x1, y1, x2, y2) in input pixels.
+        anchors: each head's anchors, A×2 in input pixels.
+        img_size: the model's input size.
+        num_classes: C.
+        config: weights and thresholds.
+
+    Returns:
+        The total loss and its parts (``box``, ``obj``, ``cls``), each already weighted.
+    """
+    device = outputs[0].device
+    n = outputs[0].shape[0]
+    targets = targets.to(device)
+    anchors = [a.to(device) for a in anchors]
+    t_xywh = torch.cat(((targets[:, 2:4] + targets[:, 4:6]) / 2,
+                        targets[:, 4:6] - targets[:, 2:4]), 1)
+    assigned = assign(targets, anchors, [o.shape[-2:] for o in outputs], img_size,
+                      config.anchor_t)
+
+    # Padded per-image targets for the ignore test.
+    g = 0
+    if len(targets):
+        t_img = targets[:, 0].long()
+        counts = torch.bincount(t_img, minlength=n)
+        g = int(counts.max())
+    gt_pad = torch.zeros(n, max(g, 1), 4, device=device)
+    if g:
+        order = torch.argsort(t_img, stable=True)
+        starts = torch.cat((torch.zeros(1, dtype=torch.long, device=device), counts.cumsum(0)[:-1]))
+        slot = torch.arange(len(targets), device=device) - starts[t_img[order]]
+        gt_pad[t_img[order], slot] = targets[order, 2:6]
+
+    lbox = torch.zeros((), device=device)
+    lobj = torch.zeros((), device=device)
+    lcls = torch.zeros((), device=device)
+    npos = 0
+    for out, anc, asg in zip(outputs, anchors, assigned, strict=True):
+        _, _, h, w = out.shape
+        a = anc.shape[0]
+        stride = img_size / h
+        p = out.view(n, a, 5 + num_classes, h, w).permute(0, 1, 3, 4, 2).float()
+        tobj = torch.zeros(p.shape[:4], device=device)
+        # Ignore negatives that already overlap a target well.
+        with torch.no_grad():
+            if g:
+                gy, gx = torch.meshgrid(torch.arange(h, device=device),
+                                        torch.arange(w, device=device), indexing="ij")
+                pxy = (p[..., :2].sigmoid() + torch.stack((gx, gy), -1)) * stride
+                pwh = p[..., 2:4].clamp(max=8).exp() * anc.view(1, a, 1, 1, 2)
+                pbox = torch.cat((pxy - pwh / 2, pxy + pwh / 2), -1).view(n, -1, 4)
+                ignore = box_iou_xyxy(pbox, gt_pad).amax(2).view(n, a, h, w) > config.ignore_iou
+                weight = (~ignore).float()
+            else:
+                weight = torch.ones_like(tobj)
+        if len(asg.target):
+            b, ai, gj, gi = asg.image, asg.anchor, asg.row, asg.col
+            ps = p[b, ai, gj, gi]
+            pred = torch.cat((ps[:, :2].sigmoid() + torch.stack((gi, gj), 1),
+                              ps[:, 2:4].clamp(max=8).exp() * anc[ai] / stride), 1)
+            tbox = t_xywh[asg.target] / stride
+            iou = ciou(pred, tbox)
+            lbox = lbox + (1 - iou).sum()
+            npos += len(asg.target)
+            tobj[b, ai, gj, gi] = iou.detach().clamp(min=0).to(tobj.dtype)
+            weight[b, ai, gj, gi] = 1.0
+            if num_classes > 1:
+                tc = torch.zeros_like(ps[:, 5:])
+                tc[torch.arange(len(ps), device=device), asg.cls] = 1.0
+                lcls = lcls + F.binary_cross_entropy_with_logits(ps[:, 5:], tc,
+                                                                 reduction="sum") / num_classes
+        bce = F.binary_cross_entropy_with_logits(p[..., 4], tobj, reduction="none")
+        lobj = lobj + _BALANCE.get(int(round(stride)), 1.0) * (bce * weight).sum() / weight.numel()
+    nl = len(outputs)
+    scale_obj = config.obj * (img_size / 640) ** 2 * 3 / nl
+    scale_cls = config.cls * num_classes / 80 * 3 / nl
+    box = config.box * 3 / nl * lbox / max(npos, 1)
+    obj = scale_obj * lobj
+    cls = scale_cls * lcls / max(npos, 1)
+    parts = {"box": box * n, "obj": obj * n, "cls": cls * n}
+    return (box + obj + cls) * n, parts

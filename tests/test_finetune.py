@@ -1,0 +1,128 @@
+"""finetune: training reduces the loss, masks hold, runs replay and resume exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit import checkpoint
+from prunekit.cli import app
+from prunekit.errors import PrunekitError
+from prunekit.finetune import finetune, lr_at
+from tests.conftest import tiny_checkpoint
+
+
+def _ck(synth_data):
+    from prunekit.init import init
+
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+
+
+def _masked(ck, keep=0.25):
+    g = torch.Generator().manual_seed(1)
+    for name, t in list(ck.state.items()):
+        if name.endswith("conv.weight"):
+            mask = torch.zeros(t.numel(), dtype=torch.bool)
+            mask[torch.randperm(t.numel(), generator=g)[: max(1, int(keep * t.numel()))]] = True
+            ck.masks[name] = mask.view(t.shape)
+            ck.state[name] = t.masked_fill(~ck.masks[name], 0.0)
+    return ck
+
+
+def test_lr_schedule_warms_up_and_decays():
+    lrs = [lr_at(s, 100, 1.0, 10) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))
+    assert lrs[-1] == pytest.approx(0.02, abs=1e-3)
+
+
+def test_masked_training_keeps_pruned_weights_at_zero(synth_data):
+    ck = _masked(_ck(synth_data))
+    before = {k: v.clone() for k, v in ck.masks.items()}
+    out = finetune(ck, synth_data / "train.json", steps=50, batch_size=4, lr=1e-2, workers=0,
+                   device="cpu")
+    assert out.masks.keys() == before.keys()
+    for name, mask in before.items():
+        assert torch.equal(out.masks[name], mask)
+        assert (out.state[name][~mask] == 0).all(), name
+        assert (out.state[name][mask] != ck.state[name][mask]).any(), name  # it did train
+    reloaded = checkpoint.from_bytes(checkpoint.to_bytes(out))
+    for name, mask in before.items():
+        assert torch.equal(reloaded.masks[name], mask)
+
+
+def test_training_lowers_the_loss(synth_data):
+    losses = []
+    finetune(_ck(synth_data), synth_data / "train.json", steps=30, batch_size=8, lr=5e-3,
+             workers=0, device="cpu", augment=False,
+             progress=lambda s, t, p: losses.append(p["loss"]))
+    assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
+
+
+def _weights(ck):
+    return {k: v for k, v in ck.state.items()}
+
+
+def _equal(a, b):
+    return all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+@pytest.mark.parametrize("how", ["sigint", "kill"])
+def test_resume_gives_the_same_weights(synth_data, tmp_path, how):
+    ck = _ck(synth_data)
+    kwargs = dict(steps=12, batch_size=4, workers=1, device="cpu", seed=3, save_every=5)
+    full = finetune(ck, synth_data / "train.json", **kwargs)
+    state = tmp_path / "out.st.state"
+
+    def stop(step, total, parts):
+        if step == 8:
+            raise KeyboardInterrupt if how == "sigint" else SystemExit(137)
+
+    with pytest.raises(PrunekitError if how == "sigint" else SystemExit):
+        finetune(ck, synth_data / "train.json", state_file=state, progress=stop, **kwargs)
+    assert state.exists()
+    resumed = finetune(ck, synth_data / "train.json", state_file=state, resume=True, **kwargs)
+    assert _equal(full, resumed)
+    assert resumed.history[-1]["args"]["resumed_from"] == (8 if how == "sigint" else 5)
+    assert not state.exists()
+
+
+def test_resume_with_other_arguments_is_refused(synth_data, tmp_path):
+    ck = _ck(synth_data)
+    state = tmp_path / "s.state"
+
+    def stop(step, total, parts):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(PrunekitError):
+        finetune(ck, synth_data / "train.json", steps=6, batch_size=4, workers=0,
+                 device="cpu", state_file=state, progress=stop)
+    with pytest.raises(PrunekitError, match="lr"):
+        finetune(ck, synth_data / "train.json", steps=6, batch_size=4, workers=0,
+                 device="cpu", state_file=state, resume=True, lr=0.1)
+
+
+def test_cli_finetune_records_history_and_grey(synth_data, tmp_path, runner):
+    src = tmp_path / "m.st"
+    checkpoint.save(_ck(synth_data), src)
+    out = tmp_path / "grey.st"
+    result = runner.invoke(app, ["finetune", str(src), "--data", str(synth_data / "train.json"),
+                                 "--steps", "3", "--batch-size", "4", "--grey", "--workers", "0",
+                                 "--device", "cpu", "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    ck = checkpoint.load(out)
+    assert ck.input["colour"] == "grey"
+    entry = ck.history[-1]
+    assert entry["command"] == "finetune" and entry["args"]["steps"] == 3
+    assert entry["args"]["batch_size"] == 4 and entry["args"]["lr"] == 2e-3
+
+
+def test_bad_arguments_are_one_line_errors(synth_data, tmp_path, runner):
+    src = tmp_path / "m.st"
+    checkpoint.save(tiny_checkpoint(), src)
+    result = runner.invoke(app, ["finetune", str(src), "--data", str(synth_data / "train.json"),
+                                 "--steps", "1", "-o", str(tmp_path / "o.st")])
+    assert result.exit_code == 1
+    assert "not among the model's classes" in result.stderr
+    assert not (tmp_path / "o.st").exists()
