@@ -6,7 +6,10 @@ is ``flops / 2``. These are the dense counts of the model as it runs: an unstruc
 weights but a dense convolution still multiplies by them, so only compaction lowers ``macs``
 (``macs_nonzero`` counts the multiply–accumulates with a non-zero weight, the work a sparse kernel
 would do). Latency uses :class:`torch.utils.benchmark.Timer` with an explicit thread count,
-warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range.
+warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range. Every
+model is timed in the form a deployment runs it, the same for dense, masked and compacted
+models: BatchNorm folded into its conv and LeakyReLU in place
+(:func:`prunekit.models.yolov3.fuse_for_inference`), channels-last on CPU.
 """
 
 from __future__ import annotations
@@ -128,7 +131,9 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "torch": torch.__version__,
     }
     if latency:
-        model = model.to(dev)
+        from prunekit.models.yolov3 import fuse_for_inference
+
+        model = fuse_for_inference(model).to(dev)
         x = torch.rand(batch, 3, img, img, device=dev)
         if dev.type == "cpu":
             # channels-last lets oneDNN pick its fastest convolution layout on CPU.

@@ -152,9 +152,9 @@ def test_attack_without_labels_uses_the_models_own_detections(trained, synth_dat
     model = tmp_path / "m.st"
     checkpoint.save(trained, model)
     clean = runner.invoke(app, ["detect", str(model), "--images", str(synth_data / "images"),
-                                "--conf", "0.2", "--device", "cpu"])
+                                "--conf", "0.001", "--device", "cpu"])
     attacked = runner.invoke(app, ["detect", str(model), "--images",
-                                   str(synth_data / "images"), "--conf", "0.2", "--attack",
+                                   str(synth_data / "images"), "--conf", "0.001", "--attack",
                                    "pgd", "--device", "cpu"])
     assert clean.exit_code == 0 and attacked.exit_code == 0, attacked.stderr
     assert clean.stdout != attacked.stdout
