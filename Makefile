@@ -75,7 +75,7 @@ baseline: $(BASE)/metrics.json
 #
 # Budget (default): adversarial fine-tuning uses FGSM with a random start (one extra pass per
 # step) and evaluation uses PGD with the paper's settings (ε 0.05, step 0.02, 5 steps) on a
-# fixed 200-image validation subset; cells run JOBS at a time with one thread each.
+# fixed 160-image validation subset; cells run JOBS at a time with one thread each.
 SCALE  ?= default
 OUT    ?= runs/grid
 JOBS   ?= 2
@@ -94,7 +94,7 @@ ifeq ($(SCALE),smoke)
   HYDRA_STEPS := 2
   FT_STEPS    := 2
   VAL_IMAGES  := 16
-  DL_BATCHES  := 1
+  DL_BATCHES  := 2
   BATCH       := 16
   BENCH_SEC   := 0.2
 else ifeq ($(SCALE),paper)
@@ -116,11 +116,11 @@ else
   GRID_DATA   := $(DATA)
   GRID_BASE   := $(BASE)
   RUNS        ?= 3
-  ADV_STEPS   := 100
+  ADV_STEPS   := 80
   HYDRA_STEPS := 20
   FT_STEPS    := 20
-  VAL_IMAGES  := 200
-  DL_BATCHES  := 2
+  VAL_IMAGES  := 160
+  DL_BATCHES  := 16
   BATCH       := 16
   BENCH_SEC   := 1
 endif
@@ -129,7 +129,7 @@ TRAIN    := $(GRID_DATA)/train.json
 VAL_GRID := $(GRID_DATA)/val-grid.json
 ROBUST_ARGS := --data $(TRAIN) --adv fgsm --adv-mix 0.5 --batch-size 32 --lr 5e-4 \
                --threads 1 --workers 0 --device cpu
-SCORE_ARGS  := --data $(TRAIN) --batch-size 32 --workers 0 --device cpu
+SCORE_ARGS  := --data $(TRAIN) --workers 0 --device cpu
 CELL_ARGS   := --data $(TRAIN) --val $(VAL_GRID) --steps $(FT_STEPS) --batch-size $(BATCH) \
                --threads 1 --bench-seconds $(BENCH_SEC)
 RUN_IDS  := $(shell seq 1 $(RUNS))
@@ -178,7 +178,7 @@ $(foreach k,$(RUN_IDS),$(eval $(call RUN_RULES,$(k))))
 # HYDRA scores per run, granularity and ratio.
 define HYDRA_RULE
 $(OUT)/run$(1)/hydra-$(2)-r$(3).st: $(OUT)/run$(1)/robust-rgb.st
-	$$(call timed,hydra,$(PK) score --method hydra $$< $(SCORE_ARGS) --ratio $(3) --granularity $(2) --steps $(HYDRA_STEPS) --seed $(1) -o $$@)
+	$$(call timed,hydra,$(PK) score --method hydra $$< $(SCORE_ARGS) --batch-size 16 --ratio $(3) --granularity $(2) --steps $(HYDRA_STEPS) --seed $(1) -o $$@)
 endef
 $(foreach k,$(RUN_IDS),$(foreach g,weight filter,$(foreach r,$(NONZERO),\
   $(eval $(call HYDRA_RULE,$(k),$(g),$(r))))))
@@ -193,8 +193,16 @@ define CELL_RULE
 $(OUT)/$(1)/run$(2)/r$(3)/result.json: $(call scores,$(1),$(2),$(3)) $(VAL_GRID)
 	$$(call timed,cell,$(PK) grid cell $$< $$(@D) --scenario $(1) --run $(2) --ratio $(3) --granularity $(call granularity,$(1)) --seed $(2) $(CELL_ARGS))
 endef
+# Ratio 0 is the unpruned robust model: measured once per run in unstructured-deeplift (and in
+# the grey scenario), copied to the other colour scenarios.
+define REUSE_RULE
+$(OUT)/$(1)/run$(2)/r0/result.json: $(OUT)/unstructured-deeplift/run$(2)/r0/result.json
+	$(PK) grid cell $(OUT)/run$(2)/robust-rgb.st $$(@D) --scenario $(1) --run $(2) --ratio 0 --reuse $$< $(CELL_ARGS)
+endef
+REUSED := unstructured-hydra structured-deeplift structured-hydra
 $(foreach s,$(SCENARIOS),$(foreach k,$(RUN_IDS),$(foreach r,$(RATIOS),\
-  $(eval $(call CELL_RULE,$(s),$(k),$(r))))))
+  $(if $(and $(filter 0,$(r)),$(filter $(s),$(REUSED))),\
+    $(eval $(call REUSE_RULE,$(s),$(k))),$(eval $(call CELL_RULE,$(s),$(k),$(r)))))))
 
 CELLS := $(foreach s,$(SCENARIOS),$(foreach k,$(RUN_IDS),$(foreach r,$(RATIOS),\
   $(OUT)/$(s)/run$(k)/r$(r)/result.json)))

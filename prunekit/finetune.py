@@ -114,6 +114,39 @@ class EMA:
                 v.copy_(msd[k])
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches, count: int) -> None:
+    """Re-estimate every BatchNorm's running statistics for the model's current weights.
+
+    The running statistics are averages over the whole run; after pruning, or a short
+    fine-tune, they describe weights that no longer exist, and an eval-mode model with stale
+    statistics can lose most of its mAP. A few forward passes in train mode with a cumulative
+    average (``momentum=None``) fix them; no weight changes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or count < 1:
+        return
+    momenta = [m.momentum for m in norms]
+    was_training = model.training
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    device = next(model.parameters()).device
+    try:
+        for k, (images, _, _) in enumerate(batches):
+            if k >= count:
+                break
+            x = images.to(device)
+            if device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            model(x)
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+
+
 def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
     """Zero every masked-out entry (``masked_fill`` keeps the zeros +0.0)."""
     if not masks:
@@ -295,7 +328,8 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
              adv: str = "none", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
              adv_steps: int = 5, state_file: str | Path | None = None, resume: bool = False,
              save_every: int = 200, val: str | Path | None = None, eval_every: int = 0,
-             threads: int | None = None, progress: Progress | None = None) -> Checkpoint:
+             bn_batches: int = 16, threads: int | None = None,
+             progress: Progress | None = None) -> Checkpoint:
     """Train a checkpoint on a COCO dataset and return the trained checkpoint (EMA weights).
 
     Args:
@@ -324,6 +358,8 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         save_every: steps between state saves.
         val: validation COCO JSON for the learning curve.
         eval_every: steps between validation evaluations (0: only at the end when ``val``).
+        bn_batches: batches over which BatchNorm statistics are re-estimated for the final
+            weights (0: keep the running averages).
         threads: CPU threads for torch (default: unchanged).
         progress: ``progress(step, total, metrics)`` callback.
     """
@@ -419,13 +455,17 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         raise
     final = ema.model
     apply_masks(final, masks)
+    if bn_batches:
+        # The EMA's running statistics average those of many past weights; measure them anew.
+        recalibrate_bn(final, loader(dataset, batch_size, workers=0, batch_sampler=_EpochBatches(
+            len(dataset), batch_size, seed + 7, 0, bn_batches)), bn_batches)
     if val is not None:
         curve.append({"step": step, **_validate(final, val, images, dev)})
     out = ck.with_model(final.to("cpu").to(memory_format=torch.contiguous_format))
     out.masks = {k: v.cpu() for k, v in masks.items()}
     out.scores = {}
     args = {**asdict(config), "epochs": epochs, "device": dev.type, "grey": grey,
-            "img_size": img_size, "resumed_from": start or None}
+            "img_size": img_size, "bn_batches": bn_batches, "resumed_from": start or None}
     if curve:
         args["curve"] = curve
     if state_path is not None and state_path.exists():

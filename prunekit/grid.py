@@ -68,9 +68,10 @@ def _metrics(dets: pd.DataFrame, val: str, prefix: str) -> dict[str, Any]:
 
 def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: float,
          data: str | Path, val: str | Path, granularity: str = "weight", steps: int = 20,
-         batch_size: int = 16, lr: float = 5e-4, adv: str = "fgsm", adv_mix: float = 0.5,
+         batch_size: int = 16, lr: float = 2e-3, adv: str = "fgsm", adv_mix: float = 0.5,
          eps: float = 0.05, alpha: float = 0.02, attack_steps: int = 5, seed: int = 0,
-         threads: int = 1, bench_seconds: float = 1.0) -> dict[str, Any]:
+         threads: int = 1, bench_seconds: float = 1.0,
+         reuse: str | Path | None = None) -> dict[str, Any]:
     """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
 
     Args:
@@ -94,6 +95,9 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         seed: seed of the fine-tune and the attack.
         threads: CPU threads (1 when cells run side by side).
         bench_seconds: seconds of timed runs for the latency.
+        reuse: the ``result.json`` of an identical cell to copy instead of measuring again
+            (ratio 0: the four colour scenarios share the same unpruned model), relabelled for
+            this scenario.
     """
     import torch
 
@@ -105,6 +109,19 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     torch.set_num_threads(threads)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if reuse is not None:
+        if ratio != 0:
+            raise PrunekitError("--reuse is for ratio 0 cells, whose model is the same in "
+                                "every scenario of a colour mode")
+        try:
+            row = json.loads(Path(reuse).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise PrunekitError(f"--reuse {reuse}: cannot read it ({e}); run that cell first") \
+                from None
+        row.update(scenario=scenario, run=run, ratio=ratio, reused_from=str(reuse),
+                   **SCENARIOS.get(scenario, {"granularity": granularity}))
+        checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
+        return row
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     ck = checkpoint.load(model)

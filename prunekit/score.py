@@ -279,7 +279,8 @@ def hydra(model: nn.Module, arch: dict[str, Any], batches: Iterable, *, ratio: f
 def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str | None = None,
           ratio: float = 0.5, steps: int = 100, lr: float = 0.1, granularity: str = "weight",
           scope: str = "layer", adv: str = "none", eps: float = 0.05, alpha: float = 0.02,
-          adv_steps: int = 5, baseline: str = "black", batches: int = 8, batch_size: int = 32,
+          adv_steps: int = 5, baseline: str = "black", batches: int = 16,
+          batch_size: int | None = None,
           workers: int = 1, seed: int = 0, device: str = "auto",
           progress: Progress | None = None) -> Checkpoint:
     """Add ``scores.<name>`` for every prunable weight to a checkpoint.
@@ -300,7 +301,9 @@ def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str |
         adv_steps: PGD steps.
         baseline: DeepLIFT's reference input (``black``, ``white``, ``grey``, ``blur``).
         batches: calibration batches for ``taylor`` and ``deeplift``.
-        batch_size: images per batch.
+        batch_size: images per batch (default 32; 4 for ``deeplift``, whose contribution is
+            summed over a batch before its absolute value is taken, so small batches keep
+            opposite contributions of different images from cancelling).
         workers: DataLoader workers.
         seed: seed for ``random``, the batch order and attacks.
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -315,6 +318,8 @@ def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str |
         raise PrunekitError(f"--method {method} needs training images: give --data train.json")
     if method == "hydra" and not 0 <= ratio < 1:
         raise PrunekitError(f"--ratio must lie in [0, 1), got {ratio}")
+    if batch_size is None:
+        batch_size = 4 if method == "deeplift" else 32
     if steps < 1 or batches < 1 or batch_size < 1:
         raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
     args: dict[str, Any] = {"method": method, "data": data, "seed": seed}

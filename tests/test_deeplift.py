@@ -242,7 +242,7 @@ def test_contribution_is_weight_times_the_gradient_of_sum_m_delta_z():
 # ------------------------------------------------------------------------- the target
 
 
-def test_evidence_is_the_assigned_objectness_plus_class_logits():
+def test_evidence_is_the_assigned_detections_outputs():
     from prunekit.loss import assign
 
     model = _small_with_bare_conv()
@@ -261,7 +261,10 @@ def test_evidence_is_the_assigned_objectness_plus_class_logits():
         p = out.view(3, -1, c, *out.shape[-2:])
         for i, a, row, col, k in zip(asg.image, asg.anchor, asg.row, asg.col, asg.cls,
                                      strict=True):
-            expected[i] += p[i, a, 4, row, col] + p[i, a, 5 + k, row, col]
+            q = p[i, a, :, row, col]
+            others = torch.cat((q[5:5 + k], q[6 + k:]))
+            # objectness, box and true class count for, the other classes against.
+            expected[i] += q[:5].sum() + q[5 + k] - others.mean()
     assert got.shape == (3, 1)
     torch.testing.assert_close(got[:, 0], expected)
     # The second block of a 2N batch uses the same mask (Captum's inputs then baselines).

@@ -11,7 +11,7 @@ from prunekit import checkpoint
 from prunekit.checkpoint import Checkpoint
 from prunekit.errors import PrunekitError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def read_checkpoint(path: str | None) -> Checkpoint:

@@ -58,6 +58,8 @@ def finetune_cmd(
                                             "state.")] = 200,
     eval_every: Annotated[int, typer.Option(help="Steps between validation mAP "
                                             "evaluations (0: only at the end).")] = 0,
+    bn_batches: Annotated[int, typer.Option(help="Batches to re-estimate BatchNorm statistics "
+                                            "for the final weights (0: off).")] = 16,
     threads: Annotated[int | None, typer.Option(help="CPU threads.",
                                                 show_default=False)] = None,
     seed: SeedOpt = 0,
@@ -84,7 +86,8 @@ def finetune_cmd(
                        seed=seed, device=device, grey=grey, img_size=img_size, augment=augment,
                        adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=attack_steps,
                        state_file=state, resume=resume, save_every=save_every, val=val,
-                       eval_every=eval_every, threads=threads, progress=_progress)
+                       eval_every=eval_every, bn_batches=bn_batches, threads=threads,
+                       progress=_progress)
     curve = out.history[-1]["args"].get("curve")
     if curve:
         console.print(f"validation: mAP {curve[-1]['map']:.4f}, mAP50 {curve[-1]['map50']:.4f}",

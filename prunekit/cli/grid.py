@@ -38,7 +38,7 @@ def cell_cmd(
     granularity: Annotated[str, typer.Option(help="weight or filter.")] = "weight",
     steps: Annotated[int, typer.Option(help="Fine-tuning steps after pruning.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
-    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 5e-4,
+    lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-3,
     adv: Annotated[str, typer.Option(help="Fine-tuning attack: fgsm, pgd or none.")] = "fgsm",
     eps: Annotated[float, typer.Option(help="Attack radius.")] = 0.05,
     alpha: Annotated[float, typer.Option(help="PGD step.")] = 0.02,
@@ -46,6 +46,9 @@ def cell_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,
+    reuse: Annotated[Path | None, typer.Option(help="Copy the result.json of an identical "
+                                               "ratio-0 cell instead of measuring again.",
+                                               show_default=False)] = None,
 ) -> None:
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
     from prunekit.grid import cell
@@ -53,7 +56,7 @@ def cell_cmd(
     row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
                granularity=granularity, steps=steps, batch_size=batch_size, lr=lr, adv=adv,
                eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed, threads=threads,
-               bench_seconds=bench_seconds)
+               bench_seconds=bench_seconds, reuse=reuse)
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}, adversarial "
                   f"{row['adv_map']:.3f}, {row['latency_ms']:.1f} ms, "
                   f"{row['seconds_total']:.0f} s", highlight=False)

@@ -43,8 +43,9 @@ def score_cmd(
     attack_steps: Annotated[int, typer.Option("--attack-steps", help="PGD steps.")] = 5,
     baseline: Annotated[str, typer.Option(help="DeepLIFT reference: black, white, grey or "
                                           "blur.")] = "black",
-    batches: Annotated[int, typer.Option(help="Calibration batches (taylor, deeplift).")] = 8,
-    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    batches: Annotated[int, typer.Option(help="Calibration batches (taylor, deeplift).")] = 16,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch (default 32; 4 for "
+                                                   "deeplift).", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
