@@ -41,16 +41,17 @@ bench: $(STAMP)
 
 $(DATA)/train.json: | $(STAMP)
 	rm -rf $(DATA)
-	$(PK) data synth $(DATA) --train 3000 --val 500 --size 160 --seed 0 > /dev/null
+	@mkdir -p $(OUT)
+	$(call timed,data,$(PK) data synth $(DATA) --train 3000 --val 500 --size 160 --seed 0 > /dev/null)
 
 # Train the small model from scratch (about 15 minutes on two CPU cores), then measure it at
 # the mAP threshold (0.001) and at the paper's (0.5).
 $(BASE)/model.st: $(DATA)/train.json
-	mkdir -p $(BASE)
-	$(PK) init yolov3-small --dataset $(DATA)/train.json --seed 0 \
+	mkdir -p $(BASE) $(OUT)
+	$(call timed,baseline,$(PK) init yolov3-small --dataset $(DATA)/train.json --seed 0 \
 	  | $(PK) finetune --data $(DATA)/train.json --val $(DATA)/val.json --steps $(BASE_STEPS) \
 	      --batch-size 32 --lr 2e-3 --eval-every 300 --threads $(BASE_THREADS) --device cpu \
-	      -o $@
+	      -o $@)
 
 $(BASE)/metrics.json: $(BASE)/model.st
 	$(PK) detect $< --data $(DATA)/val.json --conf 0.001 --device cpu -o $(BASE)/dets-0.001.csv
@@ -74,7 +75,8 @@ baseline: $(BASE)/metrics.json
 # interrupted grid resumes where it stopped, and nothing finished is recomputed.
 #
 # Budget (default): adversarial fine-tuning uses FGSM with a random start (one extra pass per
-# step) and evaluation uses PGD with the paper's settings (ε 0.05, step 0.02, 5 steps) on a
+# step; the grey model gets more steps, since it must also adapt to grey input) and evaluation
+# uses PGD with the paper's settings (ε 0.05, step 0.02, 5 steps) on a
 # fixed 160-image validation subset; cells run JOBS at a time with one thread each.
 SCALE  ?= default
 OUT    ?= runs/grid
@@ -91,6 +93,7 @@ ifeq ($(SCALE),smoke)
   RUNS        ?= 2
   RATIOS      := 0 0.5 0.9
   ADV_STEPS   := 4
+  GREY_STEPS  := 4
   HYDRA_STEPS := 2
   FT_STEPS    := 2
   VAL_IMAGES  := 16
@@ -106,6 +109,7 @@ else ifeq ($(SCALE),paper)
   WEIGHTS     ?= yolov3.weights
   RUNS        ?= 10
   ADV_STEPS   := 2000
+  GREY_STEPS  := 2000
   HYDRA_STEPS := 500
   FT_STEPS    := 1000
   VAL_IMAGES  := 5000
@@ -117,6 +121,7 @@ else
   GRID_BASE   := $(BASE)
   RUNS        ?= 3
   ADV_STEPS   := 80
+  GREY_STEPS  := 120
   HYDRA_STEPS := 20
   FT_STEPS    := 20
   VAL_IMAGES  := 160
@@ -169,7 +174,7 @@ $(OUT)/run$(1)/robust-rgb.st: $(GRID_BASE)/model.st
 	$$(call timed,robust,$(PK) finetune $$< $(ROBUST_ARGS) --steps $(ADV_STEPS) --seed $(1) -o $$@)
 $(OUT)/run$(1)/robust-grey.st: $(GRID_BASE)/model.st
 	@mkdir -p $$(@D)
-	$$(call timed,robust,$(PK) finetune $$< $(ROBUST_ARGS) --grey --steps $(ADV_STEPS) --seed $(1) -o $$@)
+	$$(call timed,robust,$(PK) finetune $$< $(ROBUST_ARGS) --grey --steps $(GREY_STEPS) --seed $(1) -o $$@)
 $(OUT)/run$(1)/deeplift-%.st: $(OUT)/run$(1)/robust-%.st
 	$$(call timed,deeplift,$(PK) score --method deeplift $$< $(SCORE_ARGS) --batches $(DL_BATCHES) --seed $(1) -o $$@)
 endef
