@@ -126,3 +126,54 @@ def test_bad_arguments_are_one_line_errors(synth_data, tmp_path, runner):
     assert result.exit_code == 1
     assert "not among the model's classes" in result.stderr
     assert not (tmp_path / "o.st").exists()
+
+
+def test_real_sigint_then_resume(synth_data, tmp_path):
+    """A real SIGINT to `prunekit finetune`, then --resume: the same weights as one run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "m.st"
+    checkpoint.save(_ck(synth_data), src)
+    args = [sys.executable, "-m", "prunekit", "finetune", str(src), "--data",
+            str(synth_data / "train.json"), "--steps", "40", "--batch-size", "4", "--workers",
+            "0", "--device", "cpu", "--seed", "5", "--save-every", "3", "--threads", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    full = subprocess.run([*args, "-o", str(tmp_path / "full.st")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 0, full.stderr[-2000:]
+    out = tmp_path / "cut.st"
+    proc = subprocess.Popen([*args, "-o", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "cut.st.state"
+    deadline = time.monotonic() + 120
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert proc.returncode != 0 and "--resume" in err and "Traceback" not in err
+    assert not out.exists() and state.exists()
+    resumed = subprocess.run([*args, "-o", str(out), "--resume"], env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _equal(checkpoint.load(tmp_path / "full.st"), checkpoint.load(out))
+
+
+@pytest.mark.slow
+def test_a_yolov3_416_training_step_runs_on_cpu():
+    from prunekit.finetune import train_step
+    from prunekit.init import init
+
+    model = init("yolov3", classes=80, img_size=416).build()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    targets = torch.tensor([[0, 3, 50, 60, 200, 220], [1, 17, 10, 10, 40, 90]],
+                           dtype=torch.float32)
+    before = model.layers[0].conv.weight.detach().clone()
+    parts = train_step(model, torch.rand(2, 3, 416, 416), targets, opt)
+    assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
+    assert not torch.equal(before, model.layers[0].conv.weight)

@@ -88,3 +88,26 @@ def test_bad_cfg_names_the_line(tmp_path):
                    "activation=leaky\n[mystery]\nx=1\n")
     with pytest.raises(Exception, match=r"bad.cfg:8: section \[mystery\]"):
         parse_cfg(cfg)
+
+
+def test_grey_model_sees_only_luma():
+    from prunekit.models.yolov3 import GREY_WEIGHTS
+
+    model = Detector(build_arch("yolov3-tiny", 3), default_input(64, "grey")).eval()
+    x = torch.rand(2, 3, 64, 64)
+    w = torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1)
+    grey = (x * w).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    with torch.no_grad():
+        for a, b in zip(model(x), model(grey), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+        # and colour really is gone: a hue change at equal luma changes nothing
+        swapped = x[:, [2, 1, 0]]
+        same_luma = swapped + ((x - swapped) * w).sum(1, keepdim=True)
+        for a, b in zip(model(x), model(same_luma), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+    colour = Detector(build_arch("yolov3-tiny", 3), default_input(64, "rgb")).eval()
+    colour.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        # the same weights with colour input do see the difference
+        first = colour.layers[0]
+        assert (first(x) - first(grey)).abs().max() > 1e-2

@@ -47,6 +47,8 @@ def score_cmd(
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default 32; 4 for "
                                                    "deeplift).", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).",
+                                                show_default=False)] = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
@@ -54,6 +56,10 @@ def score_cmd(
     """Add scores.<param> for every conv and linear weight to the checkpoint."""
     from prunekit.score import score
 
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     ck = read_checkpoint(model)
     with progress_bar("score") as bar:
         task = bar.add_task(f"score {method}", total=None, info="")

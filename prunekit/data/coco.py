@@ -209,9 +209,10 @@ class CocoDetection(Dataset):
                         for im in self.images]
         self.augment = augment
         self._transform = _train_transform(img_size) if augment else None
-        self._cache: list[np.ndarray] | None = None
-        if cache:
-            self._cache = [load_image(p) for p in self.paths]
+        # Decoded images are kept as they are first read (per process: each DataLoader worker
+        # fills its own), so a long run decodes every image once and a short one only what it
+        # uses.
+        self._cache: list[np.ndarray | None] | None = [None] * len(self.paths) if cache else None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -224,7 +225,12 @@ class CocoDetection(Dataset):
         i, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             torch.manual_seed(seed)
-        array = self._cache[i] if self._cache is not None else load_image(self.paths[i])
+        if self._cache is None:
+            array = load_image(self.paths[i])
+        else:
+            if self._cache[i] is None:
+                self._cache[i] = load_image(self.paths[i])
+            array = self._cache[i]
         image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
         original = image if self.originals else None
         h, w = image.shape[-2:]
