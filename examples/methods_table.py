@@ -19,7 +19,7 @@ import torch
 from prunekit import checkpoint
 from prunekit.evaluate import evaluate
 from prunekit.finetune import finetune
-from prunekit.grid import _detections
+from prunekit.grid import detections_frame
 from prunekit.mask import compact_checkpoint, mask
 from prunekit.score import score
 
@@ -55,7 +55,7 @@ def main() -> None:
                     pruned = compact_checkpoint(pruned)
                 tuned = finetune(pruned, train, steps=args.steps, batch_size=32, lr=1e-3,
                                  device="cpu", workers=1)
-                dets = _detections(tuned, val, attack=None, batch_size=32, seed=0)
+                dets = detections_frame(tuned, val, attack=None, batch_size=32, seed=0)
                 m = evaluate(dets, val, per_class=False)
                 rows.append({"method": method, "granularity": gran, "ratio": ratio,
                              "map": m["map"], "map50": m["map50"],

@@ -8,7 +8,7 @@ clears the threshold yields a candidate (multi-label), which is what mAP at a lo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,6 +104,20 @@ def detect(model: nn.Module, batches, *, conf: float = 0.5, iou: float = 0.45,
             orig[:, 1::2] = orig[:, 1::2].clamp(0, h)
             yield ImageDetections(rec["image_id"], rec["file_name"], orig, scores.cpu().float(),
                                   labels.cpu())
+
+
+def to_frame(results: Iterable[ImageDetections], ids: list[int]):
+    """Detections as the ``pandas.DataFrame`` :func:`prunekit.evaluate.evaluate` takes (COCO
+    ids, xywh boxes); classes without a COCO id in the dataset are left out."""
+    import pandas as pd
+
+    rows = []
+    for d in results:
+        for (x1, y1, x2, y2), s, k in zip(d.boxes_xyxy.tolist(), d.scores.tolist(),
+                                          d.labels.tolist(), strict=True):
+            if ids[k] >= 0:
+                rows.append((d.image_id, ids[k], s, x1, y1, x2 - x1, y2 - y1))
+    return pd.DataFrame(rows, columns=["image_id", "category_id", "score", "x", "y", "w", "h"])
 
 
 def category_ids(classes: list[str], gt_json: str | Path | None) -> list[int]:

@@ -476,21 +476,12 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
 def _validate(model: nn.Module, val: str | Path, images, dev) -> dict[str, float]:
     """mAP of the model on a validation set at confidence 0.001 (the learning curve)."""
     from prunekit.data.coco import CocoDetection, loader
-    from prunekit.detect import category_ids, detect
+    from prunekit.detect import category_ids, detect, to_frame
     from prunekit.evaluate import evaluate
 
     was_training = model.training
     ds = CocoDetection(val, model.img_size, images=images, classes=model.classes)
-    ids = category_ids(model.classes, val)
-    rows = []
-    for d in detect(model, loader(ds, 32), conf=0.001, device=dev):
-        for box, score, label in zip(d.boxes_xyxy.tolist(), d.scores.tolist(),
-                                            d.labels.tolist(), strict=True):
-            rows.append({"image_id": d.image_id, "category_id": ids[label], "score": score,
-                         "x": box[0], "y": box[1], "w": box[2] - box[0], "h": box[3] - box[1]})
-    import pandas as pd
-
-    m = evaluate(pd.DataFrame(rows, columns=["image_id", "category_id", "score", "x", "y", "w",
-                                             "h"]), val, per_class=False)
+    results = detect(model, loader(ds, 32), conf=0.001, device=dev)
+    m = evaluate(to_frame(results, category_ids(model.classes, val)), val, per_class=False)
     model.train(was_training)
     return {"map": m["map"], "map50": m["map50"]}

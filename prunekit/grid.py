@@ -36,18 +36,14 @@ SCENARIOS: dict[str, dict[str, str]] = {
 }
 
 
-def _detections(ck, val: str, *, attack, batch_size: int, seed: int) -> pd.DataFrame:
-    from prunekit.detect import detect_dataset
+def detections_frame(ck, val: str, *, attack=None, batch_size: int = 32,
+                     seed: int = 0) -> pd.DataFrame:
+    """Detections at confidence 0.001 on a COCO dataset, as the frame ``evaluate`` takes."""
+    from prunekit.detect import detect_dataset, to_frame
 
     _, ids, results = detect_dataset(ck, data=val, conf=0.001, batch_size=batch_size,
                                      device="cpu", attack=attack, seed=seed)
-    rows = []
-    for d in results:
-        for (x1, y1, x2, y2), s, k in zip(d.boxes_xyxy.tolist(), d.scores.tolist(),
-                                          d.labels.tolist(), strict=True):
-            if ids[k] >= 0:
-                rows.append((d.image_id, ids[k], s, x1, y1, x2 - x1, y2 - y1))
-    return pd.DataFrame(rows, columns=["image_id", "category_id", "score", "x", "y", "w", "h"])
+    return to_frame(results, ids)
 
 
 def _metrics(dets: pd.DataFrame, val: str, prefix: str) -> dict[str, Any]:
@@ -141,11 +137,11 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     checkpoint.save(ck, path)
     ck = checkpoint.load(path)
     t = time.perf_counter()
-    clean = _detections(ck, str(val), attack=None, batch_size=32, seed=seed)
+    clean = detections_frame(ck, str(val), attack=None, batch_size=32, seed=seed)
     times["detect"] = time.perf_counter() - t
     t = time.perf_counter()
     attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
-    attacked = _detections(ck, str(val), attack=attack, batch_size=32, seed=seed)
+    attacked = detections_frame(ck, str(val), attack=attack, batch_size=32, seed=seed)
     times["detect_pgd"] = time.perf_counter() - t
     t = time.perf_counter()
     row: dict[str, Any] = {"scenario": scenario, "run": run, "ratio": ratio,
