@@ -215,6 +215,14 @@ $(foreach s,$(SCENARIOS),$(foreach k,$(RUN_IDS),$(foreach r,$(RATIOS),\
 CELLS := $(foreach s,$(SCENARIOS),$(foreach k,$(RUN_IDS),$(foreach r,$(RATIOS),\
   $(OUT)/$(s)/run$(k)/r$(r)/result.json)))
 
+# prunekit writes every model, score file and result atomically (temporary file, then rename),
+# so a target that exists is complete. Make deletes the target of a recipe it interrupts even
+# when the file was already whole (a cell killed while logging its time); keep them instead.
+RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$(c).st \
+  $(OUT)/run$(k)/deeplift-$(c).st) $(foreach g,weight filter,$(foreach r,$(NONZERO),\
+  $(OUT)/run$(k)/hydra-$(g)-r$(r).st)))
+.PRECIOUS: $(CELLS) $(RUN_FILES) $(GRID_BASE)/model.st
+
 $(OUT)/results.csv: $(CELLS)
 	$(PK) grid collect $(OUT) -o $@
 

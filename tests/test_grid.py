@@ -29,16 +29,18 @@ def test_smoke_grid_writes_the_report_and_resumes(tmp_path):
     out = tmp_path / "grid"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     # Start the grid, kill it once a few cells are done, then run it again.
-    proc = subprocess.Popen(["make", "-C", str(ROOT), "all-scenarios", "SCALE=smoke",
-                             f"OUT={out}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    log = tmp_path / "first-run.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(["make", "-C", str(ROOT), "all-scenarios", "SCALE=smoke",
+                                 f"OUT={out}"], stdout=sink, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
     deadline = time.monotonic() + 900
     while len(_results(out)) < 4 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     finished = _results(out)
-    assert 4 <= len(finished) < 30, len(finished)
+    assert 4 <= len(finished) < 30, (len(finished), proc.returncode, log.read_text()[-3000:])
     done = _make(out)
     assert done.returncode == 0, done.stderr[-3000:]
     after = _results(out)
