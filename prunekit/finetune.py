@@ -244,6 +244,45 @@ def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
     return parts
 
 
+class _StepBoundaryInterrupt:
+    """Defer Ctrl-C (SIGINT) to the end of the training step it arrives in.
+
+    A KeyboardInterrupt raised mid-step (after the optimiser step, before the EMA update or the
+    step count) would save a state that no uninterrupted run passes through, and ``--resume``
+    would then diverge from it. The first SIGINT only sets ``requested``; the loop saves the
+    state and stops at the next step boundary. A second SIGINT interrupts at once (the last
+    periodic state is kept). Only the main thread can own signal handlers; elsewhere this does
+    nothing.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._old: Any = None
+
+    def __enter__(self) -> _StepBoundaryInterrupt:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise _ForcedInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+class _ForcedInterrupt(KeyboardInterrupt):
+    """A second Ctrl-C: stop now, mid-step, without saving a state."""
+
+
 class _nullcontext:
     def __enter__(self) -> None:
         return None
@@ -427,32 +466,43 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
                      batch_sampler=_EpochBatches(len(dataset), batch_size, seed, start, steps))
     curve: list[dict[str, float]] = []
     step = start
+    interrupt = _StepBoundaryInterrupt()
     try:
-        for images_b, targets, _ in batches:
-            torch.manual_seed(seed * 1_000_003 + step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, steps, lr, warmup)
-            x = images_b.to(dev, non_blocking=True)
-            if dev.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            parts = train_step(model, x, targets, optimizer, adv=attack_fn, adv_mix=adv_mix,
-                               masks=masks, autocast=autocast)
-            ema.update(model)
-            step += 1
-            if val is not None and eval_every and step % eval_every == 0 and step < steps:
-                curve.append({"step": step, **_validate(ema.model, val, images, dev)})
-                parts.update({k: v for k, v in curve[-1].items() if k != "step"})
-            if progress is not None:
-                progress(step, steps, parts)
-            if state_path is not None and save_every and step % save_every == 0 and step < steps:
-                _save_state(state_path, config, step, model, ema, optimizer, ck)
-    except KeyboardInterrupt:
-        if state_path is not None:
-            _save_state(state_path, config, step, model, ema, optimizer, ck)
-            raise PrunekitError(f"interrupted at step {step}/{steps}; the training state is in "
-                                f"{state_path}: run the same command with --resume to "
-                                f"continue") from None
-        raise
+        with interrupt:
+            for images_b, targets, _ in batches:
+                torch.manual_seed(seed * 1_000_003 + step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(step, steps, lr, warmup)
+                x = images_b.to(dev, non_blocking=True)
+                if dev.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                parts = train_step(model, x, targets, optimizer, adv=attack_fn, adv_mix=adv_mix,
+                                   masks=masks, autocast=autocast)
+                ema.update(model)
+                step += 1
+                if val is not None and eval_every and step % eval_every == 0 and step < steps:
+                    curve.append({"step": step, **_validate(ema.model, val, images, dev)})
+                    parts.update({k: v for k, v in curve[-1].items() if k != "step"})
+                if progress is not None:
+                    progress(step, steps, parts)
+                if state_path is not None and save_every and step % save_every == 0 \
+                        and step < steps:
+                    _save_state(state_path, config, step, model, ema, optimizer, ck)
+                if interrupt.requested and step < steps:
+                    raise KeyboardInterrupt
+    except (KeyboardInterrupt, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not interrupt.requested:
+            raise  # a real failure; with Ctrl-C pending it is a DataLoader worker that stopped
+        if state_path is None:
+            raise KeyboardInterrupt from None
+        if isinstance(e, _ForcedInterrupt):
+            raise PrunekitError(f"interrupted mid-step; {state_path} keeps the last periodic "
+                                f"state, if any: run the same command with --resume to "
+                                f"continue from it") from None
+        _save_state(state_path, config, step, model, ema, optimizer, ck)
+        raise PrunekitError(f"interrupted at step {step}/{steps}; the training state is in "
+                            f"{state_path}: run the same command with --resume to "
+                            f"continue") from None
     final = ema.model
     apply_masks(final, masks)
     if bn_batches:

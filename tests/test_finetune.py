@@ -139,7 +139,7 @@ def test_real_sigint_then_resume(synth_data, tmp_path):
     src = tmp_path / "m.st"
     checkpoint.save(_ck(synth_data), src)
     args = [sys.executable, "-m", "prunekit", "finetune", str(src), "--data",
-            str(synth_data / "train.json"), "--steps", "40", "--batch-size", "4", "--workers",
+            str(synth_data / "train.json"), "--steps", "100", "--batch-size", "4", "--workers",
             "0", "--device", "cpu", "--seed", "5", "--save-every", "3", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     full = subprocess.run([*args, "-o", str(tmp_path / "full.st")], env=env,
@@ -154,9 +154,8 @@ def test_real_sigint_then_resume(synth_data, tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    if proc.returncode == 0:
-        pytest.skip("training finished before the signal arrived")
-    assert proc.returncode != 0 and "--resume" in err and "Traceback" not in err
+    # The signal lands mid-step at a random point; the step finishes, its state is saved.
+    assert proc.returncode == 1 and "--resume" in err and "Traceback" not in err, err[-2000:]
     assert not out.exists() and state.exists()
     resumed = subprocess.run([*args, "-o", str(out), "--resume"], env=env, capture_output=True,
                              text=True, timeout=300)
