@@ -35,7 +35,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check prunekit tests benchmarks
 
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	@failed=; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || failed="$$failed $$b"; \
+	done; if [ -n "$$failed" ]; then echo "missed targets:$$failed"; exit 1; fi
 
 # ---------------------------------------------------------------- the embedded baseline
 
