@@ -16,7 +16,9 @@ continues from it and gives the same final weights as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import json
 import math
 import os
@@ -114,37 +116,20 @@ class EMA:
                 v.copy_(msd[k])
 
 
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches, count: int) -> None:
     """Re-estimate every BatchNorm's running statistics for the model's current weights.
 
     The running statistics are averages over the whole run; after pruning, or a short
     fine-tune, they describe weights that no longer exist, and an eval-mode model with stale
-    statistics can lose most of its mAP. A few forward passes in train mode with a cumulative
-    average (``momentum=None``) fix them; no weight changes.
+    statistics can lose most of its mAP. :func:`torch.optim.swa_utils.update_bn` fixes them
+    with train-mode forward passes and a cumulative average over the first ``count`` batches;
+    no weight changes.
     """
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or count < 1:
-        return
-    momenta = [m.momentum for m in norms]
-    was_training = model.training
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    device = next(model.parameters()).device
-    try:
-        for k, (images, _, _) in enumerate(batches):
-            if k >= count:
-                break
-            x = images.to(device)
-            if device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            model(x)
-    finally:
-        for m, momentum in zip(norms, momenta, strict=True):
-            m.momentum = momentum
-        model.train(was_training)
+    from torch.optim.swa_utils import update_bn
+
+    if count >= 1:
+        update_bn(itertools.islice(batches, count), model,
+                  device=next(model.parameters()).device)
 
 
 def apply_masks(model: nn.Module, masks: dict[str, Tensor]) -> None:
@@ -199,7 +184,7 @@ def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
     parts: dict[str, float] = {}
 
     def _loss(x: Tensor) -> Tensor:
-        ctx = autocast if autocast is not None else _nullcontext()
+        ctx = autocast if autocast is not None else contextlib.nullcontext()
         with ctx:
             out = model(x)
         total, p = yolo_loss(out, targets, anchors, model.img_size, model.num_classes,
@@ -219,7 +204,7 @@ def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
         # the usual mixed adversarial training, and the step costs one pass, not two.
         both = torch.cat((images, adv_images))
         n = images.shape[0]
-        ctx = autocast if autocast is not None else _nullcontext()
+        ctx = autocast if autocast is not None else contextlib.nullcontext()
         with ctx:
             out = model(both)
         clean_out = [o[:n] for o in out]
@@ -281,14 +266,6 @@ class _StepBoundaryInterrupt:
 
 class _ForcedInterrupt(KeyboardInterrupt):
     """A second Ctrl-C: stop now, mid-step, without saving a state."""
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 # ------------------------------------------------------------------------------ state files

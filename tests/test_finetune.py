@@ -176,3 +176,18 @@ def test_a_yolov3_416_training_step_runs_on_cpu():
     parts = train_step(model, torch.rand(2, 3, 416, 416), targets, opt)
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())
     assert not torch.equal(before, model.layers[0].conv.weight)
+
+
+def test_bn_recalibration_measures_the_batches_and_keeps_the_weights():
+    from prunekit.finetune import recalibrate_bn
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    model[1].running_mean.fill_(5.0)
+    weight = model[0].weight.clone()
+    batches = [(torch.rand(2, 3, 8, 8), None, None) for _ in range(3)]
+    recalibrate_bn(model, iter(batches), 2)
+    with torch.no_grad():
+        z = torch.cat([model[0](b[0]) for b in batches[:2]])
+    torch.testing.assert_close(model[1].running_mean, z.mean((0, 2, 3)))
+    assert torch.equal(model[0].weight, weight) and not model.training

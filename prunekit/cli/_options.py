@@ -25,3 +25,12 @@ ImgSizeOpt = Annotated[
     typer.Option("--img-size", help="Input size in pixels, a multiple of 32 (default: the "
                  "model's).", show_default=False),
 ]
+EpsOpt = Annotated[float, typer.Option("--eps", help="Attack radius (L∞, images in [0, 1]).")]
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Attack (PGD) step size.")]
+# PGD steps: `--steps` where the command has no training steps, `--attack-steps` where it has.
+AttackStepsOpt = Annotated[int, typer.Option("--attack-steps", help="PGD steps.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads (default: torch's).", show_default=False),
+]

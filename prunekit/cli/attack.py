@@ -10,7 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, SeedOpt
+from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt
 
 EXAMPLE = """Examples:
 
@@ -30,8 +30,8 @@ def attack_cmd(
     images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
                                                 "folder).", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="pgd or fgsm.")] = "pgd",
-    eps: Annotated[float, typer.Option(help="L∞ radius (images in [0, 1]).")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="PGD step size.")] = 0.02,
+    eps: EpsOpt = 0.05,
+    alpha: AlphaOpt = 0.02,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
     loss: Annotated[str, typer.Option(help="total, cls, box or obj (vanishing).")] = "total",
     batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,

@@ -9,7 +9,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, SeedOpt
+from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt, WorkersOpt
 
 EXAMPLE = """Examples:
 
@@ -34,11 +34,11 @@ def detect_cmd(
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
     max_det: Annotated[int, typer.Option(help="Detections kept per image.")] = 100,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 16,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 0,
+    workers: WorkersOpt = 0,
     attack: Annotated[str | None, typer.Option(help="Attack each image first: pgd or fgsm.",
                                                show_default=False)] = None,
-    eps: Annotated[float, typer.Option(help="Attack radius (L∞, images in [0, 1]).")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="PGD step size.")] = 0.02,
+    eps: EpsOpt = 0.05,
+    alpha: AlphaOpt = 0.02,
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
     loss: Annotated[str, typer.Option(help="Attack objective: total, cls, box or obj "
                                       "(vanishing).")] = "total",

@@ -9,7 +9,17 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint, write_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, ImgSizeOpt, OutputOpt, SeedOpt
+from prunekit.cli._options import (
+    AlphaOpt,
+    CheckpointArg,
+    DeviceOpt,
+    EpsOpt,
+    ImgSizeOpt,
+    OutputOpt,
+    SeedOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
 EXAMPLE = """Examples:
 
@@ -45,11 +55,11 @@ def finetune_cmd(
     adv: Annotated[str, typer.Option(help="Adversarial training: none, pgd, or fgsm (FGSM "
                                      "with random start).")] = "none",
     adv_mix: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 0.5,
-    eps: Annotated[float, typer.Option(help="Attack radius (L∞, images in [0, 1]).")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="Attack step size.")] = 0.02,
+    eps: EpsOpt = 0.05,
+    alpha: AlphaOpt = 0.02,
     attack_steps: Annotated[int, typer.Option("--attack-steps", "--pgd-steps",
                                               help="PGD steps.")] = 5,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    workers: WorkersOpt = 1,
     images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
                                                 "folder).", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from "
@@ -60,8 +70,7 @@ def finetune_cmd(
                                             "evaluations (0: only at the end).")] = 0,
     bn_batches: Annotated[int, typer.Option(help="Batches to re-estimate BatchNorm statistics "
                                             "for the final weights (0: off).")] = 16,
-    threads: Annotated[int | None, typer.Option(help="CPU threads.",
-                                                show_default=False)] = None,
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,

@@ -10,6 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, write_text
+from prunekit.cli._options import AlphaOpt, AttackStepsOpt, EpsOpt
 
 grid_app = typer.Typer(
     help="The experiment grid's building blocks (see `make all-scenarios`): one cell, "
@@ -40,9 +41,9 @@ def cell_cmd(
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-3,
     adv: Annotated[str, typer.Option(help="Fine-tuning attack: fgsm, pgd or none.")] = "fgsm",
-    eps: Annotated[float, typer.Option(help="Attack radius.")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="PGD step.")] = 0.02,
-    attack_steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
+    eps: EpsOpt = 0.05,
+    alpha: AlphaOpt = 0.02,
+    attack_steps: AttackStepsOpt = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,

@@ -9,7 +9,17 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import progress_bar, read_checkpoint, write_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, OutputOpt, SeedOpt
+from prunekit.cli._options import (
+    AlphaOpt,
+    AttackStepsOpt,
+    CheckpointArg,
+    DeviceOpt,
+    EpsOpt,
+    OutputOpt,
+    SeedOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
 EXAMPLE = """Examples:
 
@@ -38,17 +48,16 @@ def score_cmd(
     scope: Annotated[str, typer.Option(help="HYDRA: layer or global top-k.")] = "layer",
     adv: Annotated[str, typer.Option(help="HYDRA: optimise on adversarial examples (none, "
                                      "pgd, fgsm).")] = "none",
-    eps: Annotated[float, typer.Option(help="Attack radius.")] = 0.05,
-    alpha: Annotated[float, typer.Option(help="Attack step.")] = 0.02,
-    attack_steps: Annotated[int, typer.Option("--attack-steps", help="PGD steps.")] = 5,
+    eps: EpsOpt = 0.05,
+    alpha: AlphaOpt = 0.02,
+    attack_steps: AttackStepsOpt = 5,
     baseline: Annotated[str, typer.Option(help="DeepLIFT reference: black, white, grey or "
                                           "blur.")] = "black",
     batches: Annotated[int, typer.Option(help="Calibration batches (taylor, deeplift).")] = 16,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch (default 32; 4 for "
                                                    "deeplift).", show_default=False)] = None,
-    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: torch's).",
-                                                show_default=False)] = None,
+    workers: WorkersOpt = 1,
+    threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
