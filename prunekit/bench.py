@@ -6,15 +6,27 @@ is ``flops / 2``. These are the dense counts of the model as it runs: an unstruc
 weights but a dense convolution still multiplies by them, so only compaction lowers ``macs``
 (``macs_nonzero`` counts the multiply–accumulates with a non-zero weight, the work a sparse kernel
 would do). Latency uses :class:`torch.utils.benchmark.Timer` with an explicit thread count,
-warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range. Every
-model is timed in the form a deployment runs it, the same for dense, masked and compacted
-models: BatchNorm folded into its conv and LeakyReLU in place
-(:func:`prunekit.models.yolov3.fuse_for_inference`), channels-last on CPU.
+warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range.
+
+Every model is timed in the form a deployment runs it, the same for dense, masked and compacted
+models: BatchNorm folded into its conv (:func:`prunekit.models.yolov3.fuse_for_inference`), then
+one of two runtimes (``runtime``, reported in the figures):
+
+- ``onednn-graph`` (the CPU default): the model traced and frozen with TorchScript, with PyTorch's
+  oneDNN Graph fuser on (:func:`torch.jit.enable_onednn_fusion`). Each conv runs as one oneDNN
+  kernel with its bias, LeakyReLU and residual addition applied as post-ops, and activations stay
+  in oneDNN's blocked layout between kernels. This is how a CPU deployment avoids the extra
+  passes over every activation that separate LeakyReLU and addition kernels make. Those passes
+  shrink with the channel count but not with its square, so they would hide part of what
+  pruning saves (eager yolov3-416: about 35 of 225 ms dense).
+- ``eager``: PyTorch eager mode, LeakyReLU in place, channels-last on CPU (oneDNN picks its
+  fastest convolution layout); the only runtime on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any
 
 import torch
@@ -66,13 +78,69 @@ def count_macs(model: nn.Module, img_size: int, batch: int = 1) -> tuple[int, in
     return counter.get_total_flops() // 2, nonzero
 
 
+RUNTIMES = ("auto", "onednn-graph", "eager")
+
+
+def resolve_runtime(runtime: str, device: torch.device) -> str:
+    """``auto`` → ``onednn-graph`` on CPU (when PyTorch has oneDNN), ``eager`` on CUDA."""
+    if runtime not in RUNTIMES:
+        raise PrunekitError(f"--runtime {runtime!r} is unknown; use {', '.join(RUNTIMES)}")
+    cpu_graph = (device.type == "cpu" and torch.backends.mkldnn.is_available()
+                 and hasattr(torch.jit, "enable_onednn_fusion"))
+    if runtime == "auto":
+        return "onednn-graph" if cpu_graph else "eager"
+    if runtime == "onednn-graph" and not cpu_graph:
+        raise PrunekitError(f"--runtime onednn-graph needs a CPU with PyTorch's oneDNN; this is "
+                            f"{device.type}; use --runtime eager")
+    return runtime
+
+
+@contextlib.contextmanager
+def _onednn_fusion():
+    """PyTorch's oneDNN Graph fuser on for the block, as it was after. The fuser rewrites a
+    TorchScript graph when the profiling executor optimises it (on its second or third run), so
+    the warm-up runs must be inside the block."""
+    old = torch.jit.onednn_fusion_enabled()
+    torch.jit.enable_onednn_fusion(True)
+    try:
+        yield
+    finally:
+        torch.jit.enable_onednn_fusion(old)
+
+
+def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.Module,
+                                                                              torch.Tensor]:
+    """The model and input as ``runtime`` runs them: BatchNorm folded, then eager (channels-last
+    on CPU) or a frozen TorchScript trace for the oneDNN Graph fuser. Same outputs to float
+    rounding; call the ``onednn-graph`` form inside :func:`_onednn_fusion`."""
+    from prunekit.models.yolov3 import fuse_for_inference
+
+    model = fuse_for_inference(model).to(x.device)
+    if runtime == "onednn-graph":
+        # Plain NCHW input: the fuser chooses the layouts itself (and fails on channels-last).
+        # The trace is for the one input shape being timed, so the shape arithmetic it records
+        # as constants (TracerWarning) is right; TorchScript's deprecation notice is no news to
+        # the user of `bench` (`--runtime eager` does without it).
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", FutureWarning)
+            return torch.jit.freeze(torch.jit.trace(model, x, check_trace=False)), x
+    if x.device.type == "cpu":
+        # channels-last lets oneDNN pick its fastest convolution layout on CPU.
+        return model.to(memory_format=torch.channels_last), \
+            x.contiguous(memory_format=torch.channels_last)
+    return model, x
+
+
 def _latency(model: nn.Module, x: torch.Tensor, threads: int, min_run_time: float) \
         -> tuple[float, float]:
     def step() -> None:
         with torch.inference_mode():
             model(x)
 
-    for _ in range(3):  # warm-up: allocator, kernels, oneDNN primitive caches
+    # Warm-up: allocator, kernels, oneDNN primitive caches, and the TorchScript profiling
+    # executor's runs before it optimises (and fuses) the graph.
+    for _ in range(5):
         step()
     if x.is_cuda:
         torch.cuda.synchronize()
@@ -82,7 +150,8 @@ def _latency(model: nn.Module, x: torch.Tensor, threads: int, min_run_time: floa
 
 
 def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
-          latency: bool = True, min_run_time: float = 2.0) -> dict[str, Any]:
+          latency: bool = True, min_run_time: float = 2.0, runtime: str = "auto") \
+        -> dict[str, Any]:
     """Measure a checkpoint.
 
     Args:
@@ -92,6 +161,7 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         threads: CPU threads for the timed runs (default: torch's current setting).
         latency: time the model; ``False`` reports only the static figures.
         min_run_time: seconds of timed runs to collect.
+        runtime: ``auto``, ``onednn-graph`` (CPU) or ``eager`` (see the module docstring).
 
     Returns:
         The figures, JSON-serialisable.
@@ -102,6 +172,7 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
+    runtime = resolve_runtime(runtime, dev)
     model = ck.build()
     img = int(ck.input["size"])
     params = [p for p in model.parameters()]
@@ -128,18 +199,13 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "threads": threads,
         "batch": batch,
         "img_size": img,
+        "runtime": runtime if latency else None,
         "torch": torch.__version__,
     }
     if latency:
-        from prunekit.models.yolov3 import fuse_for_inference
-
-        model = fuse_for_inference(model).to(dev)
-        x = torch.rand(batch, 3, img, img, device=dev)
-        if dev.type == "cpu":
-            # channels-last lets oneDNN pick its fastest convolution layout on CPU.
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _threads(threads):
+        fusion = _onednn_fusion() if runtime == "onednn-graph" else contextlib.nullcontext()
+        with _threads(threads), fusion:
+            model, x = inference_form(model, torch.rand(batch, 3, img, img, device=dev), runtime)
             median, iqr = _latency(model, x, threads, min_run_time)
         result.update(latency_ms=median * 1e3, latency_iqr_ms=iqr * 1e3,
                       throughput=batch / median)

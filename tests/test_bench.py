@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from prunekit import checkpoint
-from prunekit.bench import bench
+from prunekit.bench import _onednn_fusion, bench, inference_form
 from prunekit.cli import app
+from prunekit.init import init
+from prunekit.mask import mask
+from prunekit.score import l1_filter
 from tests.conftest import tiny_checkpoint
 
 KEYS = {"params_total", "params_nonzero", "sparsity", "macs", "flops", "bytes_stored",
         "bytes_dense", "compression_ratio", "latency_ms", "latency_iqr_ms", "throughput",
-        "device", "threads", "batch", "img_size", "torch"}
+        "device", "threads", "batch", "img_size", "runtime", "torch"}
 
 
 def test_bench_reports_exact_figures_for_yolov3_tiny(runner, tmp_path):
@@ -47,3 +53,45 @@ def test_latency_is_measured(tmp_path):
     assert figures["latency_ms"] > 0 and figures["latency_iqr_ms"] >= 0
     assert abs(figures["throughput"] - 2 / (figures["latency_ms"] / 1e3)) < 1e-6
     assert figures["threads"] == 1 and figures["batch"] == 2
+
+
+def _compacted(ck, ratio):
+    ck.scores = l1_filter(ck.state)
+    return mask(ck, ratio, granularity="filter", compact=True)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: tiny_checkpoint(),
+    lambda: tiny_checkpoint(grey=True),
+    lambda: _compacted(tiny_checkpoint(seed=1), 0.75),
+    lambda: init("yolov3-tiny", classes=3, img_size=64, seed=2),  # max-pools, route of one
+], ids=["small", "grey", "compacted", "yolov3-tiny"])
+def test_each_runtime_computes_the_models_outputs(make):
+    ck = make()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = ck.build().eval()(x)
+    with _onednn_fusion():
+        for runtime in ("eager", "onednn-graph"):
+            model, xin = inference_form(ck.build(), x, runtime)
+            with torch.inference_mode():
+                for _ in range(4):  # the profiling executor fuses on the second or third run
+                    got = model(xin)
+            assert len(got) == len(want)
+            for g, w in zip(got, want, strict=True):
+                torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+            if runtime == "onednn-graph":
+                graph = str(torch.jit.last_executed_optimized_graph())
+                assert graph.count("prim::oneDNNFusionGroup") >= 3  # really fused, not eager
+
+
+def test_runtime_is_reported_and_checked(runner, tmp_path):
+    ck = tiny_checkpoint()
+    assert bench(ck, threads=1, min_run_time=0.1)["runtime"] == "onednn-graph"
+    assert bench(ck, threads=1, min_run_time=0.1, runtime="eager")["runtime"] == "eager"
+    assert bench(ck, latency=False)["runtime"] is None
+    path = tmp_path / "m.st"
+    checkpoint.save(ck, path)
+    result = runner.invoke(app, ["bench", str(path), "--runtime", "tensorrt"])
+    assert result.exit_code == 1
+    assert "--runtime 'tensorrt' is unknown; use auto, onednn-graph, eager" in result.stderr

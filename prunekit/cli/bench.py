@@ -17,6 +17,8 @@ EXAMPLE = """Examples:
 
   prunekit bench yolov3.st --device cuda --batch 16
 
+  prunekit bench pruned.st --runtime eager
+
   prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
 """
 
@@ -31,6 +33,9 @@ def bench_cmd(
     latency: Annotated[bool, typer.Option("--latency/--no-latency",
                                           help="Time the model.")] = True,
     min_time: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 2.0,
+    runtime: Annotated[str, typer.Option(
+        help="auto (onednn-graph on CPU, eager on CUDA), onednn-graph (TorchScript with "
+             "conv, bias, LeakyReLU and residual add fused by oneDNN) or eager.")] = "auto",
 ) -> None:
     """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON."""
     from prunekit.bench import bench
@@ -38,5 +43,5 @@ def bench_cmd(
     ck = read_checkpoint(model)
     with console.status("benchmarking", spinner="dots"):
         result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,
-                       min_run_time=min_time)
+                       min_run_time=min_time, runtime=runtime)
     typer.echo(json.dumps(result, indent=2))
