@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from prunekit import checkpoint
-from prunekit.bench import _onednn_fusion, bench, inference_form
+from prunekit.bench import bench, inference_form, onednn_fusion
 from prunekit.cli import app
 from prunekit.init import init
 from prunekit.mask import mask
@@ -71,7 +71,7 @@ def test_each_runtime_computes_the_models_outputs(make):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         want = ck.build().eval()(x)
-    with _onednn_fusion():
+    with onednn_fusion():
         for runtime in ("eager", "onednn-graph"):
             model, xin = inference_form(ck.build(), x, runtime)
             with torch.inference_mode():
