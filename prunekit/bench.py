@@ -133,21 +133,52 @@ def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.
     return model, x
 
 
+def _warm_up(model: nn.Module, x: torch.Tensor) -> None:
+    """Runs before timing: allocator, kernels, oneDNN primitive caches, and the TorchScript
+    profiling executor's runs before it optimises (and fuses) the graph."""
+    with torch.inference_mode():
+        for _ in range(5):
+            model(x)
+
+
 def _latency(model: nn.Module, x: torch.Tensor, threads: int, min_run_time: float) \
         -> tuple[float, float]:
     def step() -> None:
         with torch.inference_mode():
             model(x)
 
-    # Warm-up: allocator, kernels, oneDNN primitive caches, and the TorchScript profiling
-    # executor's runs before it optimises (and fuses) the graph.
-    for _ in range(5):
-        step()
     if x.is_cuda:
         torch.cuda.synchronize()
     timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return m.median, m.iqr
+
+
+def _timed(model: nn.Module, x: torch.Tensor, runtime: str, *, fallback: bool, threads: int,
+           min_run_time: float) -> tuple[float, float, str, str | None]:
+    """(median s, IQR s, runtime used, why oneDNN Graph was not used or None).
+
+    oneDNN Graph cannot compile some degenerate layers (a 1-channel 1×1 conv feeding a
+    1-channel 3×3 one, as 99 % filter pruning of a small model leaves: "could not create a
+    primitive descriptor for the reorder primitive"); with ``fallback`` such a model is timed
+    in eager mode instead, and the figures say so."""
+    if runtime == "onednn-graph":
+        with onednn_fusion():
+            try:
+                form, xin = inference_form(model, x, runtime)
+                _warm_up(form, xin)
+            except RuntimeError as e:
+                why = f"oneDNN Graph cannot run this model: {str(e).strip().splitlines()[-1]}"
+                if not fallback:
+                    raise PrunekitError(f"{why}; use --runtime eager") from e
+            else:
+                return (*_latency(form, xin, threads, min_run_time), runtime, None)
+        runtime = "eager"
+    else:
+        why = None
+    form, xin = inference_form(model, x, runtime)
+    _warm_up(form, xin)
+    return (*_latency(form, xin, threads, min_run_time), runtime, why)
 
 
 def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
@@ -162,7 +193,9 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         threads: CPU threads for the timed runs (default: torch's current setting).
         latency: time the model; ``False`` reports only the static figures.
         min_run_time: seconds of timed runs to collect.
-        runtime: ``auto``, ``onednn-graph`` (CPU) or ``eager`` (see the module docstring).
+        runtime: ``auto``, ``onednn-graph`` (CPU) or ``eager`` (see the module docstring);
+            ``auto`` falls back to eager for a model oneDNN Graph cannot run, and
+            ``runtime_fallback`` in the figures says why.
 
     Returns:
         The figures, JSON-serialisable.
@@ -173,7 +206,7 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    runtime = resolve_runtime(runtime, dev)
+    resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
     model = ck.build()
     img = int(ck.input["size"])
     params = [p for p in model.parameters()]
@@ -200,16 +233,18 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "threads": threads,
         "batch": batch,
         "img_size": img,
-        "runtime": runtime if latency else None,
+        "runtime": None,
+        "runtime_fallback": None,
         "torch": torch.__version__,
     }
     if latency:
-        fusion = onednn_fusion() if runtime == "onednn-graph" else contextlib.nullcontext()
-        with _threads(threads), fusion:
-            model, x = inference_form(model, torch.rand(batch, 3, img, img, device=dev), runtime)
-            median, iqr = _latency(model, x, threads, min_run_time)
+        x = torch.rand(batch, 3, img, img, device=dev)
+        with _threads(threads):
+            median, iqr, used, why = _timed(model, x, resolve_runtime(runtime, dev),
+                                            fallback=runtime == "auto", threads=threads,
+                                            min_run_time=min_run_time)
         result.update(latency_ms=median * 1e3, latency_iqr_ms=iqr * 1e3,
-                      throughput=batch / median)
+                      throughput=batch / median, runtime=used, runtime_fallback=why)
     return result
 
 

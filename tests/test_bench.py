@@ -10,6 +10,7 @@ import torch
 from prunekit import checkpoint
 from prunekit.bench import bench, inference_form, onednn_fusion
 from prunekit.cli import app
+from prunekit.errors import PrunekitError
 from prunekit.init import init
 from prunekit.mask import mask
 from prunekit.score import l1_filter
@@ -83,6 +84,19 @@ def test_each_runtime_computes_the_models_outputs(make):
             if runtime == "onednn-graph":
                 graph = str(torch.jit.last_executed_optimized_graph())
                 assert graph.count("prim::oneDNNFusionGroup") >= 3  # really fused, not eager
+
+
+def test_a_model_onednn_graph_cannot_compile_falls_back_to_eager_and_says_so():
+    # 90 % filter pruning of the eighth-width small model leaves 1-channel convs that oneDNN
+    # cannot make a reorder for; `auto` times it in eager mode, an explicit request fails.
+    ck = _compacted(tiny_checkpoint(), 0.9)
+    figures = bench(ck, threads=1, min_run_time=0.1)
+    assert figures["runtime"] == "eager" and figures["latency_ms"] > 0
+    assert figures["runtime_fallback"].startswith("oneDNN Graph cannot run this model: ")
+    assert "\n" not in figures["runtime_fallback"]
+    with pytest.raises(PrunekitError, match="oneDNN Graph cannot run .*; use --runtime eager"):
+        bench(ck, threads=1, min_run_time=0.1, runtime="onednn-graph")
+    assert bench(tiny_checkpoint(), threads=1, min_run_time=0.1)["runtime_fallback"] is None
 
 
 def test_runtime_is_reported_and_checked(runner, tmp_path):

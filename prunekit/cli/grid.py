@@ -47,6 +47,8 @@ def cell_cmd(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,
+    runtime: Annotated[str, typer.Option(help="Latency runtime: eager (one runtime for every "
+                                         "cell) or onednn-graph; see `prunekit bench`.")] = "eager",
     reuse: Annotated[Path | None, typer.Option(help="Copy the result.json of an identical "
                                                "ratio-0 cell instead of measuring again.",
                                                show_default=False)] = None,
@@ -57,7 +59,7 @@ def cell_cmd(
     row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
                granularity=granularity, steps=steps, batch_size=batch_size, lr=lr, adv=adv,
                eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed, threads=threads,
-               bench_seconds=bench_seconds, reuse=reuse)
+               bench_seconds=bench_seconds, runtime=runtime, reuse=reuse)
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}, adversarial "
                   f"{row['adv_map']:.3f}, {row['latency_ms']:.1f} ms, "
                   f"{row['seconds_total']:.0f} s", highlight=False)
