@@ -133,52 +133,67 @@ def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.
     return model, x
 
 
-def _warm_up(model: nn.Module, x: torch.Tensor) -> None:
-    """Runs before timing: allocator, kernels, oneDNN primitive caches, and the TorchScript
-    profiling executor's runs before it optimises (and fuses) the graph."""
-    with torch.inference_mode():
-        for _ in range(5):
-            model(x)
+class Latency:
+    """A model prepared for a runtime and warmed up once, then timed as often as wanted.
 
-
-def _latency(model: nn.Module, x: torch.Tensor, threads: int, min_run_time: float) \
-        -> tuple[float, float]:
-    def step() -> None:
-        with torch.inference_mode():
-            model(x)
-
-    if x.is_cuda:
-        torch.cuda.synchronize()
-    timer = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=threads)
-    m = timer.blocked_autorange(min_run_time=min_run_time)
-    return m.median, m.iqr
-
-
-def _timed(model: nn.Module, x: torch.Tensor, runtime: str, *, fallback: bool, threads: int,
-           min_run_time: float) -> tuple[float, float, str, str | None]:
-    """(median s, IQR s, runtime used, why oneDNN Graph was not used or None).
+    Preparation (tracing, fusion, oneDNN primitive creation) happens here, once; each
+    :meth:`measure` is a ``torch.utils.benchmark`` median over ``min_run_time`` seconds. Timing
+    several models in turn, round after round, spreads a slow spell of a shared machine over
+    all of them instead of one side of a ratio.
 
     oneDNN Graph cannot compile some degenerate layers (a 1-channel 1×1 conv feeding a
     1-channel 3×3 one, as 99 % filter pruning of a small model leaves: "could not create a
-    primitive descriptor for the reorder primitive"); with ``fallback`` such a model is timed
-    in eager mode instead, and the figures say so."""
-    if runtime == "onednn-graph":
-        with onednn_fusion():
+    primitive descriptor for the reorder primitive"); with ``fallback`` such a model runs in
+    eager mode instead, ``runtime`` says so and ``fallback_reason`` says why.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, runtime: str, *, threads: int,
+                 fallback: bool = True) -> None:
+        self.threads = threads
+        self.runtime = runtime
+        self.fallback_reason: str | None = None
+        with self._context():
             try:
-                form, xin = inference_form(model, x, runtime)
-                _warm_up(form, xin)
+                self._model, self._x = inference_form(model, x, runtime)
+                self._warm_up()
             except RuntimeError as e:
+                if runtime != "onednn-graph":
+                    raise
                 why = f"oneDNN Graph cannot run this model: {str(e).strip().splitlines()[-1]}"
                 if not fallback:
                     raise PrunekitError(f"{why}; use --runtime eager") from e
-            else:
-                return (*_latency(form, xin, threads, min_run_time), runtime, None)
-        runtime = "eager"
-    else:
-        why = None
-    form, xin = inference_form(model, x, runtime)
-    _warm_up(form, xin)
-    return (*_latency(form, xin, threads, min_run_time), runtime, why)
+                self.fallback_reason = why
+                self.runtime = "eager"
+        if self.fallback_reason is not None:
+            with self._context():
+                self._model, self._x = inference_form(model, x, self.runtime)
+                self._warm_up()
+
+    @contextlib.contextmanager
+    def _context(self):
+        fusion = onednn_fusion() if self.runtime == "onednn-graph" else contextlib.nullcontext()
+        with _threads(self.threads), fusion:
+            yield
+
+    def _step(self) -> None:
+        with torch.inference_mode():
+            self._model(self._x)
+
+    def _warm_up(self) -> None:
+        # Allocator, kernels, oneDNN primitive caches, and the TorchScript profiling
+        # executor's runs before it optimises (and fuses) the graph.
+        for _ in range(5):
+            self._step()
+        if self._x.is_cuda:
+            torch.cuda.synchronize()
+
+    def measure(self, min_run_time: float) -> tuple[float, float]:
+        """(median, inter-quartile range) of one forward pass, in seconds."""
+        timer = benchmark.Timer(stmt="step()", globals={"step": self._step},
+                                num_threads=self.threads)
+        with self._context():
+            m = timer.blocked_autorange(min_run_time=min_run_time)
+        return m.median, m.iqr
 
 
 def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
@@ -238,13 +253,13 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "torch": torch.__version__,
     }
     if latency:
-        x = torch.rand(batch, 3, img, img, device=dev)
-        with _threads(threads):
-            median, iqr, used, why = _timed(model, x, resolve_runtime(runtime, dev),
-                                            fallback=runtime == "auto", threads=threads,
-                                            min_run_time=min_run_time)
+        timed = Latency(model, torch.rand(batch, 3, img, img, device=dev),
+                        resolve_runtime(runtime, dev), threads=threads,
+                        fallback=runtime == "auto")
+        median, iqr = timed.measure(min_run_time)
         result.update(latency_ms=median * 1e3, latency_iqr_ms=iqr * 1e3,
-                      throughput=batch / median, runtime=used, runtime_fallback=why)
+                      throughput=batch / median, runtime=timed.runtime,
+                      runtime_fallback=timed.fallback_reason)
     return result
 
 
