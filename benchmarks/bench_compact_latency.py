@@ -20,7 +20,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import report  # noqa: E402
 
 from prunekit import checkpoint  # noqa: E402
-from prunekit.bench import Latency, bench, resolve_device, resolve_runtime  # noqa: E402
+from prunekit.bench import Latency, bench, resolve_runtime  # noqa: E402
 from prunekit.init import init  # noqa: E402
 from prunekit.mask import mask  # noqa: E402
 from prunekit.score import l1_filter  # noqa: E402
@@ -36,7 +36,7 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
         small = mask(dense, ratio, granularity="filter", compact=True)
         models[ratio] = checkpoint.from_bytes(checkpoint.to_bytes(small))
     figures = {r: bench(ck, latency=False) for r, ck in models.items()}
-    runtime = resolve_runtime(runtime, resolve_device("cpu"))
+    runtime = resolve_runtime(runtime, torch.device("cpu"))
     timed = {r: Latency(ck.build(), torch.rand(1, 3, img, img), runtime, threads=threads,
                         fallback=False) for r, ck in models.items()}
     latencies: dict[float, list[float]] = {r: [] for r in models}

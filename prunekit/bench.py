@@ -152,22 +152,21 @@ class Latency:
         self.threads = threads
         self.runtime = runtime
         self.fallback_reason: str | None = None
+        try:
+            self._prepare(model, x)
+        except RuntimeError as e:
+            if runtime != "onednn-graph":
+                raise
+            why = f"oneDNN Graph cannot run this model: {str(e).strip().splitlines()[-1]}"
+            if not fallback:
+                raise PrunekitError(f"{why}; use --runtime eager") from e
+            self.fallback_reason, self.runtime = why, "eager"
+            self._prepare(model, x)
+
+    def _prepare(self, model: nn.Module, x: torch.Tensor) -> None:
         with self._context():
-            try:
-                self._model, self._x = inference_form(model, x, runtime)
-                self._warm_up()
-            except RuntimeError as e:
-                if runtime != "onednn-graph":
-                    raise
-                why = f"oneDNN Graph cannot run this model: {str(e).strip().splitlines()[-1]}"
-                if not fallback:
-                    raise PrunekitError(f"{why}; use --runtime eager") from e
-                self.fallback_reason = why
-                self.runtime = "eager"
-        if self.fallback_reason is not None:
-            with self._context():
-                self._model, self._x = inference_form(model, x, self.runtime)
-                self._warm_up()
+            self._model, self._x = inference_form(model, x, self.runtime)
+            self._warm_up()
 
     @contextlib.contextmanager
     def _context(self):
@@ -221,7 +220,7 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
+    used = resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
     model = ck.build()
     img = int(ck.input["size"])
     params = [p for p in model.parameters()]
@@ -253,9 +252,8 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "torch": torch.__version__,
     }
     if latency:
-        timed = Latency(model, torch.rand(batch, 3, img, img, device=dev),
-                        resolve_runtime(runtime, dev), threads=threads,
-                        fallback=runtime == "auto")
+        timed = Latency(model, torch.rand(batch, 3, img, img, device=dev), used,
+                        threads=threads, fallback=runtime == "auto")
         median, iqr = timed.measure(min_run_time)
         result.update(latency_ms=median * 1e3, latency_iqr_ms=iqr * 1e3,
                       throughput=batch / median, runtime=timed.runtime,

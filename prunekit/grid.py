@@ -101,11 +101,12 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     import torch
 
     from prunekit.attack import AttackConfig
-    from prunekit.bench import bench
+    from prunekit.bench import bench, resolve_runtime
     from prunekit.finetune import finetune
     from prunekit.mask import compact_checkpoint, mask
 
     torch.set_num_threads(threads)
+    resolve_runtime(runtime, torch.device("cpu"))  # a bad --runtime fails before the work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if reuse is not None:

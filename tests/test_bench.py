@@ -109,3 +109,16 @@ def test_runtime_is_reported_and_checked(runner, tmp_path):
     result = runner.invoke(app, ["bench", str(path), "--runtime", "tensorrt"])
     assert result.exit_code == 1
     assert "--runtime 'tensorrt' is unknown; use auto, onednn-graph, eager" in result.stderr
+
+
+def test_grid_cell_refuses_an_unknown_runtime_before_any_work(runner, tmp_path):
+    path = tmp_path / "m.st"
+    checkpoint.save(tiny_checkpoint(), path)
+    out = tmp_path / "cell"
+    result = runner.invoke(app, ["grid", "cell", str(path), str(out), "--scenario",
+                                 "unstructured-deeplift", "--run", "1", "--ratio", "0.5",
+                                 "--data", "missing.json", "--val", "missing.json",
+                                 "--runtime", "tvm"])
+    assert result.exit_code == 1
+    assert "--runtime 'tvm' is unknown; use auto, onednn-graph, eager" in result.stderr
+    assert not (out / "result.json").exists()

@@ -24,6 +24,8 @@ app.add_typer(grid_app, name="grid")
 CELL_EXAMPLE = """Examples:
 
   prunekit grid cell runs/grid/run1/deeplift-rgb.st runs/grid/structured-deeplift/run1/r0.75 --scenario structured-deeplift --run 1 --ratio 0.75 --granularity filter --data data/synth/train.json --val data/synth/val-grid.json
+
+  prunekit grid cell runs/grid/run1/deeplift-rgb.st /tmp/cell --scenario unstructured-deeplift --run 1 --ratio 0.5 --data data/synth/train.json --val data/synth/val-grid.json --runtime onednn-graph
 """
 
 
