@@ -84,6 +84,8 @@ def test_each_runtime_computes_the_models_outputs(make):
             if runtime == "onednn-graph":
                 graph = str(torch.jit.last_executed_optimized_graph())
                 assert graph.count("prim::oneDNNFusionGroup") >= 3  # really fused, not eager
+                # the heads write in the layout oneDNN computes in: no conversion back to NCHW
+                assert all(g.is_contiguous(memory_format=torch.channels_last) for g in got)
 
 
 def test_a_model_onednn_graph_cannot_compile_falls_back_to_eager_and_says_so():
