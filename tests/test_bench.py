@@ -88,6 +88,22 @@ def test_each_runtime_computes_the_models_outputs(make):
                 assert all(g.is_contiguous(memory_format=torch.channels_last) for g in got)
 
 
+def test_onednn_graph_form_makes_no_layout_copies_around_upsampling_and_concatenation():
+    # yolov3's necks upsample a fused conv's output and concatenate it with an earlier one:
+    # both must reach PyTorch's kernels channels-last, as written by the fused convs
+    ck = init("yolov3", classes=3, img_size=64, seed=2)
+    with onednn_fusion():
+        model, x = inference_form(ck.build(), torch.rand(1, 3, 64, 64), "onednn-graph")
+        with torch.inference_mode():
+            for _ in range(4):
+                model(x)
+            with torch.profiler.profile() as prof:
+                model(x)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::upsample_nearest2d" in ops and any(k.startswith("LlgaPartition") for k in ops)
+    assert not ops & {"aten::copy_", "aten::clone"}
+
+
 def test_a_model_onednn_graph_cannot_compile_falls_back_to_eager_and_says_so():
     # 90 % filter pruning of the eighth-width small model leaves 1-channel convs that oneDNN
     # cannot make a reorder for; `auto` times it in eager mode, an explicit request fails.
