@@ -15,10 +15,11 @@ one of two runtimes (``runtime``, reported in the figures):
 - ``onednn-graph`` (the CPU default): the model traced and frozen with TorchScript, with PyTorch's
   oneDNN Graph fuser on (:func:`torch.jit.enable_onednn_fusion`). Each conv runs as one oneDNN
   kernel with its bias, LeakyReLU and residual addition applied as post-ops, and the image,
-  activations and head outputs are all channels-last, the layout oneDNN computes in. This is how a CPU deployment avoids the extra
-  passes over every activation that separate LeakyReLU and addition kernels make. Those passes
-  shrink with the channel count but not with its square, so they would hide part of what
-  pruning saves (eager yolov3-416: about 35 of 225 ms dense).
+  activations and head outputs are all channels-last, the layout oneDNN computes in. This is
+  how a CPU deployment avoids the extra passes over every activation that separate LeakyReLU
+  and addition kernels make. Those passes shrink with the channel count but not with its
+  square, so they would hide part of what pruning saves (eager yolov3-416: about 35 of 225 ms
+  dense).
 - ``eager``: PyTorch eager mode, LeakyReLU in place, channels-last on CPU (oneDNN picks its
   fastest convolution layout); the only runtime on CUDA.
 """
