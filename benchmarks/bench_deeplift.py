@@ -18,14 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 import warnings
 
 import torch
 
-from prunekit.deeplift import deeplift_scores
-from prunekit.init import init
-from prunekit.loss import yolo_loss
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from _common import report  # noqa: E402
+
+from prunekit.deeplift import deeplift_scores  # noqa: E402
+from prunekit.init import init  # noqa: E402
+from prunekit.loss import yolo_loss  # noqa: E402
 
 LIMIT = 3.0
 
@@ -44,7 +48,7 @@ def random_batch(n: int, size: int, classes: int, boxes: int, seed: int = 0):
     return images, torch.cat(rows), [{} for _ in range(n)]
 
 
-def main() -> None:
+def main() -> bool:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--boxes", type=int, default=3, help="random boxes per image")
@@ -86,13 +90,14 @@ def main() -> None:
           f"({', '.join(f'{t:.2f}' for t in times['forward_backward'])}), "
           f"deeplift_all_layers {dl:.3f} s "
           f"({', '.join(f'{t:.2f}' for t in times['deeplift_all_layers'])})")
-    print(f"deeplift_all_layers / forward_backward = {dl / fb:.2f} (limit {LIMIT})")
+    ok = report("deeplift_all_layers / forward_backward", dl / fb, LIMIT)
     load = os.getloadavg()[0]
     if args.threads > 1 and load > os.cpu_count() + 0.5:
         print(f"note: load average {load:.1f} on {os.cpu_count()} cores while timing; other "
               f"jobs share the cores, so {args.threads}-thread timings are contended "
               f"(try --threads 1)")
+    return ok
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(0 if main() else 1)
