@@ -218,8 +218,23 @@ def _check_container(data: bytes, name: str) -> None:
                               f"{len(data):,}; write it again")
 
 
+def _layer_order(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts ``layers.2.*`` before ``layers.10.*`` (numbers compare as numbers)."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
+
+
+def _in_layer_order(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: tensors[k] for k in sorted(tensors, key=_layer_order)}
+
+
 def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
-    """Decode safetensors bytes into a :class:`Checkpoint`."""
+    """Decode safetensors bytes into a :class:`Checkpoint`.
+
+    ``state``, ``masks`` and ``scores`` come in layer order (``layers.2`` before ``layers.10``),
+    the same at every load: safetensors hands tensors back in an order that changes from one
+    load to the next, and whatever walks the prunable weights in turn (a seeded ``random``
+    score, a global threshold's ties) must see them in one order.
+    """
     _check_container(data, name)
     try:
         raw = _st_load(data)
@@ -263,9 +278,9 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
         if key.startswith("scores."):
             scores[key[len("scores."):]] = raw.pop(key)
     state.update(raw)
-    return Checkpoint(state=state, arch=arch, classes=classes, input=input_spec,
-                      history=history, masks=masks, scores=scores, name=name,
-                      stored_bytes=len(data))
+    return Checkpoint(state=_in_layer_order(state), arch=arch, classes=classes,
+                      input=input_spec, history=history, masks=_in_layer_order(masks),
+                      scores=_in_layer_order(scores), name=name, stored_bytes=len(data))
 
 
 # -------------------------------------------------------------------------------------- files

@@ -36,7 +36,8 @@ SCOPES = ("layer", "global")
 
 
 def prunable(state: dict[str, Tensor]) -> list[str]:
-    """State-dict names of prunable weights: conv and linear weights, in model order."""
+    """State-dict names of prunable weights: conv and linear weights, in model (layer)
+    order."""
     return [k for k, v in state.items() if k.endswith(".weight") and v.ndim in (2, 4)]
 
 

@@ -52,6 +52,25 @@ def test_round_trip_through_a_file_is_bit_exact(tmp_path):
     _assert_identical(ck, checkpoint.load(path))
 
 
+def test_loaded_tensors_come_in_layer_order_every_time():
+    # safetensors returns its tensors in an order that changes from load to load; a seeded
+    # random score walks the prunable weights in turn, so it depends on one fixed order
+    from prunekit.mask import prunable
+    from prunekit.score import score
+
+    ck = tiny_checkpoint()
+    ck.masks = {n: torch.ones_like(ck.state[n], dtype=torch.bool) for n in prunable(ck.state)}
+    data = checkpoint.to_bytes(score(ck, "random"))
+    loads = [checkpoint.from_bytes(data) for _ in range(5)]
+    for got in loads:
+        assert prunable(got.state) == prunable(ck.state)  # the model's own order
+        assert list(got.masks) == list(got.scores) == prunable(ck.state)
+        assert list(got.state) == list(loads[0].state)
+    again = score(loads[0], "random")
+    for n in prunable(ck.state):
+        assert torch.equal(again.scores[n], loads[1].scores[n])
+
+
 def test_round_trip_through_stdin_and_stdout_is_bit_exact(runner, tmp_path):
     made = runner.invoke(app, ["init", "yolov3-small", "--classes", "2", "--img-size", "64",
                                "--width", "0.125"])
