@@ -128,7 +128,7 @@ def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.
         # arithmetic it records as constants is right. FutureWarning: TorchScript is deprecated
         # for torch.compile, kept here because on CPU torch.compile (inductor, freezing) ran
         # yolov3-416 compacted at 75 % in 17.3-18.4 ms against 15.5 ms for this runtime
-        # (NCHW input then; 14.6-15.0 ms channels-last).
+        # (NCHW input then; 14.2-15.0 ms channels-last).
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", r".*torch\.jit\.\w+` is deprecated", FutureWarning)
@@ -168,7 +168,7 @@ def _plain_unfused_inputs(model: nn.Module) -> nn.Module:
       a fused conv's output, still in oneDNN's own layout, to ``aten::cat``, which fails
       ("Could not run 'aten::cat.out' with arguments from the 'MkldnnCPU' backend");
     - with the concatenation's alone, it runs, but the upsampling and concatenation copy the
-      map back to channels-last: four copies per upsampling, 0.25 ms per image at 75 %
+      map back to channels-last: four copies per upsampling, about 0.2 ms per image at 75 %
       compaction;
     - with both, the fused convs write those outputs channels-last and every ``contiguous`` is
       a no-op (the profiler shows no ``aten::copy_``). The upsampling's alone also sufficed;
