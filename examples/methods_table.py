@@ -32,6 +32,8 @@ def main() -> None:
     parser.add_argument("--hydra-steps", type=int, default=30)
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default="magnitude,l1-filter,random,taylor,deeplift,hydra",
+                        help="comma-separated scoring methods to compare")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     train, val = f"{args.data}/train.json", f"{args.data}/val-methods.json"
@@ -40,7 +42,7 @@ def main() -> None:
     subset(f"{args.data}/val.json", val, args.val_images)
     base = checkpoint.load(args.model)
     rows = []
-    for method in ("magnitude", "l1-filter", "random", "taylor", "deeplift", "hydra"):
+    for method in args.methods.split(","):
         for gran in ("weight", "filter"):
             scored = None if method == "hydra" else score(base, method, data=train, batches=4,
                                                           device="cpu", workers=1)

@@ -54,8 +54,18 @@ def l1_filter(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# Added to the seed of ``random`` scores. `init` seeds torch's generator with its own seed and
+# draws the weights uniformly, layer by layer; uniform draws from that same seed, in the same
+# layer order, were the initial weights again, so a ``random`` control seeded like the model
+# kept its largest initial weights (correlation 0.84-0.96 with the trained baseline's weights,
+# and mAP 0.001 after 50 % weight pruning and a short fine-tune, where noise unrelated to the
+# weights gives 0.43).
+_RANDOM_STREAM = 0x5C0E5_0000
+
+
 def random_scores(state: dict[str, Tensor], seed: int) -> dict[str, Tensor]:
-    g = torch.Generator().manual_seed(seed)
+    """Uniform noise for every prunable weight, from a stream no other seeded draw uses."""
+    g = torch.Generator().manual_seed(_RANDOM_STREAM + seed)
     return {n: torch.rand(state[n].shape, generator=g) for n in prunable(state)}
 
 

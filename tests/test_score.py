@@ -37,6 +37,19 @@ def test_every_prunable_weight_gets_a_score(synth_data, method):
     assert out.history[-1]["command"] == "score"
 
 
+def test_random_scores_are_unrelated_to_weights_initialised_with_the_same_seed():
+    from prunekit.init import init
+
+    ck = init("yolov3-tiny", classes=3, img_size=64, seed=0)
+    out = score(ck, "random", seed=0)
+    for n in prunable(ck.state):
+        if ck.state[n].numel() >= 10_000:
+            pair = torch.stack((ck.state[n].flatten(), out.scores[n].flatten()))
+            assert abs(torch.corrcoef(pair)[0, 1]) < 0.05, n
+    assert torch.equal(score(ck, "random", seed=0).scores[n], out.scores[n])  # reproducible
+    assert not torch.equal(score(ck, "random", seed=1).scores[n], out.scores[n])
+
+
 def test_l1_filter_scores_are_filter_norms():
     from prunekit.score import l1_filter
 
