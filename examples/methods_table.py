@@ -1,6 +1,7 @@
 """Compare scoring methods × granularities on the embedded baseline after a short fine-tune.
 
     .venv/bin/python examples/methods_table.py runs/baseline/model.st data/synth --steps 60
+    .venv/bin/python examples/methods_table.py runs/baseline/model.st data/synth --methods random
 
 For each method (magnitude, l1-filter, random, taylor, deeplift, hydra) and granularity (weight,
 filter) it prunes the model at 50 % and 90 % (filter masks compacted), fine-tunes it for a few

@@ -135,8 +135,7 @@ def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.
             return torch.jit.freeze(torch.jit.trace(model, x, check_trace=False)), x
     if x.device.type == "cpu":
         # channels-last lets oneDNN pick its fastest convolution layout on CPU.
-        return model.to(memory_format=torch.channels_last), \
-            x.contiguous(memory_format=torch.channels_last)
+        return model.to(memory_format=torch.channels_last), _channels_last(x)
     return model, x
 
 
