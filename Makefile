@@ -31,8 +31,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+# Style (ruff) and the layering (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check prunekit tests benchmarks
+	$(BIN)/ruff check prunekit tests benchmarks examples
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	@failed=; for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || failed="$$failed $$b"; \

@@ -6,6 +6,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+import torch
+
+from prunekit.models.base import Geometry, Target
+
 
 def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:
     """Median wall time of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
@@ -17,6 +21,14 @@ def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def targets_from_rows(rows: list[list[float]] | torch.Tensor, n: int, size: int) -> list[Target]:
+    """Rows of (image, class, x1, y1, x2, y2) in pixels of n square ``size`` images as the
+    neutral per-image targets (the images are their own model input)."""
+    rows = torch.as_tensor(rows, dtype=torch.float32).reshape(-1, 6)
+    return [Target(rows[rows[:, 0] == i, 2:], rows[rows[:, 0] == i, 1].long(),
+                   Geometry(size, size)) for i in range(n)]
 
 
 def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = True,

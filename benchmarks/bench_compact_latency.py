@@ -22,7 +22,7 @@ from _common import report  # noqa: E402
 from prunekit import checkpoint  # noqa: E402
 from prunekit.bench import Latency, bench, resolve_runtime  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.mask import mask  # noqa: E402
+from prunekit.mask import mask, prunable  # noqa: E402
 from prunekit.score import l1_filter  # noqa: E402
 
 
@@ -30,7 +30,7 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
          runtime: str = "auto", seconds: float = 1.0) -> bool:
     torch.manual_seed(0)
     dense = checkpoint.from_bytes(checkpoint.to_bytes(init(arch, classes=80, img_size=img)))
-    dense.scores = l1_filter(dense.state)
+    dense.scores = l1_filter(dense.state, prunable(dense))
     models = {0.0: dense}
     for ratio in (0.5, 0.75):
         small = mask(dense, ratio, granularity="filter", compact=True)

@@ -25,11 +25,11 @@ import warnings
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import report  # noqa: E402
+from _common import report, targets_from_rows  # noqa: E402
 
 from prunekit.deeplift import deeplift_scores  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.loss import yolo_loss  # noqa: E402
+from prunekit.models.base import Geometry  # noqa: E402
 
 LIMIT = 3.0
 
@@ -45,7 +45,8 @@ def random_batch(n: int, size: int, classes: int, boxes: int, seed: int = 0):
         xy = torch.rand(boxes, 2, generator=g) * (size - wh)
         cls = torch.randint(0, classes, (boxes, 1), generator=g).float()
         rows.append(torch.cat((torch.full((boxes, 1), float(i)), cls, xy, xy + wh), 1))
-    return images, torch.cat(rows), [{} for _ in range(n)]
+    return (images, targets_from_rows(torch.cat(rows), n, size),
+            [{"geometry": Geometry(size, size)} for _ in range(n)])
 
 
 def main() -> bool:
@@ -59,8 +60,7 @@ def main() -> bool:
     warnings.filterwarnings("ignore", module="captum")
 
     model = init("yolov3-small", classes=6).build()
-    size, classes = model.img_size, model.num_classes
-    anchors = [h.anchors for h in model.heads()]
+    size, classes = model.input_shape[1], model.num_classes
     batch = random_batch(args.batch, size, classes, args.boxes)
     images, targets, _ = batch
 
@@ -68,7 +68,7 @@ def main() -> bool:
         # One training step's worth of work, as finetune does it (train mode, weight grads).
         model.train()
         model.zero_grad(set_to_none=True)
-        loss, _ = yolo_loss(model(images), targets, anchors, size, classes)
+        loss, _ = model.loss(model(images), targets)
         loss.backward()
 
     def deeplift() -> None:

@@ -12,11 +12,11 @@ from itertools import repeat
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import median_seconds, report  # noqa: E402
+from _common import median_seconds, report, targets_from_rows  # noqa: E402
 
 from prunekit.finetune import train_step  # noqa: E402
+from prunekit.hydra import hydra  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.score import hydra  # noqa: E402
 
 
 def main(batch: int = 32, threads: int = 2) -> bool:
@@ -26,14 +26,14 @@ def main(batch: int = 32, threads: int = 2) -> bool:
     model = ck.build()
     x = torch.rand(batch, 3, 160, 160)
     rows = [[i, i % 6, 20, 20, 60, 60] for i in range(batch)]
-    targets = torch.tensor(rows, dtype=torch.float32)
+    targets = targets_from_rows(rows, batch, 160)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     plain = median_seconds(lambda: train_step(model, x, targets, opt), repeats=5)
     results = {}
     steps = 6
     for gran in ("weight", "filter"):
         def run(g: str = gran) -> None:
-            hydra(ck.build(), ck.arch, repeat((x, targets, None)), ratio=0.9, steps=steps,
+            hydra(ck.build(), repeat((x, targets, None)), ratio=0.9, steps=steps,
                   granularity=g)
 
         one = median_seconds(run, repeats=3)

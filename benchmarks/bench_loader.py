@@ -16,8 +16,8 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import median_seconds, report  # noqa: E402
 
-from prunekit.data.coco import CocoDetection, loader  # noqa: E402
-from prunekit.finetune import _EpochBatches, train_step  # noqa: E402
+from prunekit.data.coco import CocoDetection, EpochBatches, loader  # noqa: E402
+from prunekit.finetune import train_step  # noqa: E402
 from prunekit.init import init  # noqa: E402
 
 
@@ -28,11 +28,11 @@ def main(data: str = "data/synth/train.json", batch: int = 32, workers: int = 1)
     torch.set_num_threads(2)
     model = init("yolov3-small", dataset=data).build()
     t0 = time.perf_counter()
-    ds = CocoDetection(data, model.img_size, classes=model.classes, augment=True, cache=True)
+    ds = CocoDetection(data, model.transform, classes=model.classes, augment=True, cache=True)
     cache_s = time.perf_counter() - t0
     steps = 60
-    batches = loader(ds, batch, workers=workers, batch_sampler=_EpochBatches(len(ds), batch, 0,
-                                                                             0, steps))
+    batches = loader(ds, batch, workers=workers, batch_sampler=EpochBatches(len(ds), batch, 0,
+                                                                            0, steps))
     it = iter(batches)
     next(it)  # worker start-up
     t0 = time.perf_counter()

@@ -5,16 +5,16 @@ One implementation serves every caller: ``prunekit attack`` (adversarial PNGs), 
 adversarial score optimisation.
 
 * Images live in [0, 1]; the perturbation is optimised in *original-image* pixel space and goes
-  through the (differentiable) letterbox on every step, so the image saved is the image attacked.
-  Training attacks work on the already letterboxed batch (the identity transform).
+  through the model's (differentiable) input transform on every step, so the image saved is the
+  image attacked. Training attacks work on the already transformed batch (the identity).
 * PGD starts uniformly at random in the ε-ball, steps by ``alpha · sign(gradient)``, and after
   every step projects back onto the ball and clamps to [0, 1]. FGSM is one step of size ε from
   the clean image; ``finetune --adv fgsm`` uses FGSM with a uniform random start and a step of
   1.25 ε instead (Wong et al., "Fast is better than free", 2020), which avoids the catastrophic
   overfitting of plain FGSM training at the cost of one forward–backward pass.
-* Objectives (``--loss``): ``total`` (the detection loss of :mod:`prunekit.loss`), ``cls``,
-  ``box``, or ``obj`` — the "vanishing" attack, which maximises −softplus(objectness logit),
-  i.e. drives every objectness to zero and needs no targets.
+* Objectives (``--loss``): ``total`` (the model's detection loss), its ``cls`` or ``box`` part,
+  or ``obj`` — the "vanishing" attack, which drives every detection's confidence to zero and
+  needs no targets (each family says what that means: :meth:`Detector.vanish`).
 * Targets are the dataset's ground truth, or, for images without labels, the model's own clean
   detections at ``target_conf``.
 * The model stays in eval mode, and only the input's gradient is asked for
@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
-from prunekit.loss import yolo_loss
+from prunekit.models.base import Detector, Geometry, Target, quantise
 
 LOSSES = ("total", "cls", "box", "obj")
 METHODS = ("pgd", "fgsm")
@@ -70,32 +70,15 @@ class AttackConfig:
 Objective = Callable[[tuple[Tensor, ...]], Tensor]
 
 
-def objective(model: nn.Module, targets: Tensor | None, loss: str = "total") -> Objective:
+def objective(model: Detector, targets: list[Target] | None, loss: str = "total") -> Objective:
     """The quantity an attack maximises, as a function of the model's raw outputs."""
-    if loss == "obj":
-        def vanish(outputs: tuple[Tensor, ...]) -> Tensor:
-            c = 5 + model.num_classes
-            total = 0.0
-            for out in outputs:
-                n, _, h, w = out.shape
-                logits = out.view(n, -1, c, h, w)[:, :, 4]
-                total = total - F.softplus(logits.float()).mean()
-            return total
-
-        return vanish
-    if targets is None:
+    if loss != "obj" and targets is None:
         raise PrunekitError(f"the {loss!r} attack needs targets (labels or the model's own "
                             f"detections)")
-    anchors = [h.anchors for h in model.heads()]
-
-    def detection_loss(outputs: tuple[Tensor, ...]) -> Tensor:
-        total, parts = yolo_loss(outputs, targets, anchors, model.img_size, model.num_classes)
-        return total if loss == "total" else parts[loss]
-
-    return detection_loss
+    return lambda outputs: model.objective(outputs, targets, loss)
 
 
-def perturb(model: nn.Module, x: Tensor, goal: Objective, config: AttackConfig, *,
+def perturb(model: Detector, x: Tensor, goal: Objective, config: AttackConfig, *,
             transform: Callable[[Tensor], Tensor] | None = None,
             generator: torch.Generator | None = None) -> Tensor:
     """Adversarial version of ``x`` (floats in [0, 1]) within the L∞ ball of radius ε.
@@ -105,7 +88,7 @@ def perturb(model: nn.Module, x: Tensor, goal: Objective, config: AttackConfig, 
         x: the clean images (any size when ``transform`` maps them to the model's input).
         goal: the objective to maximise, given the model's raw outputs.
         config: method, ε, step, steps, random start.
-        transform: differentiable map from ``x``'s space to the model's input (the letterbox).
+        transform: differentiable map from ``x``'s space to the model's input.
         generator: random source for the random start.
     """
     was_training = model.training
@@ -141,112 +124,81 @@ def _uniform_start(x: Tensor, eps: float, generator: torch.Generator | None) -> 
     return x + (noise.to(x.device) * 2 - 1) * eps
 
 
-def self_targets(model: nn.Module, images: Tensor, conf: float) -> Tensor:
+def self_targets(model: Detector, images: Tensor, geometries: list[Geometry],
+                 conf: float) -> list[Target]:
     """The model's own clean detections as loss targets (for images without labels)."""
-    from prunekit.detect import postprocess
-
     with torch.no_grad():
-        per_image = postprocess(model.decode(model(images)), conf=conf)
-    rows = [torch.cat((torch.full((len(box), 1), float(i)), lab.float().unsqueeze(1).cpu(),
-                       box.cpu()), 1) for i, (box, _, lab) in enumerate(per_image)]
-    return torch.cat(rows) if rows else torch.zeros(0, 6)
+        found = model.postprocess(model(images), geometries, conf=conf, iou=0.45, max_det=100)
+    return [Target(d.boxes, d.labels, g) for d, g in zip(found, geometries, strict=True)]
 
 
 # ------------------------------------------------------------------- in original pixel space
 
 
-def letterbox_float(x: Tensor, size: int) -> Tensor:
-    """Differentiable letterbox of N×3×H×W floats: pad to a centred square with 114/255, then
-    resize (bilinear, antialiased) to ``size``. Same geometry as
-    :func:`prunekit.data.coco.letterbox`."""
-    from prunekit.data.coco import PAD_VALUE
-
-    h, w = x.shape[-2:]
-    side = max(h, w)
-    left, top = (side - w) // 2, (side - h) // 2
-    if side != w or side != h:
-        x = F.pad(x, (left, side - w - left, top, side - h - top), value=PAD_VALUE / 255)
-    if side != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                          align_corners=False)
-    return x
-
-
-def attack_originals(model: nn.Module, originals: list[Tensor], targets: Tensor | None,
-                     config: AttackConfig, *, generator: torch.Generator | None = None,
-                     has_labels: bool = True) -> list[Tensor]:
+def attack_originals(model: Detector, originals: list[Tensor], targets: list[Target] | None,
+                     config: AttackConfig, *, generator: torch.Generator | None = None) \
+        -> list[Tensor]:
     """Attack images in their original pixel space.
 
     Args:
         model: the detector.
         originals: 3×H×W float images in [0, 1] (sizes may differ; equal sizes are batched).
-        targets: M×6 targets in the model's input pixels, batch indices into ``originals``.
+        targets: each image's targets, or None to attack the model's own clean detections.
         config: the attack.
         generator: random source for the random start.
-        has_labels: False to attack the model's own clean detections instead of ``targets``.
 
     Returns:
         The adversarial images, same sizes as ``originals``.
     """
     device = next(model.parameters()).device
-    size = model.img_size
+    transform = model.transform
     groups: dict[tuple[int, int], list[int]] = {}
     for i, im in enumerate(originals):
         groups.setdefault(tuple(im.shape[-2:]), []).append(i)
     result: list[Tensor | None] = [None] * len(originals)
-    for idx in groups.values():
+    for (h, w), idx in groups.items():
         x = torch.stack([originals[i] for i in idx]).to(device)
         goal_targets = None
         if config.loss != "obj":
-            if has_labels and targets is not None:
-                rows = [targets[targets[:, 0] == i] for i in idx]
-                goal_targets = torch.cat([torch.cat((torch.full((len(r), 1), float(k)),
-                                                     r[:, 1:]), 1)
-                                          for k, r in enumerate(rows)]).to(device)
+            if targets is not None:
+                goal_targets = [targets[i] for i in idx]
             else:
-                goal_targets = self_targets(model.eval(), letterbox_float(x, size),
-                                            config.target_conf).to(device)
+                geometry = transform.geometry(w, h)
+                goal_targets = self_targets(model.eval(), transform(x), [geometry] * len(idx),
+                                            config.target_conf)
         goal = objective(model, goal_targets, config.loss)
-        adv = perturb(model, x, goal, config, transform=lambda t: letterbox_float(t, size),
-                      generator=generator)
+        adv = perturb(model, x, goal, config, transform=transform, generator=generator)
         for k, i in enumerate(idx):
             result[i] = adv[k]
     return result  # type: ignore[return-value]
 
 
-def quantise(image: Tensor) -> Tensor:
-    """Float image in [0, 1] → uint8, as a PNG stores it."""
-    return (image.detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def attacked_batches(model: nn.Module, batches, config: AttackConfig, *, seed: int = 0,
-                     has_labels: bool = True) -> Iterator[tuple[Tensor, Tensor, list[dict]]]:
+def attacked_batches(model: Detector, batches, config: AttackConfig, *, seed: int = 0,
+                     has_labels: bool = True) -> Iterator[tuple[Tensor, list[Target], list[dict]]]:
     """Batches from a loader whose records carry ``original`` images, with the images replaced
-    by their attacked, letterboxed versions. Each record gains ``adversarial`` (uint8,
-    original size)."""
+    by their attacked versions in the model's input form (quantised to 8 bits first, as a PNG
+    holds them). Each record gains ``adversarial`` (uint8, original size)."""
     config.check()
     g = torch.Generator().manual_seed(seed)
     for _, targets, records in batches:
         originals = [r["original"].float().div(255) for r in records]
-        adv = attack_originals(model, originals, targets, config, generator=g,
-                               has_labels=has_labels)
+        adv = attack_originals(model, originals, targets if has_labels else None, config,
+                               generator=g)
         images = []
         for rec, a in zip(records, adv, strict=True):
-            q = quantise(a)
-            rec["adversarial"] = q
-            images.append(letterbox_float(q.float().unsqueeze(0).div(255), model.img_size))
-        yield torch.cat(images), targets, records
+            rec["adversarial"] = quantise(a)
+            images.append(model.transform.image(rec["adversarial"]))
+        yield torch.stack(images).float().div(255), targets, records
 
 
 def training_attack(kind: str, *, eps: float, alpha: float, steps: int,
-                    loss: str = "total") -> Callable[[nn.Module, Tensor, Tensor], Tensor]:
-    """``adv(model, images, targets)`` for adversarial training on letterboxed batches."""
+                    loss: str = "total") -> Callable[[Detector, Tensor, list[Target]], Tensor]:
+    """``adv(model, images, targets)`` for adversarial training on transformed batches."""
     config = AttackConfig(method=kind, eps=eps, alpha=alpha, steps=steps, loss=loss,
                           random_start=True).check()
 
-    def adv(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-        goal = objective(model, targets.to(images.device), config.loss)
-        return perturb(model, images, goal, config)
+    def adv(model: Detector, images: Tensor, targets: list[Target]) -> Tensor:
+        return perturb(model, images, objective(model, targets, config.loss), config)
 
     return adv
 
@@ -259,7 +211,7 @@ def describe(config: AttackConfig) -> dict[str, Any]:
 
 def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, *,
                    images: str | Path | None = None, batch_size: int = 16,
-                   device: str = "auto", seed: int = 0,
+                   device: str = "auto", threads: int | None = None, seed: int = 0,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Write the adversarial version of every image of a COCO dataset, as PNG, with a COCO JSON
     beside them (same image ids and annotations), so ``detect`` and ``evaluate`` run on it
@@ -274,6 +226,7 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
         images: image root (default: the JSON's folder).
         batch_size: images attacked together.
         device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads (default: unchanged).
         seed: seed for the random start.
         progress: ``progress(done, total)`` callback.
 
@@ -286,16 +239,16 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
 
     from PIL import Image
 
-    from prunekit.bench import resolve_device
     from prunekit.data.coco import CocoDetection, loader, read_json
 
     config.check()
+    set_threads(threads)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PrunekitError(f"{out} exists; remove it or choose another folder")
     dev = resolve_device(device)
     model = ck.build().to(dev)
-    dataset = CocoDetection(data, model.img_size, images=images, classes=model.classes,
+    dataset = CocoDetection(data, model.transform, images=images, classes=model.classes,
                             originals=True)
     coco = read_json(data)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")

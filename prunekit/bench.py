@@ -9,8 +9,9 @@ would do). Latency uses :class:`torch.utils.benchmark.Timer` with an explicit th
 warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range.
 
 Every model is timed in the form a deployment runs it, the same for dense, masked and compacted
-models: BatchNorm folded into its conv (:func:`prunekit.models.yolov3.fuse_for_inference`), then
-one of two runtimes (``runtime``, reported in the figures):
+models: its family's deployment form (:meth:`~prunekit.models.base.Detector.deployed`: BatchNorm
+folded into the conv before it), then one of two runtimes (``runtime``, reported in the
+figures):
 
 - ``onednn-graph`` (the CPU default): the model traced and frozen with TorchScript, with PyTorch's
   oneDNN Graph fuser on (:func:`torch.jit.enable_onednn_fusion`). Each conv runs as one oneDNN
@@ -36,26 +37,17 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.checkpoint import Checkpoint
+from prunekit.device import resolve_device
+from prunekit.device import threads as _threads
 from prunekit.errors import PrunekitError
-from prunekit.models.yolov3 import Route, fuse_for_inference
+from prunekit.models.base import Detector
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PrunekitError("--device cuda asked for, but this machine has no CUDA GPU; use "
-                            "--device cpu")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise PrunekitError(f"--device {device!r} is unknown; use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def count_macs(model: nn.Module, img_size: int, batch: int = 1) -> tuple[int, int]:
-    """Dense MACs per batch, and MACs whose weight is non-zero, for one forward pass."""
+def count_macs(model: Detector, batch: int = 1) -> tuple[int, int]:
+    """Dense MACs per batch, and MACs whose weight is non-zero, for one forward pass at the
+    model's input size."""
     param = next(model.parameters())
-    x = torch.zeros(batch, 3, img_size, img_size, device=param.device, dtype=param.dtype)
+    x = torch.zeros(batch, *model.input_shape, device=param.device, dtype=param.dtype)
     nonzero = 0
     hooks = []
 
@@ -110,20 +102,19 @@ def onednn_fusion():
         torch.jit.enable_onednn_fusion(old)
 
 
-def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.Module,
-                                                                              torch.Tensor]:
-    """The model and input as ``runtime`` runs them: BatchNorm folded, then eager (channels-last
-    on CPU) or a frozen TorchScript trace for the oneDNN Graph fuser. Same outputs to float
-    rounding; call the ``onednn-graph`` form inside :func:`onednn_fusion`."""
-    model = fuse_for_inference(model).to(x.device)
+def inference_form(model: Detector, x: torch.Tensor, runtime: str) -> tuple[nn.Module,
+                                                                             torch.Tensor]:
+    """The model and input as ``runtime`` runs them: the family's deployment form, then eager
+    (channels-last on CPU) or a frozen TorchScript trace for the oneDNN Graph fuser. Same
+    outputs to float rounding; call the ``onednn-graph`` form inside :func:`onednn_fusion`."""
+    model = model.deployed(runtime).to(x.device)
     if runtime == "onednn-graph":
         # Channels-last input, so the profiled strides are channels-last throughout: the first
         # conv reads the image and the head convs write their outputs in the layout oneDNN
         # computes in. With NCHW input, oneDNN converts the image on the way in and the three
         # head outputs on the way out, a fixed 0.4 ms per image that pruning cannot shrink
         # (3 % of yolov3-416 compacted at 75 %).
-        model, x = _plain_unfused_inputs(model.to(memory_format=torch.channels_last)), \
-            _channels_last(x)
+        model, x = model.to(memory_format=torch.channels_last), _channels_last(x)
         # TracerWarning: the trace is for the one input shape being timed, so the shape
         # arithmetic it records as constants is right. FutureWarning: TorchScript is deprecated
         # for torch.compile, kept here because on CPU torch.compile (inductor, freezing) ran
@@ -141,45 +132,6 @@ def inference_form(model: nn.Module, x: torch.Tensor, runtime: str) -> tuple[nn.
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
-
-
-class _PlainConcat(Route):
-    """A concatenating ``route`` that makes its inputs channels-last tensors itself."""
-
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
-        return super().forward(*map(_channels_last, xs))
-
-
-class _PlainUpsample(nn.Upsample):
-    """An ``upsample`` layer that makes its input a channels-last tensor itself."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(_channels_last(x))
-
-
-def _plain_unfused_inputs(model: nn.Module) -> nn.Module:
-    """``model`` (already a copy) with explicit channels-last ``contiguous`` calls before the
-    layers the oneDNN Graph fuser leaves to PyTorch: upsampling and concatenation.
-
-    Measured on yolov3-416 under the fuser with channels-last input:
-    - without them, the conv before an upsampling writes NCHW (a oneDNN reorder after the conv),
-      the upsampled map fails the concatenation's stride guard, and the guard's fallback hands
-      a fused conv's output, still in oneDNN's own layout, to ``aten::cat``, which fails
-      ("Could not run 'aten::cat.out' with arguments from the 'MkldnnCPU' backend");
-    - with the concatenation's alone, it runs, but the upsampling and concatenation copy the
-      map back to channels-last: four copies per upsampling, about 0.2 ms per image at 75 %
-      compaction;
-    - with both, the fused convs write those outputs channels-last and every ``contiguous`` is
-      a no-op (the profiler shows no ``aten::copy_``). The upsampling's alone also sufficed;
-      the concatenation's stays so that a guard failure can never hand it a oneDNN tensor.
-    """
-    layers = model.layers
-    for i, m in enumerate(layers):
-        if type(m) is Route and len(m.sources) > 1:
-            layers[i] = _PlainConcat(m.sources)
-        elif type(m) is nn.Upsample:
-            layers[i] = _PlainUpsample(scale_factor=m.scale_factor, mode=m.mode)
-    return model
 
 
 class Latency:
@@ -271,12 +223,12 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     dev = resolve_device(device)
     used = resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
     model = ck.build()
-    img = int(ck.input["size"])
+    shape = model.input_shape
     params = [p for p in model.parameters()]
     total = sum(p.numel() for p in params)
     nonzero = sum(int((p != 0).sum()) for p in params)
     dense_bytes = sum(t.numel() * 4 for t in ck.state.values() if t.is_floating_point())
-    macs, macs_nonzero = count_macs(model, img)
+    macs, macs_nonzero = count_macs(model)
     stored = ck.stored_bytes
     result: dict[str, Any] = {
         "arch": ck.arch.get("name"),
@@ -295,26 +247,16 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "device": dev.type,
         "threads": threads,
         "batch": batch,
-        "img_size": img,
+        "img_size": shape[1] if shape[1] == shape[2] else list(shape[1:]),
         "runtime": None,
         "runtime_fallback": None,
         "torch": torch.__version__,
     }
     if latency:
-        timed = Latency(model, torch.rand(batch, 3, img, img, device=dev), used,
+        timed = Latency(model, torch.rand(batch, *shape, device=dev), used,
                         threads=threads, fallback=runtime == "auto")
         median, iqr = timed.measure(min_run_time)
         result.update(latency_ms=median * 1e3, latency_iqr_ms=iqr * 1e3,
                       throughput=batch / median, runtime=timed.runtime,
                       runtime_fallback=timed.fallback_reason)
     return result
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)

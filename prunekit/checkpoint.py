@@ -2,7 +2,8 @@
 
 A checkpoint holds the model's state dict, optional ``scores.<name>`` (float32, the parameter's
 shape) and optional ``masks.<name>``, plus string metadata whose values are JSON: ``prunekit``
-(format version), ``arch``, ``classes``, ``input``, ``history``.
+(format version), ``family`` (the model family; a file without it is read as ``yolov3``, the only
+family before families were recorded), ``arch``, ``classes``, ``input``, ``history``.
 
 Storage decisions:
 
@@ -21,14 +22,12 @@ Storage decisions:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import datetime as _dt
 import json
 import os
 import struct
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -40,6 +39,9 @@ from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
 from prunekit.errors import CheckpointError, PrunekitError
+from prunekit.files import write_atomic
+from prunekit.models import registry
+from prunekit.models.base import Detector
 
 FORMAT_VERSION = "1"
 Source = str | os.PathLike | bytes | None
@@ -47,16 +49,17 @@ Source = str | os.PathLike | bytes | None
 
 @dataclass
 class Checkpoint:
-    """Everything a checkpoint file holds, decoded.
+    """Everything a checkpoint file holds, unpacked.
 
     Attributes:
         state: the model's state dict (dense tensors).
-        arch: the architecture (see :mod:`prunekit.models.yolov3`).
+        arch: the architecture, as its family describes it.
         classes: class names in category-id order.
         input: input size, colour mode and normalisation.
         history: one entry per command applied.
         masks: boolean keep-masks keyed by state-dict name (True = kept).
         scores: importance scores keyed by state-dict name.
+        family: the model family (:mod:`prunekit.models.registry`).
         name: where it was read from, for messages.
         stored_bytes: the size of the file it was read from.
     """
@@ -68,14 +71,13 @@ class Checkpoint:
     history: list[dict[str, Any]] = field(default_factory=list)
     masks: dict[str, Tensor] = field(default_factory=dict)
     scores: dict[str, Tensor] = field(default_factory=dict)
+    family: str = registry.LEGACY_FAMILY
     name: str = "checkpoint"
     stored_bytes: int | None = None
 
-    def build(self) -> nn.Module:
+    def build(self) -> Detector:
         """The detector with these weights, in eval mode."""
-        from prunekit.models import Detector
-
-        model = Detector(self.arch, self.input, self.classes)
+        model = registry.build(self.family, self.arch, self.input, self.classes)
         missing, unexpected = model.load_state_dict(self.state, strict=False)
         if missing or unexpected:
             detail = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}")
@@ -83,6 +85,11 @@ class Checkpoint:
                                   f"({detail}, {len(missing)} missing, {len(unexpected)} "
                                   f"unexpected); the file was not written by this prunekit")
         return model.eval()
+
+    def skeleton(self) -> Detector:
+        """The detector's structure without weights (meta device): prunable names, channel
+        groups and shapes, at no cost."""
+        return registry.skeleton(self.family, self.arch, self.input, self.classes)
 
     def with_model(self, model: nn.Module) -> Checkpoint:
         """A copy whose state, arch and input come from ``model`` (masks and scores kept)."""
@@ -103,14 +110,15 @@ class Checkpoint:
         return self
 
 
-def from_model(model: nn.Module, *, history: list[dict[str, Any]] | None = None,
+def from_model(model: Detector, *, history: list[dict[str, Any]] | None = None,
                masks: dict[str, Tensor] | None = None,
                scores: dict[str, Tensor] | None = None) -> Checkpoint:
     """A checkpoint of a :class:`~prunekit.models.Detector`."""
     return Checkpoint(state={k: v.detach().cpu() for k, v in model.state_dict().items()},
                       arch=copy.deepcopy(model.arch), classes=list(model.classes),
                       input=dict(model.input_spec), history=list(history or []),
-                      masks=dict(masks or {}), scores=dict(scores or {}))
+                      masks=dict(masks or {}), scores=dict(scores or {}),
+                      family=model.family)
 
 
 # ------------------------------------------------------------------------------------- encode
@@ -163,6 +171,7 @@ def encode(ck: Checkpoint) -> tuple[dict[str, Tensor], dict[str, str]]:
         tensors[f"scores.{name}"] = s.detach().cpu().float().contiguous()
     meta = {
         "prunekit": FORMAT_VERSION,
+        "family": ck.family,
         "arch": json.dumps(ck.arch, separators=(",", ":")),
         "classes": json.dumps(ck.classes),
         "input": json.dumps(ck.input),
@@ -184,7 +193,7 @@ def to_bytes(ck: Checkpoint) -> bytes:
     return _st_save(tensors, metadata=meta)
 
 
-# ------------------------------------------------------------------------------------- decode
+# --------------------------------------------------------------------------------------- read
 
 
 def _check_container(data: bytes, name: str) -> None:
@@ -219,7 +228,7 @@ def _check_container(data: bytes, name: str) -> None:
 
 
 def _layer_order(name: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts ``layers.2.*`` before ``layers.10.*`` (numbers compare as numbers)."""
+    """Sort key that puts ``a.2.*`` before ``a.10.*`` (numbers compare as numbers)."""
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in name.split("."))
 
 
@@ -230,7 +239,7 @@ def _in_layer_order(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
     """Decode safetensors bytes into a :class:`Checkpoint`.
 
-    ``state``, ``masks`` and ``scores`` come in layer order (``layers.2`` before ``layers.10``),
+    ``state``, ``masks`` and ``scores`` come in layer order (``a.2`` before ``a.10``),
     the same at every load: safetensors hands tensors back in an order that changes from one
     load to the next, and whatever walks the prunable weights in turn (a seeded ``random``
     score, a global threshold's ties) must see them in one order.
@@ -278,9 +287,14 @@ def from_bytes(data: bytes, name: str = "checkpoint") -> Checkpoint:
         if key.startswith("scores."):
             scores[key[len("scores."):]] = raw.pop(key)
     state.update(raw)
+    family = meta.get("family", registry.LEGACY_FAMILY)
+    if family not in registry.names():
+        raise CheckpointError(f"{name} holds a {family!r} model, a family this prunekit does "
+                              f"not know ({', '.join(registry.names())}); upgrade prunekit")
     return Checkpoint(state=_in_layer_order(state), arch=arch, classes=classes,
                       input=input_spec, history=history, masks=_in_layer_order(masks),
-                      scores=_in_layer_order(scores), name=name, stored_bytes=len(data))
+                      scores=_in_layer_order(scores), family=family, name=name,
+                      stored_bytes=len(data))
 
 
 # -------------------------------------------------------------------------------------- files
@@ -311,29 +325,6 @@ def load(source: Source = None, *, stdin: BinaryIO | None = None) -> Checkpoint:
     """Read a checkpoint from a path, bytes, or stdin (``-`` or ``None``)."""
     data, name = read_bytes(source, stdin=stdin)
     return from_bytes(data, name)
-
-
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so a failure never
-    leaves a partial file."""
-    path = Path(path)
-    if path.is_dir():
-        raise PrunekitError(f"{path} is a directory; give a file name for the output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
-                            f"first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def save(ck: Checkpoint, dest: str | os.PathLike | None = None, *,
@@ -376,9 +367,10 @@ def save_model(model: nn.Module, path: str | os.PathLike | None, *,
     Returns:
         The number of bytes written.
     """
-    if not hasattr(model, "arch"):
-        raise PrunekitError("save_model needs a prunekit Detector (it carries its arch, classes "
-                            "and input); build one with prunekit.models.Detector")
+    if not isinstance(model, Detector):
+        raise PrunekitError("save_model needs a prunekit detector (it carries its family, "
+                            "arch, classes and input); build one with `prunekit init` or "
+                            "prunekit.models.get(family).create(...)")
     masks = masks if masks is not None else getattr(model, "masks", None)
     return save(from_model(model, history=history, masks=masks, scores=scores), path)
 

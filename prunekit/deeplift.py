@@ -41,21 +41,14 @@ upstream of such a pool summation-to-delta is only approximate; YOLOv3 and the e
 yolov3-small have no maxpool.
 
 **Target.** DeepLIFT explains one scalar per image. :class:`DetectionEvidence` wraps the
-detector and returns the detector's *evidence for the ground-truth objects*: summed over the
-(anchor, cell) predictions that :func:`prunekit.loss.assign` assigns to the image's
-ground-truth boxes (the positives of the training loss, one term per assignment), every raw
-output that makes that detection: the objectness logit and the true class's logit (+1 each),
-the other classes' logits (−1/(C−1) each: evidence *against* the wrong classes), and the four
-box outputs (+1 each). It attributes what the detector must get right, rather than the
-thousands of background cells, whose summed logits would swamp it, or a loss, whose nonlinear
-parts (sigmoids, IoU) DeepLIFT would only see as plain gradients. The box outputs must be in
-it: with objectness and class alone, the head's box-regression weights get a zero multiplier,
-score 0, and are the first weights pruned (measured: unstructured pruning at 25 % then took
-mAP50 from 0.96 to 0.30; with them, 0.93, as magnitude pruning). The target is linear in the
-raw outputs and its mask depends on the labels alone, so it means the same for inputs and
-baselines. A batch without any labelled object (an unlabelled image
-folder) is attributed against the model's own clean detections at confidence 0.25
-(:func:`prunekit.attack.self_targets`); a batch where there is still nothing is skipped.
+detector and returns its family's *evidence for the ground-truth objects*
+(:meth:`~prunekit.models.base.Detector.evidence`): linear in the raw outputs, with weights that
+depend on the labels alone, so it means the same for inputs and baselines (YOLOv3's: the raw
+outputs of the predictions its loss assigns to the objects; see
+``prunekit/models/yolov3/evidence.py`` for what it sums and why). A batch without any labelled
+object (an unlabelled image folder) is attributed against the model's own clean detections at
+confidence 0.25 (:func:`prunekit.attack.self_targets`); a batch where there is still nothing is
+skipped.
 
 **Baselines.** ``black`` (zeros, the default), ``white`` (ones), ``grey`` (0.5) or ``blur`` (a
 heavy box blur of the input itself, which keeps colours and removes shapes and edges).
@@ -79,7 +72,7 @@ from torch import Tensor, nn
 from torch.nn.grad import conv2d_weight
 
 from prunekit.errors import PrunekitError
-from prunekit.loss import assign
+from prunekit.models.base import Detector, Target
 
 BASELINES = ("black", "white", "grey", "blur")
 SELF_TARGET_CONF = 0.25
@@ -109,94 +102,37 @@ def _with_autograd(fn: Callable) -> Callable:
 class DetectionEvidence(nn.Module):
     """A detector's evidence for the ground-truth objects, one scalar per image (N×1).
 
-    The sum, over the (anchor, cell) predictions :func:`prunekit.loss.assign` assigns to each
-    ground-truth box, of the objectness logit, the true class's logit and the four box outputs,
-    minus the mean of the other classes' logits (see the module docstring). Call
-    :meth:`set_targets` before each batch. An input of k·N rows (Captum's inputs followed by
-    baselines) uses the same mask for every block of N rows.
+    Call :meth:`set_targets` before each batch. An input of k·N rows (Captum's inputs followed
+    by baselines) is scored against the same N targets in every block of N rows.
 
     Args:
-        model: a YOLOv3-family :class:`~prunekit.models.Detector` (anything with ``heads()``,
-            ``img_size`` and ``num_classes`` whose forward returns raw head outputs).
+        model: a :class:`~prunekit.models.base.Detector`.
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: Detector) -> None:
         super().__init__()
         self.model = model
-        self._targets: Tensor | None = None
-        self._n = 0
-        self._masks: tuple[tuple, list[Tensor]] | None = None
+        self._targets: list[Target] | None = None
 
-    def set_targets(self, targets: Tensor, n: int) -> None:
-        """Set the labels the evidence is about.
-
-        Args:
-            targets: M×6 rows of (image index, class, x1, y1, x2, y2) in input pixels.
-            n: number of images in the batch.
-        """
-        targets = torch.as_tensor(targets, dtype=torch.float32).reshape(-1, 6)
-        if n < 1:
-            raise PrunekitError(f"a batch needs at least one image, got n={n}")
-        if len(targets):
-            image, cls = targets[:, 0], targets[:, 1]
-            if image.min() < 0 or image.max() >= n:
-                raise PrunekitError(f"target image indices must lie in 0..{n - 1}, got "
-                                    f"{int(image.min())}..{int(image.max())}")
-            if cls.min() < 0 or cls.max() >= self.model.num_classes:
-                raise PrunekitError(f"target classes must lie in 0..{self.model.num_classes - 1}"
-                                    f" for this model, got up to {int(cls.max())}; score with "
-                                    f"the dataset the model was trained on")
-        self._targets, self._n, self._masks = targets.detach().cpu(), n, None
-
-    def masks(self, shapes: list[torch.Size], device: torch.device) -> list[Tensor]:
-        """Per head, an N×(A·(5+C))×h×w tensor of the weight each raw output is summed with."""
-        if self._targets is None:
-            raise PrunekitError("DetectionEvidence has no targets; call set_targets() first")
-        key = (tuple(tuple(s) for s in shapes), device)
-        if self._masks is not None and self._masks[0] == key:
-            return self._masks[1]
-        anchors = [h.anchors.to(device) for h in self.model.heads()]
-        if len(anchors) != len(shapes):
-            raise PrunekitError(f"the model has {len(anchors)} yolo heads but returned "
-                                f"{len(shapes)} outputs")
-        grids = [(int(s[-2]), int(s[-1])) for s in shapes]
-        assigned = assign(self._targets.to(device), anchors, grids, self.model.img_size)
-        c = 5 + self.model.num_classes
-        masks = []
-        for (h, w), anc, asg in zip(grids, anchors, assigned, strict=True):
-            mask = torch.zeros(self._n, anc.shape[0], c, h, w, device=device)
-            ones = torch.ones(len(asg.image), device=device)
-            nc = self.model.num_classes
-            # Per assignment: +1 for objectness, the box outputs and every class, then the
-            # true class gets +1 in total and the others -1/(C-1) each.
-            weights = torch.full((c,), 1.0, device=device)
-            if nc > 1:
-                weights[5:] = -1.0 / (nc - 1)
-            for channel in range(c):
-                mask.index_put_((asg.image, asg.anchor, torch.full_like(asg.cls, channel),
-                                 asg.row, asg.col), ones * weights[channel], accumulate=True)
-            if nc > 1:
-                mask.index_put_((asg.image, asg.anchor, 5 + asg.cls, asg.row, asg.col),
-                                ones * (1.0 + 1.0 / (nc - 1)), accumulate=True)
-            masks.append(mask.view(self._n, -1, h, w))
-        self._masks = (key, masks)
-        return masks
+    def set_targets(self, targets: list[Target]) -> None:
+        """Set the labels the evidence is about, one :class:`Target` per image of the batch."""
+        if not targets:
+            raise PrunekitError("a batch needs at least one image, got none")
+        labels = torch.cat([t.labels for t in targets])
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.model.num_classes):
+            raise PrunekitError(f"target classes must lie in 0..{self.model.num_classes - 1} "
+                                f"for this model, got up to {int(labels.max())}; score with "
+                                f"the dataset the model was trained on")
+        self._targets = list(targets)
 
     def forward(self, x: Tensor) -> Tensor:
-        outputs = self.model(x)
-        if isinstance(outputs, Tensor):
-            outputs = (outputs,)
-        rows = x.shape[0]
-        if not self._n or rows % self._n:
-            raise PrunekitError(f"DetectionEvidence got {rows} images but its targets are for "
-                                f"batches of {self._n}; call set_targets() with this batch")
-        # Grid sizes are known only from the outputs; the mask is per image of the batch.
-        shapes = [torch.Size((self._n, *o.shape[1:])) for o in outputs]
-        masks = self.masks(shapes, x.device)
-        k = rows // self._n
-        evidence = sum((o * m.repeat(k, 1, 1, 1).to(o.dtype)).flatten(1).sum(1)
-                       for o, m in zip(outputs, masks, strict=True))
-        return evidence.unsqueeze(1)
+        if self._targets is None:
+            raise PrunekitError("DetectionEvidence has no targets; call set_targets() first")
+        n = len(self._targets)
+        if x.shape[0] % n:
+            raise PrunekitError(f"DetectionEvidence got {x.shape[0]} images but its targets "
+                                f"are for batches of {n}; call set_targets() with this batch")
+        return self.model.evidence(self.model(x), self._targets).unsqueeze(1)
 
 
 def make_baseline(images: Tensor, name: str = "black") -> Tensor:
@@ -282,10 +218,10 @@ def contributions(scalar_model: nn.Module, inputs: Tensor, baselines: Tensor,
 
 
 @_with_autograd
-def deeplift_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, list]], *,
-                    baseline: str = "black", max_batches: int | None = None,
+def deeplift_scores(model: Detector, batches: Iterable[tuple[Tensor, list[Target], list[dict]]],
+                    *, baseline: str = "black", max_batches: int | None = None,
                     device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """DeepLIFT importance of every conv and linear weight (see the module docstring).
+    """DeepLIFT importance of every prunable weight (see the module docstring).
 
     Args:
         model: the detector; it is left exactly as it was (weights, statistics, mode, device).
@@ -307,7 +243,8 @@ def deeplift_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, li
            for p in model.parameters()):
         # A copy, so that the caller's model stays where it was.
         work = copy.deepcopy(model).to(device)
-    layers = prunable_layers(work)
+    wanted = set(work.prunable())
+    layers = {n: m for n, m in prunable_layers(work).items() if n in wanted}
     evidence = DetectionEvidence(work)
     totals = {name: torch.zeros_like(m.weight, dtype=torch.float32)
               for name, m in layers.items()}
@@ -315,20 +252,20 @@ def deeplift_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, li
     modes = {m: m.training for m in work.modules()}
     try:
         work.eval()
-        for images, targets, _ in batches:
+        for images, targets, records in batches:
             seen += 1
             images = images.to(device=device, dtype=torch.float32)
-            targets = torch.as_tensor(targets, dtype=torch.float32).reshape(-1, 6)
-            if not len(targets):
+            if not any(len(t.labels) for t in targets):
                 from prunekit.attack import self_targets
 
-                targets = self_targets(work, images, conf=SELF_TARGET_CONF)
-            if len(targets):
+                targets = self_targets(work, images, [r["geometry"] for r in records],
+                                       conf=SELF_TARGET_CONF)
+            if any(len(t.labels) for t in targets):
                 batch = {name: torch.zeros_like(t) for name, t in totals.items()}
                 # Contributions are sums over images, so chunks add up to the whole batch.
                 size = CPU_CHUNK if images.device.type == "cpu" else len(images)
                 for part, part_targets in _chunks(images, targets, size):
-                    evidence.set_targets(part_targets, len(part))
+                    evidence.set_targets(part_targets)
                     for name, c in contributions(evidence, part, make_baseline(part, baseline),
                                                  layers).items():
                         batch[name] += c
@@ -347,14 +284,13 @@ def deeplift_scores(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor, li
     return {name: (t / scored).cpu() for name, t in totals.items()}
 
 
-def _chunks(images: Tensor, targets: Tensor, size: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """The batch in chunks of ``size`` images with their targets re-indexed, leaving out a
-    chunk without any (its evidence is zero, and so are its contributions)."""
+def _chunks(images: Tensor, targets: list[Target], size: int) \
+        -> Iterator[tuple[Tensor, list[Target]]]:
+    """The batch in chunks of ``size`` images with their targets, leaving out a chunk without
+    any object (its evidence is zero, and so are its contributions)."""
     for start in range(0, len(images), size):
-        keep = (targets[:, 0] >= start) & (targets[:, 0] < start + size)
-        if keep.any():
-            part = targets[keep].clone()
-            part[:, 0] -= start
+        part = targets[start:start + size]
+        if any(len(t.labels) for t in part):
             yield images[start:start + size], part
 
 

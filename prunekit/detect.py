@@ -1,25 +1,23 @@
-"""Inference: decode head outputs, threshold, class-aware NMS, map boxes to original pixels.
+"""Inference: the model's detections for a dataset or a folder, boxes in original pixels.
 
-A box's score is objectness × class probability (YOLOv3's convention). Every class whose score
-clears the threshold yields a candidate (multi-label), which is what mAP at a low threshold
-(0.001) expects; at the paper's threshold (0.5) it rarely matters. NMS is
-:func:`torchvision.ops.batched_nms`, per class.
+What turns raw outputs into boxes (decoding, thresholds, NMS where the family uses it, the map
+back to original pixels) is the family's :meth:`~prunekit.models.base.Detector.postprocess`;
+this module feeds it batches and attaches image ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
-from torchvision.ops import batched_nms
+from torch import Tensor
 
+from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
-
-MAX_CANDIDATES = 30_000
+from prunekit.models.base import Detector
 
 
 @dataclass
@@ -33,33 +31,6 @@ class ImageDetections:
     labels: Tensor  # K, model class indices
 
 
-def postprocess(decoded: Tensor, *, conf: float = 0.5, iou: float = 0.45,
-                max_det: int = 100) -> list[tuple[Tensor, Tensor, Tensor]]:
-    """Boxes (xyxy, input pixels), scores and labels per image from decoded predictions.
-
-    Args:
-        decoded: N×P×(5+C) from :meth:`Detector.decode`.
-        conf: minimum score (objectness × class probability).
-        iou: NMS IoU threshold.
-        max_det: most detections kept per image.
-    """
-    results = []
-    for pred in decoded:
-        obj = pred[:, 4:5]
-        scores_all = obj * pred[:, 5:] if pred.shape[1] > 5 else obj
-        keep = scores_all > conf
-        idx, cls = keep.nonzero(as_tuple=True)
-        scores = scores_all[idx, cls]
-        if len(scores) > MAX_CANDIDATES:
-            top = scores.topk(MAX_CANDIDATES).indices
-            idx, cls, scores = idx[top], cls[top], scores[top]
-        xywh = pred[idx, :4]
-        boxes = torch.cat((xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2), 1)
-        kept = batched_nms(boxes.float(), scores.float(), cls, iou)[:max_det]
-        results.append((boxes[kept], scores[kept], cls[kept]))
-    return results
-
-
 def check_thresholds(conf: float, iou: float, max_det: int) -> None:
     if not 0 <= conf < 1:
         raise PrunekitError(f"--conf must lie in [0, 1), got {conf}")
@@ -69,10 +40,8 @@ def check_thresholds(conf: float, iou: float, max_det: int) -> None:
         raise PrunekitError(f"--max-det must be at least 1, got {max_det}")
 
 
-def detect(model: nn.Module, batches, *, conf: float = 0.5, iou: float = 0.45,
-           max_det: int = 100, device: torch.device | str = "cpu",
-           attack: Callable[[nn.Module, Tensor, Tensor, list[dict]], Tensor] | None = None) \
-        -> Iterator[ImageDetections]:
+def detect(model: Detector, batches, *, conf: float = 0.5, iou: float = 0.45,
+           max_det: int = 100, device: torch.device | str = "cpu") -> Iterator[ImageDetections]:
     """Run a model over batches from :func:`prunekit.data.coco.loader`.
 
     Args:
@@ -82,28 +51,20 @@ def detect(model: nn.Module, batches, *, conf: float = 0.5, iou: float = 0.45,
         iou: NMS IoU threshold.
         max_det: detections kept per image.
         device: where to run.
-        attack: optional ``attack(model, images, targets, records) -> adversarial images``,
-            applied to each batch before detection.
 
     Yields:
         One :class:`ImageDetections` per image, in batch order, boxes in original pixels.
     """
     check_thresholds(conf, iou, max_det)
     model = model.eval().to(device)
-    for images, targets, records in batches:
-        images = images.to(device)
-        if attack is not None:
-            images = attack(model, images, targets, records)
+    for images, _, records in batches:
         with torch.inference_mode():
-            per_image = postprocess(model.decode(model(images)), conf=conf, iou=iou,
-                                    max_det=max_det)
-        for rec, (boxes, scores, labels) in zip(records, per_image, strict=True):
-            w, h = rec["size"]
-            orig = rec["letterbox"].to_original(boxes.cpu().float())
-            orig[:, 0::2] = orig[:, 0::2].clamp(0, w)
-            orig[:, 1::2] = orig[:, 1::2].clamp(0, h)
-            yield ImageDetections(rec["image_id"], rec["file_name"], orig, scores.cpu().float(),
-                                  labels.cpu())
+            found = model.postprocess(model(images.to(device)),
+                                      [r["geometry"] for r in records], conf=conf, iou=iou,
+                                      max_det=max_det)
+        for rec, d in zip(records, found, strict=True):
+            yield ImageDetections(rec["image_id"], rec["file_name"], d.boxes, d.scores,
+                                  d.labels)
 
 
 def to_frame(results: Iterable[ImageDetections], ids: list[int]):
@@ -133,7 +94,7 @@ def category_ids(classes: list[str], gt_json: str | Path | None) -> list[int]:
 def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | None = None,
                    conf: float = 0.5, iou: float = 0.45, max_det: int = 100,
                    batch_size: int = 16, workers: int = 0, device: str = "auto",
-                   attack=None, seed: int = 0) \
+                   threads: int | None = None, attack=None, seed: int = 0) \
         -> tuple[int, list[int], Iterator[ImageDetections]]:
     """Detections for every image of a COCO JSON (``data``) or a folder (``images``).
 
@@ -147,6 +108,7 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
         batch_size: images per forward pass.
         workers: DataLoader workers.
         device: ``auto``, ``cpu`` or ``cuda``.
+        threads: CPU threads (default: unchanged).
         attack: an :class:`prunekit.attack.AttackConfig` to attack each image first (in
             original pixel space; the attacked image is quantised to 8 bits, as a PNG would
             hold it, before detection).
@@ -155,10 +117,10 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
     Returns:
         The number of images, the COCO category id of each model class, and the detections.
     """
-    from prunekit.bench import resolve_device
     from prunekit.data.coco import CocoDetection, ImageFolder, loader
 
     check_thresholds(conf, iou, max_det)
+    set_threads(threads)
     if data is None and images is None:
         raise PrunekitError("what to detect on? give --data val.json or --images DIR")
     if batch_size < 1:
@@ -167,11 +129,11 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
     dev = resolve_device(device)
     want_originals = attack is not None
     if data is not None:
-        dataset = CocoDetection(data, model.img_size, images=images, classes=model.classes,
+        dataset = CocoDetection(data, model.transform, images=images, classes=model.classes,
                                 originals=want_originals)
         has_labels = True
     else:
-        dataset = ImageFolder(images, model.img_size, originals=want_originals)
+        dataset = ImageFolder(images, model.transform, originals=want_originals)
         has_labels = False
     ids = category_ids(model.classes, data)
     batches = loader(dataset, batch_size, workers=workers)

@@ -277,9 +277,9 @@ def _read_text(source: Source) -> tuple[str, str]:
             raise DataError("no detections CSV given and stdin is a terminal; pass a file or "
                             "pipe one in (e.g. `prunekit detect ... | prunekit evaluate --gt "
                             "val.json`)")
-        return _decode(sys.stdin.read()), "<stdin>"
+        return _as_text(sys.stdin.read()), "<stdin>"
     if not isinstance(source, str | os.PathLike):
-        return _decode(source.read()), str(getattr(source, "name", "<stream>"))
+        return _as_text(source.read()), str(getattr(source, "name", "<stream>"))
     path = Path(source)
     try:
         # utf-8-sig: spreadsheet programs put a byte-order mark before the header.
@@ -294,9 +294,9 @@ def _read_text(source: Source) -> tuple[str, str]:
         raise DataError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def _decode(text: str | bytes) -> str:
+def _as_text(text: str | bytes) -> str:
     if isinstance(text, bytes):
-        text = text.decode("utf-8-sig")
+        text = str(text, "utf-8-sig")
     return text.removeprefix("\ufeff")
 
 

@@ -22,21 +22,20 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Sampler
 
 from prunekit import checkpoint
-from prunekit.bench import resolve_device
 from prunekit.checkpoint import Checkpoint
+from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
-from prunekit.loss import LossConfig, yolo_loss
-from prunekit.models import Detector
+from prunekit.models import registry
+from prunekit.models.base import Detector, Target
 
 Progress = Callable[[int, int, dict[str, float]], None]
 
@@ -60,29 +59,6 @@ class TrainConfig:
     adv_steps: int = 5
     augment: bool = True
     images: str | None = None
-
-
-class _EpochBatches(Sampler):
-    """Batches of (index, augmentation seed) for steps ``start``.. ``stop``; each epoch is a
-    permutation seeded by (seed, epoch)."""
-
-    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
-        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
-        self.per_epoch = n // batch
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch, order = -1, None
-        for step in range(self.start, self.stop):
-            e, k = divmod(step, self.per_epoch)
-            if e != epoch:
-                g = torch.Generator().manual_seed(self.seed * 7919 + e)
-                order, epoch = torch.randperm(self.n, generator=g).tolist(), e
-            chunk = order[k * self.batch:(k + 1) * self.batch]
-            yield [(i, (self.seed * 1_000_003 + step * 4099 + j) % 2**62)
-                   for j, i in enumerate(chunk)]
 
 
 def lr_at(step: int, total: int, base: float, warmup: int) -> float:
@@ -150,45 +126,33 @@ def _mask_grads(model: nn.Module, masks: dict[str, Tensor]) -> None:
             p.grad.masked_fill_(~mask.to(p.grad.device), 0.0)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
-
-
-def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
-               loss_config: LossConfig = LossConfig(), adv=None, adv_mix: float = 0.5,
-               masks: dict[str, Tensor] | None = None,
+def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer, *, adv=None,
+               adv_mix: float = 0.5, masks: dict[str, Tensor] | None = None,
                autocast: torch.autocast | None = None) -> dict[str, float]:
     """One optimisation step on a batch (clean, or mixed with adversarial examples).
 
     Args:
         model: the detector (put in train mode here).
-        images: N×3×S×S floats in [0, 1].
-        targets: M×6 targets (see :func:`prunekit.loss.yolo_loss`).
+        images: N×3×H×W floats in [0, 1], in the model's input form.
+        targets: the N images' targets.
         optimizer: the optimizer.
-        loss_config: loss weights.
         adv: optional ``adv(model, images, targets) -> adversarial images`` (run in eval mode).
         adv_mix: weight of the adversarial loss; the clean loss gets ``1 - adv_mix``.
         masks: keep-masks to hold pruned weights at zero.
         autocast: a CUDA autocast context, or None.
     """
-    anchors = [h.anchors for h in model.heads()]
     adv_images = None
     if adv is not None and adv_mix > 0:
         adv_images = adv(model, images, targets)
     model.train()
     optimizer.zero_grad(set_to_none=True)
     parts: dict[str, float] = {}
+    ctx = autocast if autocast is not None else contextlib.nullcontext()
 
     def _loss(x: Tensor) -> Tensor:
-        ctx = autocast if autocast is not None else contextlib.nullcontext()
         with ctx:
             out = model(x)
-        total, p = yolo_loss(out, targets, anchors, model.img_size, model.num_classes,
-                             loss_config)
+        total, p = model.loss(out, targets)
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + float(v.detach())
         return total
@@ -202,17 +166,11 @@ def train_step(model: Detector, images: Tensor, targets: Tensor, optimizer, *,
     else:
         # One forward over clean and adversarial images together: BatchNorm sees both, as in
         # the usual mixed adversarial training, and the step costs one pass, not two.
-        both = torch.cat((images, adv_images))
         n = images.shape[0]
-        ctx = autocast if autocast is not None else contextlib.nullcontext()
         with ctx:
-            out = model(both)
-        clean_out = [o[:n] for o in out]
-        adv_out = [o[n:] for o in out]
-        lc, _ = yolo_loss(clean_out, targets, anchors, model.img_size, model.num_classes,
-                          loss_config)
-        la, _ = yolo_loss(adv_out, targets, anchors, model.img_size, model.num_classes,
-                          loss_config)
+            out = model(torch.cat((images, adv_images)))
+        lc, _ = model.loss(tuple(o[:n] for o in out), targets)
+        la, _ = model.loss(tuple(o[n:] for o in out), targets)
         loss = (1 - adv_mix) * lc + adv_mix * la
         parts.update(loss=float(loss.detach()), clean_loss=float(lc.detach()),
                      adv_loss=float(la.detach()))
@@ -336,6 +294,25 @@ def _load_state(path: Path, config: TrainConfig, model: nn.Module, ema: EMA,
 # -------------------------------------------------------------------------------- the loop
 
 
+@dataclass
+class _Run:
+    """What a run trains, and with what: set up once, then stepped by the loop."""
+
+    ck: Checkpoint
+    config: TrainConfig
+    model: Detector
+    dataset: Any
+    device: torch.device
+    masks: dict[str, Tensor]
+    optimizer: torch.optim.Optimizer
+    ema: EMA
+    state_path: Path | None
+    attack: Callable | None = None
+    autocast: torch.autocast | None = None
+    start: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
 def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
              steps: int | None = None, batch_size: int = 32, lr: float = 2e-3,
              weight_decay: float = 0.05, warmup: int | None = None, workers: int = 1,
@@ -362,7 +339,7 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         seed: seed for batch order, augmentation and attacks.
         device: ``auto``, ``cpu`` or ``cuda``.
         grey: switch the model's input to grey (True) or colour (False); None keeps it.
-        img_size: change the input size (a multiple of 32); None keeps it.
+        img_size: change the input size; None keeps it.
         augment: flip / scale / translate / brightness augmentation.
         adv: ``none``, ``pgd`` or ``fgsm`` (FGSM with a random start): adversarial training.
         adv_mix: weight of the adversarial loss in each step.
@@ -379,10 +356,26 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         threads: CPU threads for torch (default: unchanged).
         progress: ``progress(step, total, metrics)`` callback.
     """
-    from prunekit.data.coco import CocoDetection, loader
+    _check(batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix, resume=resume,
+           state_file=state_file)
+    set_threads(threads)
+    run = _setup(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                 weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,
+                 seed=seed, device=device, grey=grey, img_size=img_size, augment=augment,
+                 adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=adv_steps,
+                 state_file=state_file)
+    if resume:
+        run.start = _load_state(run.state_path, run.config, run.model, run.ema, run.optimizer)
+    step = _loop(run, val=val, eval_every=eval_every, save_every=save_every,
+                 progress=progress)
+    return _finish(run, step, val=val, bn_batches=bn_batches,
+                   extra={"epochs": epochs, "device": run.device.type, "grey": grey,
+                          "img_size": img_size, "bn_batches": bn_batches})
 
-    if threads:
-        torch.set_num_threads(threads)
+
+def _check(*, batch_size: int, lr: float, adv: str, adv_mix: float, resume: bool,
+           state_file: str | Path | None) -> None:
+    """Refuse arguments that cannot train, before any work."""
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
     if lr <= 0:
@@ -394,26 +387,32 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
     if resume and state_file is None:
         raise PrunekitError("--resume needs the training state, which lives beside -o PATH; "
                             "give -o")
+
+
+def _setup(ck: Checkpoint, data: str | Path, *, epochs: float | None, steps: int | None,
+           batch_size: int, lr: float, weight_decay: float, warmup: int | None, workers: int,
+           images: str | Path | None, seed: int, device: str, grey: bool | None,
+           img_size: int | None, augment: bool, adv: str, adv_mix: float, eps: float,
+           alpha: float, adv_steps: int, state_file: str | Path | None) -> _Run:
+    """The model (input changed as asked, masks applied, on its device), the data, the
+    resolved configuration, the optimiser, the EMA and the training attack."""
+    from prunekit.data.coco import CocoDetection
+
     dev = resolve_device(device)
     ck = copy.copy(ck)
-    ck.input = dict(ck.input)
-    if grey is not None:
-        ck.input["colour"] = "grey" if grey else "rgb"
-    if img_size is not None:
-        from prunekit.models import default_input
-
-        ck.input["size"] = default_input(img_size, ck.input.get("colour", "rgb"))["size"]
+    if grey is not None or img_size is not None:
+        colour = None if grey is None else ("grey" if grey else "rgb")
+        ck.input = registry.get(ck.family).input_spec(ck.input, size=img_size, colour=colour)
     model = ck.build()
-    dataset = CocoDetection(data, model.img_size, images=images, classes=model.classes,
+    dataset = CocoDetection(data, model.transform, images=images, classes=model.classes,
                             augment=augment, cache=True)
     if len(dataset) < batch_size:
         raise PrunekitError(f"{data} has {len(dataset)} images, fewer than --batch-size "
                             f"{batch_size}; lower the batch size")
-    per_epoch = len(dataset) // batch_size
     if steps is None:
         if epochs is None:
             raise PrunekitError("how long? give --epochs E or --steps S")
-        steps = max(1, int(round(epochs * per_epoch)))
+        steps = max(1, int(round(epochs * (len(dataset) // batch_size))))
     if steps < 1:
         raise PrunekitError(f"--steps must be at least 1, got {steps}")
     warmup = max(1, int(0.03 * steps)) if warmup is None else warmup
@@ -421,93 +420,124 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
                          weight_decay=weight_decay, warmup=warmup, workers=workers, seed=seed,
                          adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=adv_steps,
                          augment=augment, images=str(images) if images else None)
-    masks = {k: v.bool() for k, v in ck.masks.items()}
     model = model.to(dev)
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
-    masks = {k: v.to(dev) for k, v in masks.items()}
+    masks = {k: v.bool().to(dev) for k, v in ck.masks.items()}
     apply_masks(model, masks)
-    optimizer = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.999))
-    ema = EMA(model, steps)
-    start = 0
-    state_path = Path(state_file) if state_file else None
-    if resume:
-        start = _load_state(state_path, config, model, ema, optimizer)
-    attack_fn = None
+    optimizer = torch.optim.AdamW(model.param_groups(weight_decay), lr=lr, betas=(0.9, 0.999))
+    run = _Run(ck=ck, config=config, model=model, dataset=dataset, device=dev, masks=masks,
+               optimizer=optimizer, ema=EMA(model, steps),
+               state_path=Path(state_file) if state_file else None)
     if adv != "none":
         from prunekit.attack import training_attack
 
-        attack_fn = training_attack(adv, eps=eps, alpha=alpha, steps=adv_steps)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else None
-    batches = loader(dataset, batch_size, workers=workers, seed=seed,
-                     batch_sampler=_EpochBatches(len(dataset), batch_size, seed, start, steps))
-    curve: list[dict[str, float]] = []
-    step = start
+        run.attack = training_attack(adv, eps=eps, alpha=alpha, steps=adv_steps)
+    if dev.type == "cuda":
+        run.autocast = torch.autocast("cuda", dtype=torch.bfloat16)
+    return run
+
+
+def _loop(run: _Run, *, val: str | Path | None, eval_every: int, save_every: int,
+          progress: Progress | None) -> int:
+    """Train from ``run.start`` to the last step; Ctrl-C saves the state at a step boundary.
+
+    Returns:
+        The number of steps done.
+    """
+    from prunekit.data.coco import EpochBatches, loader
+
+    config, model, optimizer, dev = run.config, run.model, run.optimizer, run.device
+    steps, seed = config.steps, config.seed
+    batches = loader(run.dataset, config.batch_size, workers=config.workers, seed=seed,
+                     batch_sampler=EpochBatches(len(run.dataset), config.batch_size, seed,
+                                                run.start, steps))
+    step = run.start
     interrupt = _StepBoundaryInterrupt()
     try:
         with interrupt:
             for images_b, targets, _ in batches:
                 torch.manual_seed(seed * 1_000_003 + step)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, steps, lr, warmup)
+                    group["lr"] = lr_at(step, steps, config.lr, config.warmup) \
+                        * group.get("lr_scale", 1.0)
                 x = images_b.to(dev, non_blocking=True)
                 if dev.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
-                parts = train_step(model, x, targets, optimizer, adv=attack_fn, adv_mix=adv_mix,
-                                   masks=masks, autocast=autocast)
-                ema.update(model)
+                parts = train_step(model, x, targets, optimizer, adv=run.attack,
+                                   adv_mix=config.adv_mix, masks=run.masks,
+                                   autocast=run.autocast)
+                run.ema.update(model)
                 step += 1
                 if val is not None and eval_every and step % eval_every == 0 and step < steps:
-                    curve.append({"step": step, **_validate(ema.model, val, images, dev)})
-                    parts.update({k: v for k, v in curve[-1].items() if k != "step"})
+                    run.curve.append({"step": step, **_validate(run.ema.model, val,
+                                                                config.images, dev)})
+                    parts.update({k: v for k, v in run.curve[-1].items() if k != "step"})
                 if progress is not None:
                     progress(step, steps, parts)
-                if state_path is not None and save_every and step % save_every == 0 \
+                if run.state_path is not None and save_every and step % save_every == 0 \
                         and step < steps:
-                    _save_state(state_path, config, step, model, ema, optimizer, ck)
+                    _save_state(run.state_path, config, step, model, run.ema, optimizer, run.ck)
                 if interrupt.requested and step < steps:
                     raise KeyboardInterrupt
     except (KeyboardInterrupt, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not interrupt.requested:
             raise  # a real failure; with Ctrl-C pending it is a DataLoader worker that stopped
-        if state_path is None:
-            raise KeyboardInterrupt from None
-        if isinstance(e, _ForcedInterrupt):
-            raise PrunekitError(f"interrupted mid-step; {state_path} keeps the last periodic "
-                                f"state, if any: run the same command with --resume to "
-                                f"continue from it") from None
-        _save_state(state_path, config, step, model, ema, optimizer, ck)
-        raise PrunekitError(f"interrupted at step {step}/{steps}; the training state is in "
-                            f"{state_path}: run the same command with --resume to "
-                            f"continue") from None
-    final = ema.model
-    apply_masks(final, masks)
+        _interrupted(run, step, forced=isinstance(e, _ForcedInterrupt))
+    return step
+
+
+def _interrupted(run: _Run, step: int, *, forced: bool) -> None:
+    """Save the state of an interrupted run (when there is a state file) and say how to go on."""
+    path = run.state_path
+    if path is None:
+        raise KeyboardInterrupt from None
+    if forced:
+        raise PrunekitError(f"interrupted mid-step; {path} keeps the last periodic state, if "
+                            f"any: run the same command with --resume to continue from it") \
+            from None
+    _save_state(path, run.config, step, run.model, run.ema, run.optimizer, run.ck)
+    raise PrunekitError(f"interrupted at step {step}/{run.config.steps}; the training state is "
+                        f"in {path}: run the same command with --resume to continue") from None
+
+
+def _finish(run: _Run, step: int, *, val: str | Path | None, bn_batches: int,
+            extra: dict[str, Any]) -> Checkpoint:
+    """The output checkpoint: EMA weights, masks re-applied, BatchNorm statistics measured
+    anew, the last validation, and the history entry; the state file is removed."""
+    from prunekit.data.coco import EpochBatches, loader
+
+    config = run.config
+    final = run.ema.model
+    apply_masks(final, run.masks)
     if bn_batches:
         # The EMA's running statistics average those of many past weights; measure them anew.
-        recalibrate_bn(final, loader(dataset, batch_size, workers=0, batch_sampler=_EpochBatches(
-            len(dataset), batch_size, seed + 7, 0, bn_batches)), bn_batches)
+        recalibrate_bn(final, loader(run.dataset, config.batch_size, workers=0,
+                                     batch_sampler=EpochBatches(len(run.dataset),
+                                                                config.batch_size,
+                                                                config.seed + 7, 0, bn_batches)),
+                       bn_batches)
     if val is not None:
-        curve.append({"step": step, **_validate(final, val, images, dev)})
-    out = ck.with_model(final.to("cpu").to(memory_format=torch.contiguous_format))
-    out.masks = {k: v.cpu() for k, v in masks.items()}
+        run.curve.append({"step": step, **_validate(final, val, config.images, run.device)})
+    out = run.ck.with_model(final.to("cpu").to(memory_format=torch.contiguous_format))
+    out.masks = {k: v.cpu() for k, v in run.masks.items()}
     out.scores = {}
-    args = {**asdict(config), "epochs": epochs, "device": dev.type, "grey": grey,
-            "img_size": img_size, "bn_batches": bn_batches, "resumed_from": start or None}
-    if curve:
-        args["curve"] = curve
-    if state_path is not None and state_path.exists():
-        os.unlink(state_path)
+    args = {**asdict(config), **extra, "resumed_from": run.start or None}
+    if run.curve:
+        args["curve"] = run.curve
+    if run.state_path is not None and run.state_path.exists():
+        os.unlink(run.state_path)
     return out.add_history("finetune", args)
 
 
-def _validate(model: nn.Module, val: str | Path, images, dev) -> dict[str, float]:
+def _validate(model: Detector, val: str | Path, images, dev) -> dict[str, float]:
     """mAP of the model on a validation set at confidence 0.001 (the learning curve)."""
     from prunekit.data.coco import CocoDetection, loader
     from prunekit.detect import category_ids, detect, to_frame
     from prunekit.evaluate import evaluate
 
     was_training = model.training
-    ds = CocoDetection(val, model.img_size, images=images, classes=model.classes)
+    ds = CocoDetection(val, model.transform, images=images, classes=model.classes)
     results = detect(model, loader(ds, 32), conf=0.001, device=dev)
     m = evaluate(to_frame(results, category_ids(model.classes, val)), val, per_class=False)
     model.train(was_training)

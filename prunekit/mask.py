@@ -4,23 +4,29 @@ Semantics (the usual complaint about pruning tools is that nobody can say what "
 
 * ``ratio`` is the fraction of units removed: weights (``weight``), k×k kernels (``kernel``) or
   output filters (``filter``); ``scope="layer"`` removes ``round(ratio · n)`` units in every
-  prunable layer (every conv and linear weight), ``scope="global"`` removes that fraction of all
-  units together, by one score threshold.
+  prunable layer (the family's prunable weights), ``scope="global"`` removes that fraction of
+  all units together, by one score threshold.
 * A unit's score is the mean of its weights' scores (a kernel's or a filter's mean).
-* Filters: a detection head's output channels are never removed; filters coupled by residual
-  additions (:func:`prunekit.models.channels.filter_groups`) are scored by their mean and kept
-  or removed together; a removed filter takes its BatchNorm scale and shift with it (masked too),
-  so its output is exactly zero; every layer keeps at least one filter.
+* Filters are the channels of the family's channel groups
+  (:meth:`~prunekit.models.base.Detector.channel_groups`): the channels a group may not lose
+  (detection outputs, residual streams a family keeps) are never removed; channels coupled by
+  residual additions are scored by their mean and kept or removed together; a removed channel
+  takes every parameter that makes it with it (BatchNorm scale and shift, biases: masked too),
+  so its output is exactly zero; every group keeps at least one channel.
 * A new mask is combined with the checkpoint's earlier one (AND): units already removed are
   ranked first, so the result removes ``ratio`` of the layer, earlier removals included, or more
   when the earlier mask had removed more.
 * The output carries masks (applied: masked weights are exactly zero) and no scores; making the
-  pruning physical is the separate step :func:`compact`.
+  pruning physical is the separate step :func:`compact_checkpoint`.
+
+:class:`Units` is the one ranking of units into keep-masks, shared with HYDRA's differentiable
+masks (:mod:`prunekit.hydra`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -28,22 +34,40 @@ from torch import Tensor
 
 from prunekit.checkpoint import Checkpoint
 from prunekit.errors import PrunekitError
-from prunekit.models.channels import compact as compact_tensors
-from prunekit.models.channels import filter_groups
+from prunekit.models.base import Detector
+from prunekit.models.compact import compact
 
 GRANULARITIES = ("weight", "kernel", "filter")
 SCOPES = ("layer", "global")
+# keep_top(scores, k) → keep-mask of the k units to keep (bool, or float for HYDRA).
+KeepTop = Callable[[Tensor, int], Tensor]
 
 
-def prunable(state: dict[str, Tensor]) -> list[str]:
-    """State-dict names of prunable weights: conv and linear weights, in model (layer)
-    order."""
-    return [k for k, v in state.items() if k.endswith(".weight") and v.ndim in (2, 4)]
+def check_granularity(granularity: str, scope: str) -> None:
+    if granularity not in GRANULARITIES:
+        raise PrunekitError(f"--granularity {granularity!r} is unknown; use weight, kernel or "
+                            f"filter")
+    if scope not in SCOPES:
+        raise PrunekitError(f"--scope {scope!r} is unknown; use layer or global")
 
 
-def _removed_count(ratio: float, n: int, keep_one: bool) -> int:
-    r = int(round(ratio * n))
-    return min(r, n - 1) if keep_one else min(r, n)
+def prunable(ck: Checkpoint) -> list[str]:
+    """State-dict names of a checkpoint's prunable weights, in model order."""
+    return ck.skeleton().prunable()
+
+
+def removed_count(ratio: float, n: int) -> int:
+    """Units removed out of ``n`` at ``ratio``: rounded, and never all of them."""
+    return min(int(round(ratio * n)), n - 1)
+
+
+def unit_scores(score: Tensor, granularity: str) -> Tensor:
+    """A weight's per-unit scores: its weights', its kernels' means, or its filters' means."""
+    if granularity == "weight":
+        return score
+    if granularity == "kernel":
+        return score.flatten(2).mean(2) if score.ndim == 4 else score
+    return score.flatten(1).mean(1)
 
 
 def _lowest(scores: Tensor, count: int) -> Tensor:
@@ -54,18 +78,82 @@ def _lowest(scores: Tensor, count: int) -> Tensor:
     return out.view(scores.shape)
 
 
-def _unit_scores(score: Tensor, granularity: str) -> Tensor:
-    if granularity == "weight":
-        return score
-    if granularity == "kernel":
-        return score.flatten(2).mean(2) if score.ndim == 4 else score
-    return score.flatten(1).mean(1)
+def keep_highest(scores: Tensor, keep: int) -> Tensor:
+    """Boolean keep-mask of the ``keep`` highest scores (removes the lowest, ties as
+    ``topk`` breaks them)."""
+    return ~_lowest(scores, scores.numel() - keep)
 
 
-def _expand(unit_mask: Tensor, shape: torch.Size) -> Tensor:
-    while unit_mask.ndim < len(shape):
-        unit_mask = unit_mask.unsqueeze(-1)
-    return unit_mask.expand(shape).clone()
+class Units:
+    """The units a granularity prunes in a model, and how their keep-masks become weight masks.
+
+    Weights and kernels: one set of units per prunable weight. Filters: one per prunable
+    channel group, whose channel scores are the mean over the group's ``scored`` weights of
+    their filter scores.
+    """
+
+    def __init__(self, model: Detector, granularity: str) -> None:
+        self.granularity = granularity
+        self.names = model.prunable()
+        if granularity == "filter":
+            self.groups = [g for g in model.channel_groups() if g.prunable]
+            self.sets = [g.scored for g in self.groups]
+        else:
+            self.groups = []
+            self.sets = [(n,) for n in self.names]
+
+    def scores(self, per_weight: Mapping[str, Tensor]) -> list[Tensor]:
+        """Each set's unit scores from per-weight unit scores (:func:`unit_scores`)."""
+        return [per_weight[s[0]] if len(s) == 1 else torch.stack([per_weight[n] for n in s])
+                .mean(0) for s in self.sets]
+
+    def select(self, scores: list[Tensor], ratio: float, scope: str,
+               keep_top: KeepTop) -> list[Tensor]:
+        """Each set's keep-mask: the highest ``1 − ratio`` of its units (``layer``), or of all
+        units together (``global``, where every set still keeps its best unit)."""
+        if scope == "layer":
+            return [keep_top(u, u.numel() - removed_count(ratio, u.numel())) for u in scores]
+        flat = torch.cat([u.flatten() for u in scores])
+        keep = keep_top(flat, flat.numel() - removed_count(ratio, flat.numel()))
+        out, offset = [], 0
+        for u in scores:
+            k = keep[offset:offset + u.numel()].view(u.shape)
+            offset += u.numel()
+            if not k.any():
+                best = torch.zeros(u.numel(), dtype=torch.bool, device=u.device)
+                best[u.flatten().argmax()] = True
+                k = torch.where(best.view(u.shape), torch.ones_like(k), k)
+            out.append(k)
+        return out
+
+    def expand(self, keeps: list[Tensor], shapes: Mapping[str, torch.Size], *,
+               producers: bool = True) -> dict[str, Tensor]:
+        """Weight masks from the sets' keep-masks. For filters, every producer of a group's
+        channels is masked (``producers``), or only its scored weights."""
+        if self.granularity != "filter":
+            return {s[0]: _broadcast(k, shapes[s[0]], 0, 0) for s, k in zip(self.sets, keeps,
+                                                                             strict=True)}
+        out: dict[str, Tensor] = {}
+        for group, keep in zip(self.groups, keeps, strict=True):
+            for s in group.producers:
+                if producers or s.name in group.scored:
+                    out[s.name] = _broadcast(keep, shapes[s.name], s.dim, s.offset)
+        return out
+
+
+def _broadcast(keep: Tensor, shape: torch.Size, dim: int, offset: int) -> Tensor:
+    """A mask of ``shape`` that is ``keep`` at ``offset..`` along ``dim`` (kept elsewhere),
+    broadcast over the other dimensions (a view: copy it to keep it)."""
+    if keep.ndim == len(shape):  # a unit per weight
+        return keep
+    if keep.ndim > 1:  # kernels: units over the first dimensions
+        return keep.reshape(*keep.shape, *[1] * (len(shape) - keep.ndim)).expand(shape)
+    if offset or keep.numel() != shape[dim]:
+        ones = torch.ones(shape[dim], dtype=keep.dtype, device=keep.device)
+        keep = torch.cat((ones[:offset], keep, ones[offset + keep.numel():]))
+    view = [1] * len(shape)
+    view[dim] = -1
+    return keep.reshape(view).expand(shape)
 
 
 def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
@@ -78,101 +166,45 @@ def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
         granularity: ``weight``, ``kernel`` or ``filter``.
         scope: ``layer`` (the same ratio in every layer) or ``global``.
     """
-    if granularity not in GRANULARITIES:
-        raise PrunekitError(f"--granularity {granularity!r} is unknown; use weight, kernel or "
-                            f"filter")
-    if scope not in SCOPES:
-        raise PrunekitError(f"--scope {scope!r} is unknown; use layer or global")
+    check_granularity(granularity, scope)
     if not 0 <= ratio < 1:
         raise PrunekitError(f"--ratio must lie in [0, 1) (the fraction removed), got {ratio}")
-    names = prunable(ck.state)
+    model = ck.skeleton()
+    scores = _checked_scores(ck, model.prunable())
+    units = Units(model, granularity)
+    per_weight = {n: _earlier(unit_scores(s, granularity), ck.masks.get(n), granularity)
+                  for n, s in scores.items()}
+    keeps = units.select(units.scores(per_weight), ratio, scope, keep_highest)
+    new = units.expand(keeps, {n: t.shape for n, t in ck.state.items()})
+    combined = dict(ck.masks)
+    for n, m in new.items():
+        combined[n] = m & ck.masks[n] if n in ck.masks else m.clone()
+    return combined
+
+
+def _checked_scores(ck: Checkpoint, names: list[str]) -> dict[str, Tensor]:
     missing = [n for n in names if n not in ck.scores]
     if missing:
         raise PrunekitError(f"{ck.name} has no scores for {missing[0]!r}; run `prunekit score` "
                             f"on this checkpoint first")
-    for n in names:
-        if ck.scores[n].shape != ck.state[n].shape:
-            raise PrunekitError(f"{ck.name}: scores for {n!r} have shape "
-                                f"{list(ck.scores[n].shape)}, the weight {list(ck.state[n].shape)}"
-                                f"; score this checkpoint again")
     scores = {}
     for n in names:
         s = ck.scores[n].float()
+        if s.shape != ck.state[n].shape:
+            raise PrunekitError(f"{ck.name}: scores for {n!r} have shape {list(s.shape)}, the "
+                                f"weight {list(ck.state[n].shape)}; score this checkpoint again")
         if not torch.isfinite(s).all():
             raise PrunekitError(f"{ck.name}: scores for {n!r} are not finite; score again")
         scores[n] = s
-    if granularity == "filter":
-        new = _filter_masks(ck, scores, ratio, scope)
-    else:
-        new = _unit_masks(scores, ck.masks, ratio, granularity, scope)
-    combined = dict(ck.masks)
-    for n, m in new.items():
-        combined[n] = m & ck.masks[n] if n in ck.masks else m
-    return combined
+    return scores
 
 
 def _earlier(unit: Tensor, old: Tensor | None, granularity: str) -> Tensor:
     """Units an earlier mask removed entirely rank first (score -inf)."""
     if old is None:
         return unit
-    gone = ~_unit_scores(old.float(), granularity).bool() if granularity != "weight" else ~old
+    gone = ~unit_scores(old.float(), granularity).bool() if granularity != "weight" else ~old
     return unit.masked_fill(gone, float("-inf"))
-
-
-def _unit_masks(scores: dict[str, Tensor], old: dict[str, Tensor], ratio: float,
-                granularity: str, scope: str) -> dict[str, Tensor]:
-    units = {n: _earlier(_unit_scores(s, granularity), old.get(n), granularity)
-             for n, s in scores.items()}
-    removed: dict[str, Tensor] = {}
-    if scope == "layer":
-        for n, u in units.items():
-            removed[n] = _lowest(u, _removed_count(ratio, u.numel(), keep_one=True))
-    else:
-        flat = torch.cat([u.flatten() for u in units.values()])
-        low = _lowest(flat, _removed_count(ratio, flat.numel(), keep_one=True))
-        offset = 0
-        for n, u in units.items():
-            removed[n] = low[offset:offset + u.numel()].view(u.shape)
-            offset += u.numel()
-            if removed[n].all():  # every layer keeps something
-                removed[n].view(-1)[u.flatten().argmax()] = False
-    return {n: _expand(~removed[n], scores[n].shape) for n in scores}
-
-
-def _filter_masks(ck: Checkpoint, scores: dict[str, Tensor], ratio: float,
-                  scope: str) -> dict[str, Tensor]:
-    groups = [g for g in filter_groups(ck.arch) if g.prunable]
-    group_scores = []
-    for g in groups:
-        names = [f"layers.{i}.conv.weight" for i in g.layers]
-        per_layer = [_earlier(_unit_scores(scores[n], "filter"), ck.masks.get(n), "filter")
-                     for n in names]
-        group_scores.append(torch.stack(per_layer).mean(0))
-    removed: list[Tensor] = []
-    if scope == "layer":
-        for s in group_scores:
-            removed.append(_lowest(s, _removed_count(ratio, s.numel(), keep_one=True)))
-    else:
-        flat = torch.cat(group_scores)
-        low = _lowest(flat, _removed_count(ratio, flat.numel(), keep_one=True))
-        offset = 0
-        for s in group_scores:
-            r = low[offset:offset + s.numel()].clone()
-            offset += s.numel()
-            if r.all():
-                r[s.argmax()] = False
-            removed.append(r)
-    masks: dict[str, Tensor] = {}
-    for g, r in zip(groups, removed, strict=True):
-        keep = ~r
-        for i in g.layers:
-            w = f"layers.{i}.conv.weight"
-            masks[w] = _expand(keep, ck.state[w].shape)
-            for extra in (f"layers.{i}.bn.weight", f"layers.{i}.bn.bias",
-                          f"layers.{i}.conv.bias"):
-                if extra in ck.state:
-                    masks[extra] = keep.clone()
-    return masks
 
 
 def apply(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -192,7 +224,8 @@ def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: st
         ratio: fraction of units removed.
         granularity: ``weight``, ``kernel`` or ``filter``.
         scope: ``layer`` or ``global``.
-        compact: physically remove the filters that are entirely zero (see :func:`compact`).
+        compact: physically remove the filters that are entirely zero (see
+            :func:`compact_checkpoint`).
 
     Returns:
         The pruned checkpoint: masks, no scores.
@@ -210,21 +243,21 @@ def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: st
 
 
 def compact_checkpoint(ck: Checkpoint) -> Checkpoint:
-    """Physically remove zero filters and the input channels that read them; the new widths go
+    """Physically remove zero channels and the weights that read them; the new widths go
     into ``arch``. The compacted model computes what the masked one does, faster."""
-    arch, state, masks = compact_tensors(ck.arch, ck.state, ck.masks)
+    arch, state, masks = compact(ck.skeleton(), ck.state, ck.masks)
     out = copy.copy(ck)
     out.arch, out.state, out.masks = arch, state, masks
     out.history = list(ck.history)
-    before = sum(v.numel() for k, v in ck.state.items() if k in prunable(ck.state))
-    after = sum(v.numel() for k, v in state.items() if k in prunable(state))
+    before = sum(ck.state[k].numel() for k in prunable(ck))
+    after = sum(state[k].numel() for k in prunable(out))
     out.add_history("compact", {"prunable_weights_before": before, "prunable_weights_after":
                                 after})
     return out
 
 
 def sparsity_summary(ck: Checkpoint) -> dict[str, Any]:
-    names = prunable(ck.state)
+    names = prunable(ck)
     total = sum(ck.state[n].numel() for n in names)
     zero = sum(int((ck.state[n] == 0).sum()) for n in names)
     return {"prunable_weights": total, "zeroed": zero, "sparsity": zero / total if total else 0}

@@ -30,6 +30,19 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+def yolo(name: str, classes: int | list[str], img_size: int = 416, colour: str = "rgb",
+         arch: dict | None = None):
+    """A YOLOv3-family module (random weights) from a member's layer list, or from ``arch``."""
+    from prunekit.models import registry
+    from prunekit.models.base import default_names
+    from prunekit.models.yolov3.arch import build_arch
+
+    names = classes if isinstance(classes, list) else default_names(classes)
+    family = registry.get("yolov3")
+    arch = arch if arch is not None else build_arch(name, len(names))
+    return family.build(arch, family.input_spec(size=img_size, colour=colour), names)
+
+
 def tiny_checkpoint(classes: int = 3, img_size: int = 64, seed: int = 0, grey: bool = False):
     """A seeded yolov3-small at an eighth of its width: fast enough for any unit test."""
     from prunekit.init import init

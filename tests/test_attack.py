@@ -48,10 +48,11 @@ def test_saved_pngs_are_bounded_move_and_reload_exactly(trained, synth_data, tmp
     assert moved / 8 > 0.3 * bound  # most pixels move by a good part of ε
     # The PNGs hold exactly the tensors the on-the-fly path evaluates.
     model = trained.build()
-    ds = CocoDetection(synth_data / "val.json", 64, classes=model.classes, originals=True)
+    ds = CocoDetection(synth_data / "val.json", model.transform, classes=model.classes,
+                       originals=True)
     fly = torch.cat([b[0] for b in attacked_batches(model, loader(ds, 16), AttackConfig(eps=eps),
                                                     seed=1)])
-    saved = CocoDetection(out / "val.json", 64, classes=model.classes)
+    saved = CocoDetection(out / "val.json", model.transform, classes=model.classes)
     saved_images = collate([saved[i] for i in range(len(saved))])[0]
     assert torch.equal(fly, saved_images)
 
@@ -60,7 +61,8 @@ def test_attack_leaves_the_model_untouched(trained, synth_data):
     model = trained.build()
     model.train()  # even a model left in train mode must not learn from the attack
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    ds = CocoDetection(synth_data / "val.json", 64, classes=model.classes, originals=True)
+    ds = CocoDetection(synth_data / "val.json", model.transform, classes=model.classes,
+                       originals=True)
     for _ in attacked_batches(model, loader(ds, 4), AttackConfig(steps=3)):
         pass
     assert model.training
@@ -71,7 +73,7 @@ def test_attack_leaves_the_model_untouched(trained, synth_data):
 
 def test_pgd_raises_the_loss_step_by_step(trained, synth_data):
     model = trained.build()
-    ds = CocoDetection(synth_data / "val.json", 64, classes=model.classes)
+    ds = CocoDetection(synth_data / "val.json", model.transform, classes=model.classes)
     images, targets, _ = collate([ds[i] for i in range(len(ds))])
     goal = objective(model, targets, "total")
     values = []
@@ -95,7 +97,7 @@ def test_pgd_raises_the_loss_step_by_step(trained, synth_data):
 @pytest.mark.parametrize("loss", ["cls", "box", "obj"])
 def test_partial_and_vanishing_objectives(trained, synth_data, loss):
     model = trained.build()
-    ds = CocoDetection(synth_data / "val.json", 64, classes=model.classes)
+    ds = CocoDetection(synth_data / "val.json", model.transform, classes=model.classes)
     images, targets, _ = collate([ds[i] for i in range(4)])
     goal = objective(model, targets, loss)
     adv = perturb(model, images, goal, AttackConfig(loss=loss, steps=3),
@@ -112,7 +114,7 @@ def test_partial_and_vanishing_objectives(trained, synth_data, loss):
 
 def test_fgsm_is_one_step_of_size_eps(trained, synth_data):
     model = trained.build()
-    ds = CocoDetection(synth_data / "val.json", 64, classes=model.classes)
+    ds = CocoDetection(synth_data / "val.json", model.transform, classes=model.classes)
     images, targets, _ = collate([ds[i] for i in range(2)])
     adv = perturb(model, images, objective(model, targets), AttackConfig(method="fgsm",
                                                                          random_start=False))

@@ -11,8 +11,7 @@ import torch
 
 from prunekit import checkpoint, load_model, save_model
 from prunekit.cli import app
-from prunekit.models import Detector, build_arch, default_input
-from tests.conftest import tiny_checkpoint
+from tests.conftest import tiny_checkpoint, yolo
 
 
 def _bits(t: torch.Tensor) -> torch.Tensor:
@@ -59,15 +58,14 @@ def test_loaded_tensors_come_in_layer_order_every_time():
     from prunekit.score import score
 
     ck = tiny_checkpoint()
-    ck.masks = {n: torch.ones_like(ck.state[n], dtype=torch.bool) for n in prunable(ck.state)}
+    ck.masks = {n: torch.ones_like(ck.state[n], dtype=torch.bool) for n in prunable(ck)}
     data = checkpoint.to_bytes(score(ck, "random"))
     loads = [checkpoint.from_bytes(data) for _ in range(5)]
     for got in loads:
-        assert prunable(got.state) == prunable(ck.state)  # the model's own order
-        assert list(got.masks) == list(got.scores) == prunable(ck.state)
+        assert list(got.masks) == list(got.scores) == prunable(ck)  # the model's own order
         assert list(got.state) == list(loads[0].state)
     again = score(loads[0], "random")
-    for n in prunable(ck.state):
+    for n in prunable(ck):
         assert torch.equal(again.scores[n], loads[1].scores[n])
 
 
@@ -102,7 +100,7 @@ def test_metadata_is_json_and_self_describing(tmp_path):
 
 
 def test_public_api_round_trip(tmp_path):
-    model = Detector(build_arch("yolov3-tiny", 4), default_input(64), ["a", "b", "c", "d"])
+    model = yolo("yolov3-tiny", ["a", "b", "c", "d"], 64)
     path = tmp_path / "api.st"
     save_model(model, path)
     loaded = load_model(path)
@@ -114,7 +112,7 @@ def test_public_api_round_trip(tmp_path):
 
 
 def test_sparse_storage_of_a_90_percent_masked_tiny_model():
-    model = Detector(build_arch("yolov3-tiny", 80), default_input(416))
+    model = yolo("yolov3-tiny", 80)
     dense = len(checkpoint.to_bytes(checkpoint.from_model(model)))
     ck = _masked(checkpoint.from_model(model), keep=0.1)
     data = checkpoint.to_bytes(ck)
@@ -123,7 +121,7 @@ def test_sparse_storage_of_a_90_percent_masked_tiny_model():
 
 
 def test_zeroed_weights_without_masks_are_stored_sparsely_too():
-    model = Detector(build_arch("yolov3-tiny", 80), default_input(416))
+    model = yolo("yolov3-tiny", 80)
     ck = checkpoint.from_model(model)
     dense = len(checkpoint.to_bytes(ck))
     ck = _masked(ck, keep=0.1)

@@ -1,4 +1,5 @@
-"""COCO loading: letterbox geometry, bad datasets, augmentation that keeps boxes honest."""
+"""COCO loading: the model's transform and neutral targets, bad datasets, augmentation that
+keeps boxes honest."""
 
 from __future__ import annotations
 
@@ -7,37 +8,14 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from PIL import Image
-from torchvision import tv_tensors
 
-from prunekit.data.coco import CocoDetection, ImageFolder, Letterbox, collate, letterbox, loader
+from prunekit.data.coco import CocoDetection, ImageFolder, collate, loader
 from prunekit.errors import DataError
+from prunekit.models.base import Target
+from prunekit.models.yolov3.transform import Letterbox
 
-
-@settings(max_examples=60, deadline=None)
-@given(w=st.integers(8, 900), h=st.integers(8, 900), size=st.sampled_from([64, 160, 416]),
-       data=st.data())
-def test_letterbox_round_trip_maps_boxes_back(w, h, size, data):
-    xs = sorted(data.draw(st.lists(st.floats(0, w), min_size=2, max_size=2)))
-    ys = sorted(data.draw(st.lists(st.floats(0, h), min_size=2, max_size=2)))
-    box = torch.tensor([[xs[0], ys[0], xs[1], ys[1]]], dtype=torch.float64)
-    image = torch.zeros(3, h, w, dtype=torch.uint8)
-    boxes = tv_tensors.BoundingBoxes(box, format="XYXY", canvas_size=(h, w))
-    out, moved, lb = letterbox(image, size, boxes)
-    assert out.shape == (3, size, size)
-    assert torch.allclose(moved.as_subclass(torch.Tensor), lb.to_input(box), atol=1e-6)
-    back = lb.to_original(moved.as_subclass(torch.Tensor))
-    assert torch.allclose(back, box, atol=1e-4)
-
-
-def test_letterbox_pads_with_grey_and_centres():
-    image = torch.full((3, 50, 100), 7, dtype=torch.uint8)
-    out, lb = letterbox(image, 100)
-    assert lb == Letterbox(1.0, 0.0, 25.0)
-    assert (out[:, :25] == 114).all() and (out[:, 75:] == 114).all()
-    assert (out[:, 25:75] == 7).all()
+L64 = Letterbox(64)
 
 
 def _dataset(tmp_path, images=3, name="train.json", extra=None):
@@ -60,36 +38,40 @@ def _dataset(tmp_path, images=3, name="train.json", extra=None):
     return path
 
 
-def test_dataset_targets_are_letterboxed(tmp_path):
-    ds = CocoDetection(_dataset(tmp_path), 64)
-    image, target = ds[0]
+def test_dataset_targets_are_neutral(tmp_path):
+    ds = CocoDetection(_dataset(tmp_path), L64)
+    image, target, record = ds[0]
     assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
-    lb = target["letterbox"]
-    assert lb.scale == 64 / 80
-    assert torch.allclose(target["boxes"], lb.to_input(torch.tensor([[10.0, 5, 40, 25]])))
-    assert target["labels"].tolist() == [1]  # category 7 is the second class
+    geometry = record["geometry"]
+    assert geometry.scale == 64 / 80 and target.geometry == geometry
+    assert record["size"] == (80, 60)
+    # boxes in original pixels, and where the model input has them
+    assert torch.allclose(target.boxes, torch.tensor([[10.0, 5, 40, 25]]))
+    assert torch.allclose(target.input_boxes(),
+                          geometry.to_input(torch.tensor([[10.0, 5, 40, 25]])))
+    assert target.labels.tolist() == [1]  # category 7 is the second class
     images, targets, records = collate([ds[0], ds[1]])
     assert images.dtype == torch.float32 and images.max() <= 1
-    assert targets.shape == (2, 6) and targets[:, 0].tolist() == [0, 1]
+    assert all(isinstance(t, Target) for t in targets) and len(records) == 2
 
 
 def test_classes_match_by_name(tmp_path):
-    ds = CocoDetection(_dataset(tmp_path), 64, classes=["b", "a"])
-    assert ds[0][1]["labels"].tolist() == [0]
+    ds = CocoDetection(_dataset(tmp_path), L64, classes=["b", "a"])
+    assert ds[0][1].labels.tolist() == [0]
     with pytest.raises(DataError, match="not among the model's classes"):
-        CocoDetection(_dataset(tmp_path), 64, classes=["x", "y"])
+        CocoDetection(_dataset(tmp_path), L64, classes=["x", "y"])
 
 
 def test_augmentation_keeps_boxes_inside_and_is_seeded(tmp_path):
-    ds = CocoDetection(_dataset(tmp_path, images=4), 64, augment=True)
+    ds = CocoDetection(_dataset(tmp_path, images=4), L64, augment=True)
     a = ds[(2, 123)]
     b = ds[(2, 123)]
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1].boxes, b[1].boxes)
     for seed in range(20):
-        _, t = ds[(1, seed)]
-        boxes = t["boxes"]
-        assert (boxes >= 0).all() and (boxes <= 64).all()
-        assert len(boxes) == len(t["labels"])
+        _, t, _ = ds[(1, seed)]
+        boxes = t.input_boxes()
+        assert (boxes >= -1e-4).all() and (boxes <= 64 + 1e-4).all()
+        assert len(boxes) == len(t.labels)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -99,7 +81,7 @@ def test_augmentation_keeps_boxes_inside_and_is_seeded(tmp_path):
 def test_bad_images_are_named(tmp_path, change, message):
     ds_path = _dataset(tmp_path, extra=change)
     with pytest.raises(DataError, match=message):
-        ds = CocoDetection(ds_path, 64)
+        ds = CocoDetection(ds_path, L64)
         ds[0]
 
 
@@ -107,22 +89,22 @@ def test_unreadable_image_is_named(tmp_path):
     path = _dataset(tmp_path)
     (tmp_path / "img" / "0.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match=r"0\.png cannot be read"):
-        CocoDetection(path, 64)[0]
+        CocoDetection(path, L64)[0]
 
 
 def test_not_coco_is_refused(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"hello": 1}))
     with pytest.raises(DataError, match="not a COCO instances file"):
-        CocoDetection(bad, 64)
+        CocoDetection(bad, L64)
     bad.write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
-        CocoDetection(bad, 64)
+        CocoDetection(bad, L64)
 
 
 def test_image_folder_and_loader_workers(tmp_path):
     _dataset(tmp_path, images=5)
-    folder = ImageFolder(tmp_path / "img", 64)
+    folder = ImageFolder(tmp_path / "img", L64)
     assert [im["id"] for im in folder.images] == [1, 2, 3, 4, 5]
     batches = list(loader(folder, 2, workers=1))
     assert [len(r) for _, _, r in batches] == [2, 2, 1]

@@ -24,8 +24,9 @@ from prunekit.deeplift import (
 )
 from prunekit.errors import PrunekitError
 from prunekit.init import init
-from prunekit.models import Detector
-from tests.conftest import tiny_checkpoint
+from prunekit.models.base import Detector, Geometry, Target
+from prunekit.models.yolov3.loss import target_rows
+from tests.conftest import tiny_checkpoint, yolo
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -41,8 +42,21 @@ def _one_thread():
 
 
 # (image, class, x1, y1, x2, y2) in 64-pixel input coordinates; image 0 has two objects.
-TARGETS = torch.tensor([[0, 1, 10, 10, 30, 40], [1, 2, 5, 20, 60, 50], [2, 0, 30, 30, 40, 44],
-                        [0, 2, 0, 0, 64, 64.0]])
+ROWS = torch.tensor([[0, 1, 10, 10, 30, 40], [1, 2, 5, 20, 60, 50], [2, 0, 30, 30, 40, 44],
+                     [0, 2, 0, 0, 64, 64.0]])
+
+
+def targets(rows: torch.Tensor, n: int) -> list[Target]:
+    """Rows as the neutral per-image targets of n 64-pixel images (input = original pixels)."""
+    return [Target(rows[rows[:, 0] == i, 2:], rows[rows[:, 0] == i, 1].long(),
+                   Geometry(64, 64)) for i in range(n)]
+
+
+TARGETS = targets(ROWS, 3)
+
+
+def _records(n: int) -> list[dict]:
+    return [{"geometry": Geometry(64, 64)} for _ in range(n)]
 
 
 def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -68,7 +82,7 @@ def _small_with_bare_conv() -> Detector:
     ck = tiny_checkpoint()
     arch = copy.deepcopy(ck.arch)
     arch["layers"][3]["bn"] = False
-    return _randomise(Detector(arch, ck.input, ck.classes))
+    return _randomise(yolo("", ck.classes, 64, arch=arch))
 
 
 def _tiny() -> Detector:
@@ -105,7 +119,7 @@ def test_one_pass_multipliers_equal_layer_deeplift_on_yolov3_small(baseline):
     x = torch.rand(3, 3, 64, 64)
     b = make_baseline(x, baseline)
     evidence = DetectionEvidence(model)
-    evidence.set_targets(TARGETS, 3)
+    evidence.set_targets(TARGETS)
     layers = prunable_layers(model)
     ours = multipliers(evidence, x, b, layers)
     assert set(ours) == set(layers)
@@ -133,7 +147,7 @@ def test_one_pass_multipliers_equal_layer_deeplift_on_yolov3_tiny():
     x = torch.rand(3, 3, 64, 64)
     b = make_baseline(x, "white")
     evidence = DetectionEvidence(model)
-    evidence.set_targets(TARGETS, 3)
+    evidence.set_targets(TARGETS)
     layers = prunable_layers(model)
     ours = multipliers(evidence, x, b, layers)
     # Downstream of every LeakyReLU → MaxPool2d pair, stock Captum agrees: layer 12 follows
@@ -193,13 +207,12 @@ def test_contributions_are_complete_through_a_detector_chain(baseline):
                 {"type": "conv", "filters": 21, "size": 1, "stride": 1, "pad": 0, "bn": False,
                  "act": "linear"},
                 {"type": "yolo", "mask": [0, 1, 2]}]}
-    from prunekit.models import default_input
-
-    model = _randomise(Detector(arch, default_input(64)))
+    model = _randomise(yolo("chain", 2, 64, arch=arch))
     x = torch.rand(2, 3, 64, 64)
     b = make_baseline(x, baseline)
     evidence = DetectionEvidence(model)
-    evidence.set_targets(torch.tensor([[0, 1, 8, 8, 24, 30], [1, 0, 30, 20, 50, 60.0]]), 2)
+    evidence.set_targets(targets(torch.tensor([[0, 1, 8, 8, 24, 30], [1, 0, 30, 20, 50, 60.0]]),
+                                 2))
     contrib = contributions(evidence, x, b, prunable_layers(model))
     with torch.no_grad():
         delta = (evidence(x) - evidence(b)).sum().item()
@@ -243,12 +256,12 @@ def test_contribution_is_weight_times_the_gradient_of_sum_m_delta_z():
 
 
 def test_evidence_is_the_assigned_detections_outputs():
-    from prunekit.loss import assign
+    from prunekit.models.yolov3.loss import assign
 
     model = _small_with_bare_conv()
     x = torch.rand(3, 3, 64, 64)
     evidence = DetectionEvidence(model)
-    evidence.set_targets(TARGETS, 3)
+    evidence.set_targets(TARGETS)
     with torch.no_grad():
         outputs = model(x)
         got = evidence(x)
@@ -257,7 +270,8 @@ def test_evidence_is_the_assigned_detections_outputs():
     expected = torch.zeros(3)
     grids = [o.shape[-2:] for o in outputs]
     anchors = [h.anchors for h in model.heads()]
-    for out, asg in zip(outputs, assign(TARGETS, anchors, grids, 64), strict=True):
+    for out, asg in zip(outputs, assign(target_rows(TARGETS), anchors, grids, 64),
+                        strict=True):
         p = out.view(3, -1, c, *out.shape[-2:])
         for i, a, row, col, k in zip(asg.image, asg.anchor, asg.row, asg.col, asg.cls,
                                      strict=True):
@@ -279,10 +293,10 @@ def test_evidence_checks_its_targets():
     with pytest.raises(PrunekitError, match="set_targets"):
         evidence(torch.rand(1, 3, 64, 64))
     with pytest.raises(PrunekitError, match="classes"):
-        evidence.set_targets(torch.tensor([[0, 3, 1, 1, 9, 9.0]]), 1)
-    with pytest.raises(PrunekitError, match="image indices"):
-        evidence.set_targets(torch.tensor([[2, 0, 1, 1, 9, 9.0]]), 2)
-    evidence.set_targets(torch.tensor([[0, 0, 1, 1, 9, 9.0]]), 2)
+        evidence.set_targets(targets(torch.tensor([[0, 3, 1, 1, 9, 9.0]]), 1))
+    with pytest.raises(PrunekitError, match="at least one image"):
+        evidence.set_targets([])
+    evidence.set_targets(targets(torch.tensor([[0, 0, 1, 1, 9, 9.0]]), 2))
     with pytest.raises(PrunekitError, match="batches of 2"):
         evidence(torch.rand(3, 3, 64, 64))
 
@@ -304,8 +318,9 @@ def test_baselines():
 
 def _synth_batches(synth_data, n=2):
     from prunekit.data.coco import CocoDetection, loader
+    from prunekit.models.yolov3.transform import Letterbox
 
-    data = CocoDetection(synth_data / "train.json", 64)
+    data = CocoDetection(synth_data / "train.json", Letterbox(64))
     return [b for _, b in zip(range(n), loader(data, 4), strict=False)]
 
 
@@ -362,8 +377,8 @@ def test_scores_are_the_mean_absolute_contribution_over_max_batches(synth_data, 
     evidence = DetectionEvidence(model)
     layers = prunable_layers(model)
     expected = {}
-    for images, targets, _ in batches[:2]:
-        evidence.set_targets(targets, len(images))
+    for images, batch_targets, _ in batches[:2]:
+        evidence.set_targets(batch_targets)
         c = contributions(evidence, images, make_baseline(images, "grey"), layers)
         for k, v in c.items():
             expected[k] = expected.get(k, 0) + v.abs() / 2
@@ -376,9 +391,9 @@ def test_chunks_without_targets_are_skipped_and_chunks_add_up(monkeypatch):
 
     model = _randomise(tiny_checkpoint().build())
     images = torch.rand(5, 3, 64, 64)
-    targets = TARGETS[:2].clone()
-    targets[1, 0] = 4  # images 0 and 4 have objects; 1-3 have none
-    batch = [(images, targets, [{}] * 5)]
+    rows = ROWS[:2].clone()
+    rows[1, 0] = 4  # images 0 and 4 have objects; 1-3 have none
+    batch = [(images, targets(rows, 5), _records(5))]
     whole = deeplift_scores(model, batch)
     monkeypatch.setattr(prunekit.deeplift, "CPU_CHUNK", 2)  # chunks 0-1, 2-3 (none), 4
     torch.testing.assert_close(deeplift_scores(model, batch), whole)
@@ -387,7 +402,7 @@ def test_chunks_without_targets_are_skipped_and_chunks_add_up(monkeypatch):
 def test_unlabelled_batches_use_the_models_own_detections():
     model = _randomise(tiny_checkpoint().build())
     images = torch.rand(2, 3, 64, 64)
-    unlabelled = [(images, torch.zeros(0, 6), [{}, {}])]
+    unlabelled = [(images, targets(torch.zeros(0, 6), 2), _records(2))]
     heads = [model.layers[i].conv for i in (39, 51, 63)]
     with torch.no_grad():
         for conv in heads:
@@ -400,7 +415,7 @@ def test_unlabelled_batches_use_the_models_own_detections():
     with pytest.raises(PrunekitError, match="nothing to attribute"):
         deeplift_scores(model, unlabelled)
     # A batch with nothing to attribute is skipped, not averaged in as zeros.
-    labelled = [(images, TARGETS[:2], [{}, {}])]
+    labelled = [(images, targets(ROWS[:2], 2), _records(2))]
     torch.testing.assert_close(deeplift_scores(model, unlabelled + labelled),
                                deeplift_scores(model, labelled))
 
@@ -410,7 +425,7 @@ def test_unlabelled_batches_use_the_models_own_detections():
 
 def test_bad_baseline_or_batch_count_is_a_one_line_error():
     model = tiny_checkpoint().build()
-    batches = [(torch.rand(1, 3, 64, 64), TARGETS[:1], [{}])]
+    batches = [(torch.rand(1, 3, 64, 64), TARGETS[:1], _records(1))]
     with pytest.raises(PrunekitError, match="baseline 'pink' is unknown; use black, white, "
                                             "grey, blur") as e:
         deeplift_scores(model, batches, baseline="pink")
@@ -424,13 +439,13 @@ def test_bad_baseline_or_batch_count_is_a_one_line_error():
 def test_no_captum_warnings_leak_and_hooks_go_even_on_error():
     model = tiny_checkpoint().build()
     evidence = DetectionEvidence(model)
-    evidence.set_targets(TARGETS[:1], 1)
+    evidence.set_targets(TARGETS[:1])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         multipliers(evidence, torch.rand(1, 3, 64, 64), torch.zeros(1, 3, 64, 64),
                     prunable_layers(model))
     assert not [w for w in caught if "Setting forward, backward hooks" in str(w.message)]
-    evidence.set_targets(TARGETS, 3)
+    evidence.set_targets(TARGETS)
     with pytest.raises(PrunekitError):  # 2 images for targets of 3 → error mid-pass
         multipliers(evidence, torch.rand(2, 3, 64, 64), torch.zeros(2, 3, 64, 64),
                     prunable_layers(model))
@@ -440,7 +455,7 @@ def test_no_captum_warnings_leak_and_hooks_go_even_on_error():
 
 def test_scoring_works_under_inference_mode():
     model = _randomise(tiny_checkpoint().build())
-    batches = [(torch.rand(2, 3, 64, 64), TARGETS[:2], [{}, {}])]
+    batches = [(torch.rand(2, 3, 64, 64), TARGETS[:2], _records(2))]
     expected = deeplift_scores(model, batches)
     with torch.inference_mode():
         got = deeplift_scores(model, batches)

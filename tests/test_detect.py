@@ -1,4 +1,4 @@
-"""detect: boxes in original pixels, folders of images, empty results, thresholds."""
+"""detect: boxes in original pixels, folders of images, empty results, thresholds, threads."""
 
 from __future__ import annotations
 
@@ -12,21 +12,7 @@ from PIL import Image
 
 from prunekit import checkpoint
 from prunekit.cli import app
-from prunekit.detect import postprocess
 from tests.conftest import tiny_checkpoint
-
-
-def test_postprocess_thresholds_and_suppresses():
-    # Two overlapping boxes of class 0, one of class 1 on top, one below threshold.
-    decoded = torch.zeros(1, 4, 7)
-    decoded[0, :, :4] = torch.tensor([[50, 50, 20, 20], [52, 50, 20, 20], [50, 50, 20, 20],
-                                      [10, 10, 5, 5]], dtype=torch.float32)
-    decoded[0, :, 4] = torch.tensor([0.9, 0.8, 0.9, 0.2])
-    decoded[0, :, 5:] = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.9], [1.0, 0.0]])
-    boxes, scores, labels = postprocess(decoded, conf=0.5, iou=0.45)[0]
-    assert sorted(labels.tolist()) == [0, 1]  # class-aware: the class-1 box survives
-    assert torch.allclose(scores.sort().values, torch.tensor([0.81, 0.9]))
-    assert torch.allclose(boxes[labels == 0], torch.tensor([[40.0, 40, 60, 60]]))
 
 
 def _model_that_finds(tmp_path):

@@ -170,8 +170,11 @@ def test_a_yolov3_416_training_step_runs_on_cpu():
 
     model = init("yolov3", classes=80, img_size=416).build()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    targets = torch.tensor([[0, 3, 50, 60, 200, 220], [1, 17, 10, 10, 40, 90]],
-                           dtype=torch.float32)
+    from prunekit.models.base import Geometry, Target
+
+    targets = [Target(torch.tensor([[50.0, 60, 200, 220]]), torch.tensor([3]),
+                      Geometry(416, 416)),
+               Target(torch.tensor([[10.0, 10, 40, 90]]), torch.tensor([17]), Geometry(416, 416))]
     before = model.layers[0].conv.weight.detach().clone()
     parts = train_step(model, torch.rand(2, 3, 416, 416), targets, opt)
     assert all(torch.isfinite(torch.tensor(v)) for v in parts.values())

@@ -10,8 +10,8 @@ from prunekit.bench import bench
 from prunekit.errors import PrunekitError
 from prunekit.init import init
 from prunekit.mask import make_masks, mask, prunable
-from prunekit.models.channels import filter_groups
-from prunekit.models.yolov3 import head_conv_indices
+from prunekit.models.yolov3.arch import head_conv_indices
+from prunekit.models.yolov3.groups import filter_groups
 from prunekit.score import magnitude, random_scores
 
 PAPER_RATIOS = [0.25, 0.5, 0.65, 0.75, 0.85, 0.9, 0.95, 0.99]
@@ -27,7 +27,7 @@ def _scored(arch="yolov3-small", img=64, width=0.25, seed=0, classes=3):
             t.copy_(torch.randn(t.shape, generator=g) * 0.1)
         elif name.endswith("bn.weight"):
             t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-    ck.scores = random_scores(ck.state, seed)
+    ck.scores = random_scores(ck.state, prunable(ck), seed)
     return ck
 
 
@@ -35,7 +35,7 @@ def _scored(arch="yolov3-small", img=64, width=0.25, seed=0, classes=3):
 def test_weight_ratio_is_exact_per_layer(ratio):
     ck = _scored()
     out = mask(ck, ratio)
-    for name in prunable(out.state):
+    for name in prunable(out):
         w = out.state[name]
         removed = int((w == 0).sum())
         assert abs(removed - ratio * w.numel()) <= 1, (name, removed, w.numel())
@@ -79,23 +79,23 @@ def test_residual_groups_of_yolov3():
 def test_kernel_granularity_and_global_scope():
     ck = _scored()
     out = mask(ck, 0.5, granularity="kernel")
-    for name in prunable(out.state):
+    for name in prunable(out):
         m = out.masks[name]
         if m.ndim == 4 and m.shape[-1] > 1:
             per_kernel = m.flatten(2)
             assert (per_kernel.all(2) | ~per_kernel.any(2)).all()  # whole kernels only
     glob = mask(ck, 0.6, scope="global")
-    total = sum(glob.state[n].numel() for n in prunable(glob.state))
-    zero = sum(int((glob.state[n] == 0).sum()) for n in prunable(glob.state))
+    total = sum(glob.state[n].numel() for n in prunable(glob))
+    zero = sum(int((glob.state[n] == 0).sum()) for n in prunable(glob))
     assert abs(zero - 0.6 * total) <= 1
 
 
 def test_a_new_mask_combines_with_the_earlier_one():
     ck = _scored()
     first = mask(ck, 0.5)
-    first.scores = magnitude(ck.state)  # different scores the second time
+    first.scores = magnitude(ck.state, prunable(ck))  # different scores the second time
     second = mask(first, 0.75)
-    for name in prunable(ck.state):
+    for name in prunable(ck):
         assert not (second.masks[name] & ~first.masks[name]).any()  # nothing comes back
         removed = int((~second.masks[name]).sum())
         assert abs(removed - 0.75 * second.masks[name].numel()) <= 1
@@ -106,7 +106,7 @@ def test_missing_scores_and_bad_ratio_are_refused():
     with pytest.raises(PrunekitError, match="no scores for 'layers.0.conv.weight'.*prunekit "
                                             "score"):
         mask(ck, 0.5)
-    ck.scores = magnitude(ck.state)
+    ck.scores = magnitude(ck.state, prunable(ck))
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(PrunekitError, match="--ratio"):
             mask(ck, bad)
@@ -151,7 +151,7 @@ def test_compacted_checkpoint_is_smaller_faster_and_self_describing(tmp_path):
 def test_unstructured_checkpoint_size_follows_sparsity(ratio, limit):
     ck = init("yolov3-tiny", classes=80)
     dense = len(checkpoint.to_bytes(ck))
-    ck.scores = magnitude(ck.state)
+    ck.scores = magnitude(ck.state, prunable(ck))
     pruned = len(checkpoint.to_bytes(mask(ck, ratio)))
     assert pruned <= limit * dense, pruned / dense
 

@@ -10,7 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint
-from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt
+from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt, ThreadsOpt
 
 EXAMPLE = """Examples:
 
@@ -36,6 +36,7 @@ def attack_cmd(
     loss: Annotated[str, typer.Option(help="total, cls, box or obj (vanishing).")] = "total",
     batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     output: Annotated[Path, typer.Option("-o", "--output", help="Output folder (new or "
                                          "empty).", show_default=False)] = ...,
@@ -48,7 +49,8 @@ def attack_cmd(
     with progress_bar("attack") as bar:
         task = bar.add_task("attack", total=None, info="")
         summary = attack_dataset(ck, data, output, config, images=images,
-                                 batch_size=batch_size, device=device, seed=seed,
+                                 batch_size=batch_size, device=device, threads=threads,
+                                 seed=seed,
                                  progress=lambda d, t: bar.update(task, completed=d, total=t))
     console.print(f"wrote {summary['images']} images and {summary['json']}", highlight=False)
     typer.echo(json.dumps(summary))

@@ -9,7 +9,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt
+from prunekit.cli._options import CheckpointArg, DeviceOpt, ThreadsOpt
 
 EXAMPLE = """Examples:
 
@@ -28,8 +28,7 @@ def bench_cmd(
     model: CheckpointArg = None,
     device: DeviceOpt = "cpu",
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all torch "
-                                                "uses).", show_default=False)] = None,
+    threads: ThreadsOpt = None,
     latency: Annotated[bool, typer.Option("--latency/--no-latency",
                                           help="Time the model.")] = True,
     min_time: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 2.0,

@@ -9,7 +9,15 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint
-from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt, WorkersOpt
+from prunekit.cli._options import (
+    AlphaOpt,
+    CheckpointArg,
+    DeviceOpt,
+    EpsOpt,
+    SeedOpt,
+    ThreadsOpt,
+    WorkersOpt,
+)
 
 EXAMPLE = """Examples:
 
@@ -43,6 +51,7 @@ def detect_cmd(
     loss: Annotated[str, typer.Option(help="Attack objective: total, cls, box or obj "
                                       "(vanishing).")] = "total",
     seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
     output: Annotated[Path | None, typer.Option("-o", "--output", help="CSV path (default: "
                                                 "stdout).", show_default=False)] = None,
@@ -59,8 +68,8 @@ def detect_cmd(
                               loss=loss).check()
     total, ids, results = detect_dataset(ck, data=data, images=images, conf=conf, iou=iou,
                                          max_det=max_det, batch_size=batch_size,
-                                         workers=workers, device=device, attack=config,
-                                         seed=seed)
+                                         workers=workers, device=device, threads=threads,
+                                         attack=config, seed=seed)
     names = {cid: name for cid, name in zip(ids, ck.classes, strict=True)}
     with progress_bar("detect") as bar, DetectionWriter(output) as out:
         task = bar.add_task("detect", total=total, info="")

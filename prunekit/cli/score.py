@@ -65,10 +65,6 @@ def score_cmd(
     """Add scores.<param> for every conv and linear weight to the checkpoint."""
     from prunekit.score import score
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     ck = read_checkpoint(model)
     with progress_bar("score") as bar:
         task = bar.add_task(f"score {method}", total=None, info="")
@@ -77,5 +73,5 @@ def score_cmd(
                     granularity=granularity, scope=scope, adv=adv, eps=eps, alpha=alpha,
                     adv_steps=attack_steps, baseline=baseline, batches=batches,
                     batch_size=batch_size, workers=workers, seed=seed, device=device,
-                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+                    threads=threads, progress=lambda d, t: bar.update(task, completed=d, total=t))
     write_checkpoint(out, output)

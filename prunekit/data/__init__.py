@@ -1,1 +1,1 @@
-"""Datasets: COCO loading with letterbox, the synthetic dataset, KITTI conversion."""
+"""Datasets: COCO loading in any model's input form, the synthetic dataset, KITTI conversion."""

@@ -1,21 +1,25 @@
-"""COCO datasets: reading and checking the JSON, letterboxing, augmentation, batching.
+"""COCO datasets: reading and checking the JSON, the model's input transform, augmentation,
+batching.
 
-Images are letterboxed as the SPEC says: padded to a square (centred, grey 114/255), then resized
-to the model's input size. A letterbox is fully described by ``scale`` (input pixels per original
-pixel) and the padding ``(pad_x, pad_y)`` in input pixels, so a box maps back to original pixels
-as ``(x - pad_x) / scale``.
+Each image goes through the model's own input transform (its family's), given to the dataset
+as an :class:`~prunekit.models.base.InputTransform`, so datasets
+know nothing of any family. Targets come out in the neutral form every family accepts
+(:class:`~prunekit.models.base.Target`: boxes in original pixels, class indices, and the
+image's geometry).
 
-Training augmentation goes through ``torchvision.transforms.v2`` with ``tv_tensors.BoundingBoxes``:
-horizontal flip, a mild random scale and translation, and brightness/contrast jitter. There is no
-hue or saturation jitter: in the synthetic dataset (and in "lemon vs lime") colour *defines* some
-classes, and changing it would teach the model that the classes are the same.
+Training augmentation goes through ``torchvision.transforms.v2`` with ``tv_tensors.BoundingBoxes``,
+on the transformed image: horizontal flip, a mild random scale and translation, and
+brightness/contrast jitter. There is no hue or saturation jitter: in the synthetic dataset (and
+in "lemon vs lime") colour *defines* some classes, and changing it would teach the model that
+the classes are the same. An augmented image's boxes are mapped back through its geometry, so
+the targets stay in (the augmented image's) original pixels.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +27,12 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from prunekit.errors import DataError
+from prunekit.models.base import InputTransform, Target
 
-PAD_VALUE = 114
+PAD_VALUE = 114  # grey fill where augmentation uncovers the canvas
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -110,83 +115,26 @@ def load_image(path: Path) -> np.ndarray:
         raise DataError(f"image {path} cannot be read ({e}); replace or remove it") from None
 
 
-# ------------------------------------------------------------------------------- letterboxing
-
-
-@dataclass(frozen=True)
-class Letterbox:
-    """How an original image maps into the model's square input."""
-
-    scale: float
-    pad_x: float
-    pad_y: float
-
-    @classmethod
-    def fit(cls, width: int, height: int, size: int) -> Letterbox:
-        side = max(width, height)
-        scale = size / side
-        return cls(scale, (side - width) // 2 * scale, (side - height) // 2 * scale)
-
-    def to_input(self, boxes_xyxy: Tensor) -> Tensor:
-        """Original pixels → input pixels."""
-        offset = boxes_xyxy.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
-        return boxes_xyxy * self.scale + offset
-
-    def to_original(self, boxes_xyxy: Tensor) -> Tensor:
-        """Input pixels → original pixels."""
-        offset = boxes_xyxy.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
-        return (boxes_xyxy - offset) / self.scale
-
-
-def letterbox(image: Tensor, size: int, boxes=None):
-    """Pad an image (C×H×W uint8) to a centred square with grey, then resize it to ``size``.
-
-    Args:
-        image: the original image.
-        size: the model's input size.
-        boxes: optional ``tv_tensors.BoundingBoxes`` that follow the image.
-
-    Returns:
-        The letterboxed image (and boxes, when given) and its :class:`Letterbox`.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    h, w = image.shape[-2:]
-    lb = Letterbox.fit(w, h, size)
-    side = max(w, h)
-    left, top = (side - w) // 2, (side - h) // 2
-    padding = [left, top, side - w - left, side - h - top]
-    items = (image, boxes) if boxes is not None else (image,)
-    out = []
-    for item in items:
-        if any(padding):
-            item = TF.pad(item, padding, fill=PAD_VALUE)
-        if side != size:
-            item = TF.resize(item, [size, size], antialias=True)
-        out.append(item)
-    return (*out, lb) if boxes is not None else (out[0], lb)
-
-
 # ------------------------------------------------------------------------------------ datasets
 
 
 class CocoDetection(Dataset):
-    """Letterboxed images and their boxes from a COCO instances JSON.
+    """Images in the model's input form and their targets, from a COCO instances JSON.
 
-    Each item is ``(image, target)``: a 3×S×S uint8 tensor and a dict with ``boxes`` (K×4
-    xyxy, input pixels, float32), ``labels`` (K, model class indices), ``image_id``,
-    ``file_name``, ``size`` (original width, height) and ``letterbox``. Crowd annotations are
-    left out of training targets.
+    Each item is ``(image, target, record)``: a 3×H×W uint8 tensor at the model's input size,
+    a :class:`~prunekit.models.base.Target`, and a dict with ``image_id``, ``file_name``,
+    ``size`` (original width, height), ``geometry`` and, with ``originals``, ``original`` (the
+    uint8 image as read). Crowd annotations are left out of the targets.
     """
 
-    def __init__(self, json_path: str | Path, img_size: int, *, images: str | Path | None = None,
-                 classes: list[str] | None = None, augment: bool = False,
-                 cache: bool = False, originals: bool = False) -> None:
+    def __init__(self, json_path: str | Path, transform: InputTransform, *,
+                 images: str | Path | None = None, classes: list[str] | None = None,
+                 augment: bool = False, cache: bool = False, originals: bool = False) -> None:
         self.source = str(json_path)
         self.originals = originals
         data = read_json(json_path)
         self.root = Path(images) if images is not None else Path(json_path).resolve().parent
-        self.img_size = img_size
+        self.transform = transform
         self.categories = sorted(data["categories"], key=lambda c: c["id"])
         self.class_of = class_map(self.categories, classes, self.source)
         self.images = sorted(data["images"], key=lambda im: im["id"])
@@ -208,16 +156,23 @@ class CocoDetection(Dataset):
         self.targets = [np.array(per_image[im["id"]], dtype=np.float32).reshape(-1, 5)
                         for im in self.images]
         self.augment = augment
-        self._transform = _train_transform(img_size) if augment else None
+        self._augment = _train_transform() if augment else None
         # Decoded images are kept as they are first read (per process: each DataLoader worker
-        # fills its own), so a long run decodes every image once and a short one only what it
+        # fills its own), so a long run reads every image once and a short one only what it
         # uses.
         self._cache: list[np.ndarray | None] | None = [None] * len(self.paths) if cache else None
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
+    def _array(self, i: int) -> np.ndarray:
+        if self._cache is None:
+            return load_image(self.paths[i])
+        if self._cache[i] is None:
+            self._cache[i] = load_image(self.paths[i])
+        return self._cache[i]
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[Tensor, Target, dict[str, Any]]:
         """Item ``i``, or ``(i, seed)`` to make its augmentation depend on ``seed`` alone (so
         training replays exactly, whatever the workers and wherever it resumed)."""
         from torchvision import tv_tensors
@@ -225,37 +180,34 @@ class CocoDetection(Dataset):
         i, seed = item if isinstance(item, tuple) else (item, None)
         if seed is not None:
             torch.manual_seed(seed)
-        if self._cache is None:
-            array = load_image(self.paths[i])
-        else:
-            if self._cache[i] is None:
-                self._cache[i] = load_image(self.paths[i])
-            array = self._cache[i]
-        image = torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
-        original = image if self.originals else None
-        h, w = image.shape[-2:]
+        original = torch.from_numpy(np.ascontiguousarray(self._array(i))).permute(2, 0, 1)
+        h, w = original.shape[-2:]
+        geometry = self.transform.geometry(w, h)
         t = self.targets[i]
-        boxes = tv_tensors.BoundingBoxes(torch.from_numpy(t[:, :4]), format="XYXY",
-                                         canvas_size=(h, w))
-        image, boxes, lb = letterbox(image, self.img_size, boxes)
+        boxes = geometry.to_input(torch.from_numpy(t[:, :4]))
+        image = self.transform.image(original)
         labels = torch.from_numpy(t[:, 4]).long()
-        if self._transform is not None:
-            out = self._transform({"image": tv_tensors.Image(image), "boxes": boxes,
-                                   "labels": labels})
-            image, boxes, labels = out["image"], out["boxes"], out["labels"]
-        record = {"boxes": boxes.as_subclass(Tensor).float(), "labels": labels,
-                  "image_id": self.images[i]["id"], "file_name": self.images[i]["file_name"],
-                  "size": (w, h), "letterbox": lb}
-        if original is not None:
+        if self._augment is not None:
+            out = self._augment({"image": tv_tensors.Image(image),
+                                 "boxes": tv_tensors.BoundingBoxes(
+                                     boxes, format="XYXY", canvas_size=self.transform.size),
+                                 "labels": labels})
+            image, boxes, labels = out["image"], out["boxes"].as_subclass(Tensor), out["labels"]
+        target = Target(geometry.to_original(boxes.float()), labels, geometry)
+        record = {"image_id": self.images[i]["id"], "file_name": self.images[i]["file_name"],
+                  "size": (w, h), "geometry": geometry}
+        if self.originals:
             record["original"] = original
-        return image.as_subclass(Tensor), record
+        return image.as_subclass(Tensor), target, record
 
 
 class ImageFolder(Dataset):
-    """Letterboxed images from a plain folder (no annotations); ids are 1, 2, ... in sorted
-    file-name order."""
+    """Images from a plain folder (no annotations), in the model's input form; ids are 1, 2,
+    ... in sorted file-name order. Items are those of :class:`CocoDetection`, with empty
+    targets."""
 
-    def __init__(self, folder: str | Path, img_size: int, *, originals: bool = False) -> None:
+    def __init__(self, folder: str | Path, transform: InputTransform, *,
+                 originals: bool = False) -> None:
         self.root = Path(folder)
         self.originals = originals
         if not self.root.is_dir():
@@ -263,27 +215,27 @@ class ImageFolder(Dataset):
         self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self.paths:
             raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        self.img_size = img_size
+        self.transform = transform
         self.images = [{"id": i + 1, "file_name": str(p.relative_to(self.root))}
                        for i, p in enumerate(self.paths)]
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
-        image = torch.from_numpy(np.ascontiguousarray(load_image(self.paths[i]))).permute(2, 0, 1)
-        h, w = image.shape[-2:]
-        original = image if self.originals else None
-        image, lb = letterbox(image, self.img_size)
-        record = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long),
-                  "image_id": self.images[i]["id"], "file_name": self.images[i]["file_name"],
-                  "size": (w, h), "letterbox": lb}
-        if original is not None:
+    def __getitem__(self, i: int) -> tuple[Tensor, Target, dict[str, Any]]:
+        original = torch.from_numpy(np.ascontiguousarray(load_image(self.paths[i]))) \
+            .permute(2, 0, 1)
+        h, w = original.shape[-2:]
+        geometry = self.transform.geometry(w, h)
+        target = Target(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), geometry)
+        record = {"image_id": self.images[i]["id"], "file_name": self.images[i]["file_name"],
+                  "size": (w, h), "geometry": geometry}
+        if self.originals:
             record["original"] = original
-        return image, record
+        return self.transform.image(original), target, record
 
 
-def _train_transform(size: int):
+def _train_transform():
     from torchvision import tv_tensors
     from torchvision.transforms import v2
 
@@ -297,15 +249,35 @@ def _train_transform(size: int):
     ])
 
 
-def collate(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, Tensor, list[dict]]:
-    """Stack images as floats in [0, 1]; targets as one M×6 tensor of (batch index, class,
-    x1, y1, x2, y2) in input pixels; the per-image records alongside."""
+def collate(batch: list[tuple[Tensor, Target, dict[str, Any]]]) \
+        -> tuple[Tensor, list[Target], list[dict]]:
+    """Stack images as floats in [0, 1]; targets and per-image records as lists."""
     images = torch.stack([b[0] for b in batch]).float().div_(255)
-    rows = [torch.cat((torch.full((len(t["labels"]), 1), float(i)),
-                       t["labels"].float().unsqueeze(1), t["boxes"]), 1)
-            for i, (_, t) in enumerate(batch)]
-    targets = torch.cat(rows) if rows else torch.zeros(0, 6)
-    return images, targets, [b[1] for b in batch]
+    return images, [b[1] for b in batch], [b[2] for b in batch]
+
+
+class EpochBatches(Sampler):
+    """Batches of (index, augmentation seed) for steps ``start``.. ``stop``; each epoch is a
+    permutation seeded by (seed, epoch), so a run's batches are a function of the seed and the
+    step alone (it replays exactly, and resumes anywhere)."""
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+        self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
+        self.per_epoch = n // batch
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, order = -1, None
+        for step in range(self.start, self.stop):
+            e, k = divmod(step, self.per_epoch)
+            if e != epoch:
+                g = torch.Generator().manual_seed(self.seed * 7919 + e)
+                order, epoch = torch.randperm(self.n, generator=g).tolist(), e
+            chunk = order[k * self.batch:(k + 1) * self.batch]
+            yield [(i, (self.seed * 1_000_003 + step * 4099 + j) % 2**62)
+                   for j, i in enumerate(chunk)]
 
 
 def loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, workers: int = 0,

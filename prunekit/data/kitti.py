@@ -31,8 +31,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from prunekit.checkpoint import write_atomic
 from prunekit.errors import DataError, PrunekitError
+from prunekit.files import write_atomic
 
 DEFAULT_CLASSES = ("Car", "Pedestrian", "Cyclist")
 KITTI_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc")
@@ -256,7 +256,7 @@ def _index_images(image_dir: Path) -> dict[str, Path]:
 
 
 def _image_size(path: Path) -> tuple[int, int]:
-    # Image.open reads the header only; the pixels are never decoded.
+    # Image.open reads the header only; the pixels are never read.
     try:
         with Image.open(path) as im:
             return im.size

@@ -1,15 +1,17 @@
-"""Detector architectures: the YOLOv3 family and Darknet import."""
+"""Detector families behind one interface (:mod:`prunekit.models.base`), found by name through
+:mod:`prunekit.models.registry`, with one compaction for all (:mod:`prunekit.models.compact`)."""
 
-from prunekit.models.yolov3 import (
-    FAMILY,
+from prunekit.models.base import (
+    ChannelGroup,
+    Detections,
     Detector,
-    build_arch,
-    conv_layers,
-    decode,
-    default_img_size,
-    default_input,
-    head_conv_indices,
+    Family,
+    Geometry,
+    InputTransform,
+    Slice,
+    Target,
 )
+from prunekit.models.registry import build, family_of, get, members, skeleton
 
-__all__ = ["FAMILY", "Detector", "build_arch", "conv_layers", "decode", "default_img_size",
-           "default_input", "head_conv_indices"]
+__all__ = ["ChannelGroup", "Detections", "Detector", "Family", "Geometry", "InputTransform",
+           "Slice", "Target", "build", "family_of", "get", "members", "skeleton"]

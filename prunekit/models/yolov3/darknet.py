@@ -1,11 +1,11 @@
 """Darknet ``.cfg`` parsing and ``.weights`` reading and writing.
 
 A ``.cfg`` becomes the same ``arch`` layer list the built-in family uses, so the official files
-build exactly the modules :func:`prunekit.models.yolov3.build_arch` builds. The ``.weights`` layout:
-three int32 (major, minor, revision), then ``seen`` as int64 when major·10 + minor ≥ 2 (else int32),
-then for each conv layer in cfg order its biases (BatchNorm beta when batch-normalised), then
-gamma, running mean and running variance (when batch-normalised), then the weights in
-[out, in, k, k] order, all float32 little-endian.
+build exactly the modules :func:`prunekit.models.yolov3.arch.build_arch` builds. The
+``.weights`` layout: three int32 (major, minor, revision), then ``seen`` as int64 when
+major·10 + minor ≥ 2 (else int32), then for each conv layer in cfg order its biases (BatchNorm
+beta when batch-normalised), then gamma, running mean and running variance (when
+batch-normalised), then the weights in [out, in, k, k] order, all float32 little-endian.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from prunekit.errors import ModelError
-from prunekit.models.yolov3 import ConvBlock, Detector, conv_layers
+from prunekit.models.yolov3.layers import ConvBlock, conv_layers
 
 _SUPPORTED = {"net", "convolutional", "shortcut", "route", "upsample", "maxpool", "yolo"}
 
@@ -142,14 +143,14 @@ def _conv_tensors(block: ConvBlock) -> list[torch.Tensor]:
     return [block.conv.bias, block.conv.weight]
 
 
-def expected_weights_bytes(model: Detector, major: int = 0, minor: int = 2) -> int:
+def expected_weights_bytes(model: nn.Module, major: int = 0, minor: int = 2) -> int:
     """Size in bytes of a ``.weights`` file for this model and header version."""
     header = 12 + (8 if major * 10 + minor >= 2 else 4)
     values = sum(t.numel() for _, b in conv_layers(model) for t in _conv_tensors(b))
     return header + 4 * values
 
 
-def load_weights(model: Detector, data: bytes, name: str = "weights") -> dict[str, int]:
+def load_weights(model: nn.Module, data: bytes, name: str = "weights") -> dict[str, int]:
     """Copy a Darknet ``.weights`` file into ``model`` in place.
 
     Returns:
@@ -179,7 +180,7 @@ def load_weights(model: Detector, data: bytes, name: str = "weights") -> dict[st
     return {"major": major, "minor": minor, "revision": revision, "seen": int(seen)}
 
 
-def dump_weights(model: Detector, *, major: int = 0, minor: int = 2, revision: int = 0,
+def dump_weights(model: nn.Module, *, major: int = 0, minor: int = 2, revision: int = 0,
                  seen: int = 0) -> bytes:
     """The model's conv layers in Darknet's ``.weights`` byte layout."""
     buf = io.BytesIO()

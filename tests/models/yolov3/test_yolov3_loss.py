@@ -6,12 +6,12 @@ import math
 
 import torch
 
-from prunekit.loss import assign, ciou, yolo_loss
-from prunekit.models import Detector, build_arch, default_input
+from prunekit.models.yolov3.loss import assign, ciou, yolo_loss
+from tests.conftest import yolo
 
 
 def _model():
-    return Detector(build_arch("yolov3-tiny", 2), default_input(64)).eval()
+    return yolo("yolov3-tiny", 2, 64).eval()
 
 
 def test_assignment_uses_the_centre_cell_and_fitting_anchors():

@@ -7,8 +7,8 @@ Choices (documented because they change what "the loss" means):
   holds the box centre; when no anchor of any head qualifies, the best-fitting anchor overall
   takes it. Several anchors per target give more positives than YOLOv3's single best anchor and
   train faster; this is the rule later YOLO versions settled on.
-* **Box loss.** 1 − CIoU between the decoded box (YOLOv3's decoding: centre = sigmoid + cell,
-  size = exp · anchor) and the target, averaged over positives.
+* **Box loss.** 1 − CIoU between the decoded box (:func:`prunekit.models.yolov3.boxes.decode`,
+  the decoder inference uses) and the target, averaged over positives.
 * **Objectness.** Binary cross-entropy over every prediction. A positive's target is the IoU of
   its predicted box with its target (detached, at least 0), so confidence ranks by localisation
   quality, which mAP@[.5:.95] rewards. A negative whose predicted box overlaps any target of its
@@ -28,6 +28,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from prunekit.models.base import Target
+from prunekit.models.yolov3.boxes import decode, grid_cells, per_anchor
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ def ciou(p: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
     with torch.no_grad():
         alpha = v / (v - iou + (1 + eps))
     return iou - (rho2 / c2 + v * alpha)
+
+
+def target_rows(targets: Sequence[Target]) -> Tensor:
+    """Neutral targets as M×6 rows of (image index, class, x1, y1, x2, y2) in input pixels."""
+    rows = [torch.cat((torch.full((len(t.labels), 1), float(i)), t.labels.float().unsqueeze(1),
+                       t.input_boxes().float()), 1) for i, t in enumerate(targets)]
+    return torch.cat(rows) if rows else torch.zeros(0, 6)
 
 
 @dataclass
@@ -165,15 +175,12 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
         _, _, h, w = out.shape
         a = anc.shape[0]
         stride = img_size / h
-        p = out.view(n, a, 5 + num_classes, h, w).permute(0, 1, 3, 4, 2).float()
+        p = per_anchor(out, a, num_classes)
         tobj = torch.zeros(p.shape[:4], device=device)
         # Ignore negatives that already overlap a target well.
         with torch.no_grad():
             if g:
-                gy, gx = torch.meshgrid(torch.arange(h, device=device),
-                                        torch.arange(w, device=device), indexing="ij")
-                pxy = (p[..., :2].sigmoid() + torch.stack((gx, gy), -1)) * stride
-                pwh = p[..., 2:4].clamp(max=8).exp() * anc.view(1, a, 1, 1, 2)
+                pxy, pwh = decode(p, grid_cells(h, w, device), anc.view(1, a, 1, 1, 2), stride)
                 pbox = torch.cat((pxy - pwh / 2, pxy + pwh / 2), -1).view(n, -1, 4)
                 ignore = box_iou_xyxy(pbox, gt_pad).amax(2).view(n, a, h, w) > config.ignore_iou
                 weight = (~ignore).float()
@@ -182,8 +189,9 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
         if len(asg.target):
             b, ai, gj, gi = asg.image, asg.anchor, asg.row, asg.col
             ps = p[b, ai, gj, gi]
-            pred = torch.cat((ps[:, :2].sigmoid() + torch.stack((gi, gj), 1),
-                              ps[:, 2:4].clamp(max=8).exp() * anc[ai] / stride), 1)
+            # In grid units; strides are powers of two, so the division is exact.
+            pxy, pwh = decode(ps, torch.stack((gi, gj), 1), anc[ai], stride)
+            pred = torch.cat((pxy / stride, pwh / stride), 1)
             tbox = t_xywh[asg.target] / stride
             iou = ciou(pred, tbox)
             lbox = lbox + (1 - iou).sum()

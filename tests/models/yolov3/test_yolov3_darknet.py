@@ -10,14 +10,13 @@ import torch
 
 from prunekit import checkpoint
 from prunekit.cli import app
-from prunekit.models import Detector, default_input
-from prunekit.models.darknet import dump_weights, parse_cfg
-from tests.conftest import fixture_path
+from prunekit.models.yolov3.darknet import dump_weights, parse_cfg
+from tests.conftest import fixture_path, yolo
 
 
 def _random_model(cfg):
     arch, size = parse_cfg(cfg)
-    model = Detector(arch, default_input(size)).eval()
+    model = yolo(arch['name'], arch['num_classes'], size, arch=arch).eval()
     torch.manual_seed(3)
     with torch.no_grad():
         for name, t in model.state_dict().items():
@@ -81,8 +80,8 @@ def test_wrong_size_weights_are_refused(tmp_path, runner, change):
 
 
 def test_yolov3_weights_file_size_is_the_official_one():
-    from prunekit.models.darknet import expected_weights_bytes
+    from prunekit.models.yolov3.darknet import expected_weights_bytes
 
     arch, size = parse_cfg(fixture_path("darknet", "yolov3.cfg"))
-    assert expected_weights_bytes(Detector(arch, default_input(size))) == 248_007_048
+    assert expected_weights_bytes(yolo('', arch['num_classes'], size, arch=arch)) == 248_007_048
     assert np.dtype("<f4").itemsize == 4

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from prunekit.bench import count_macs
-from prunekit.models import Detector, build_arch, default_input
-from prunekit.models.darknet import parse_cfg
-from tests.conftest import fixture_path
+from prunekit.models.yolov3.arch import build_arch
+from prunekit.models.yolov3.boxes import predictions
+from prunekit.models.yolov3.darknet import parse_cfg
+from tests.conftest import fixture_path, yolo
 
 
 def _params(model: torch.nn.Module) -> int:
@@ -24,16 +25,16 @@ def _params(model: torch.nn.Module) -> int:
     ],
 )
 def test_family_sizes_at_416(name, params, macs, shapes):
-    model = Detector(build_arch(name, 80), default_input(416)).eval()
+    model = yolo(name, 80).eval()
     assert _params(model) == params
-    assert count_macs(model, 416)[0] == macs
+    assert count_macs(model)[0] == macs
     with torch.no_grad():
         out = model(torch.rand(1, 3, 416, 416))
     assert [tuple(o.shape) for o in out] == shapes
 
 
 def test_small_member_has_three_heads_at_160():
-    model = Detector(build_arch("yolov3-small", 6), default_input(160)).eval()
+    model = yolo("yolov3-small", 6, 160).eval()
     with torch.no_grad():
         out = model(torch.rand(2, 3, 160, 160))
     assert [tuple(o.shape) for o in out] == [(2, 33, 5, 5), (2, 33, 10, 10), (2, 33, 20, 20)]
@@ -41,7 +42,7 @@ def test_small_member_has_three_heads_at_160():
 
 
 def test_every_nonlinearity_is_its_own_module():
-    model = Detector(build_arch("yolov3", 80), default_input(416))
+    model = yolo("yolov3", 80)
     acts = [m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
     assert len(acts) == 72  # 75 convs, three of them linear heads
     assert len({id(a) for a in acts}) == len(acts)
@@ -52,8 +53,8 @@ def test_cfg_builds_the_same_model(name):
     arch, size = parse_cfg(fixture_path("darknet", f"{name}.cfg"))
     assert size == 416
     assert arch["layers"] == build_arch(name, 80)["layers"]
-    from_cfg = Detector(arch, default_input(416)).eval()
-    builtin = Detector(build_arch(name, 80), default_input(416)).eval()
+    from_cfg = yolo(name, 80, arch=arch).eval()
+    builtin = yolo(name, 80).eval()
     assert _params(from_cfg) == _params(builtin)
     torch.manual_seed(1)
     for t in builtin.state_dict().values():
@@ -67,10 +68,10 @@ def test_cfg_builds_the_same_model(name):
 
 
 def test_decode_matches_the_yolo_formula():
-    model = Detector(build_arch("yolov3-tiny", 2), default_input(64)).eval()
+    model = yolo("yolov3-tiny", 2, 64).eval()
     with torch.no_grad():
         out = model(torch.rand(1, 3, 64, 64))
-        boxes = model.decode(out)
+        boxes = predictions(out, model.anchors(), 64, 2)
     head = out[0].view(1, 3, 7, 2, 2).permute(0, 1, 3, 4, 2)  # 2×2 grid, stride 32
     t = head[0, 1, 1, 0]  # anchor 1 of the first head, row 1, column 0
     anchor = torch.tensor(model.arch["anchors"][model.arch["layers"][16]["mask"][1]])
@@ -91,9 +92,9 @@ def test_bad_cfg_names_the_line(tmp_path):
 
 
 def test_grey_model_sees_only_luma():
-    from prunekit.models.yolov3 import GREY_WEIGHTS
+    from prunekit.models.base import GREY_WEIGHTS
 
-    model = Detector(build_arch("yolov3-tiny", 3), default_input(64, "grey")).eval()
+    model = yolo("yolov3-tiny", 3, 64, "grey").eval()
     x = torch.rand(2, 3, 64, 64)
     w = torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1)
     grey = (x * w).sum(1, keepdim=True).expand(-1, 3, -1, -1)
@@ -105,7 +106,7 @@ def test_grey_model_sees_only_luma():
         same_luma = swapped + ((x - swapped) * w).sum(1, keepdim=True)
         for a, b in zip(model(x), model(same_luma), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
-    colour = Detector(build_arch("yolov3-tiny", 3), default_input(64, "rgb")).eval()
+    colour = yolo("yolov3-tiny", 3, 64).eval()
     colour.load_state_dict(model.state_dict())
     with torch.no_grad():
         # the same weights with colour input do see the difference

@@ -1,0 +1,42 @@
+"""Where and how wide computation runs: ``--device`` and ``--threads``, resolved in one place."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from prunekit.errors import PrunekitError
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PrunekitError("--device cuda asked for, but this machine has no CUDA GPU; use "
+                            "--device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise PrunekitError(f"--device {device!r} is unknown; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads (``None`` leaves them as they are)."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to ``n`` for the block, as they were after it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -1,0 +1,352 @@
+"""The detector family interface: everything the commands ask of a detector, and nothing more.
+
+prunekit knows detectors through *families* (SPEC section 4). A :class:`Family` builds modules
+from a checkpoint's ``arch`` and creates or imports new ones; every module it builds is a
+:class:`Detector`, whose methods are the seams the commands work through:
+
+- the input transform (:class:`InputTransform`): an image in [0, 1] at its own size → the model
+  input, differentiable (attacks optimise original pixels through it), with a :class:`Geometry`
+  that maps boxes back to original pixels;
+- ``forward`` → raw outputs, a tuple of batch-first tensors, in every mode; the loss is separate
+  (:meth:`Detector.loss`), so attacks, HYDRA, Taylor and DeepLIFT get a loss in eval mode;
+- :meth:`Detector.postprocess` → boxes in original pixels, scores and labels;
+- :meth:`Detector.evidence` (what DeepLIFT attributes) and :meth:`Detector.objective` (what
+  attacks maximise);
+- :meth:`Detector.prunable` weights and :meth:`Detector.channel_groups` (what structured
+  pruning removes together, and what it may not remove), which the generic compaction
+  (:mod:`prunekit.models.compact`) slices;
+- :meth:`Detector.param_groups` for the optimiser and :meth:`Detector.deployed`, the form
+  ``bench`` times.
+
+Targets travel between data and families in one neutral form, :class:`Target`: one image's
+boxes in its original pixels and class indices, with the geometry that maps the original image
+into the model input; each family turns them into what its loss needs.
+"""
+
+from __future__ import annotations
+
+import copy
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+GREY_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601 luma
+COLOURS = ("rgb", "grey")
+Outputs = tuple[Tensor, ...]
+
+
+def default_names(n: int) -> list[str]:
+    """Class names for a model whose classes were given only as a count."""
+    return [f"class{i}" for i in range(n)]
+
+
+# ------------------------------------------------------------------------------ geometry
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How one original image maps into the model input: scaled by ``scale`` (the same on both
+    axes), then shifted by ``(pad_x, pad_y)`` input pixels.
+
+    Attributes:
+        width: the original image's width in pixels.
+        height: its height.
+        scale: input pixels per original pixel.
+        pad_x: horizontal offset in input pixels.
+        pad_y: vertical offset in input pixels.
+    """
+
+    width: int
+    height: int
+    scale: float = 1.0
+    pad_x: float = 0.0
+    pad_y: float = 0.0
+
+    def _offset(self, boxes: Tensor) -> Tensor:
+        return boxes.new_tensor([self.pad_x, self.pad_y, self.pad_x, self.pad_y])
+
+    def to_input(self, boxes_xyxy: Tensor) -> Tensor:
+        """Original pixels → input pixels."""
+        return boxes_xyxy * self.scale + self._offset(boxes_xyxy)
+
+    def to_original(self, boxes_xyxy: Tensor) -> Tensor:
+        """Input pixels → original pixels."""
+        return (boxes_xyxy - self._offset(boxes_xyxy)) / self.scale
+
+    def clip(self, boxes_xyxy: Tensor) -> Tensor:
+        """Boxes in original pixels clipped to the image."""
+        from torchvision.ops import clip_boxes_to_image
+
+        return clip_boxes_to_image(boxes_xyxy, (self.height, self.width))
+
+
+class InputTransform(ABC):
+    """Original images → the model's input, and the geometry of that map.
+
+    ``__call__`` is differentiable, so an attack can optimise original pixels through it;
+    :meth:`image` is the same map for one uint8 image, as datasets feed models (quantised to 8
+    bits, as an image file would hold it, so a saved adversarial PNG and the on-the-fly attack
+    give the same input).
+    """
+
+    size: tuple[int, int]  # the model input's (height, width)
+
+    @abstractmethod
+    def geometry(self, width: int, height: int) -> Geometry:
+        """The geometry of an original image of this size."""
+
+    @abstractmethod
+    def __call__(self, images: Tensor) -> Tensor:
+        """N×3×H×W floats in [0, 1], all of one size → N×3×``size`` model input."""
+
+    def image(self, image: Tensor) -> Tensor:
+        """One 3×H×W uint8 image → the 3×``size`` uint8 model input."""
+        h, w = image.shape[-2:]
+        if (h, w) == tuple(self.size) and self.geometry(w, h) == Geometry(w, h):
+            return image  # the identity: nothing resampled, nothing rounded
+        return quantise(self(image.float().unsqueeze(0).div(255))[0])
+
+
+def quantise(image: Tensor) -> Tensor:
+    """Floats in [0, 1] → uint8, as a PNG stores them."""
+    return (image.detach().cpu() * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One image's objects in the neutral form every family accepts.
+
+    Attributes:
+        boxes: K×4 (x1, y1, x2, y2) in the original image's pixels, float32.
+        labels: K class indices of the model (int64).
+        geometry: how the original image maps into the model input.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    geometry: Geometry
+
+    def input_boxes(self) -> Tensor:
+        """The boxes in model-input pixels."""
+        return self.geometry.to_input(self.boxes)
+
+
+@dataclass(frozen=True)
+class Detections:
+    """One image's detections: boxes (K×4 xyxy, original pixels), scores (K), labels (K)."""
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+
+# -------------------------------------------------------------------------- channel groups
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Channel ``k`` of a group is index ``offset + k`` along ``dim`` of tensor ``name``."""
+
+    name: str
+    dim: int
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are kept or removed together, index by index.
+
+    Attributes:
+        name: for messages.
+        size: number of channels.
+        producers: the parameters whose entries make the channels (conv and linear weight rows,
+            biases, normalisation scale and shift): masking a channel zeroes them, and its
+            output is then exactly zero.
+        statistics: buffers along the channels (BatchNorm running statistics): sliced by
+            compaction, never masked.
+        consumers: the weights that read the channels (the next layers' input columns): sliced
+            by compaction only, since a zero channel contributes nothing to them.
+        scored: the weights whose per-channel scores rank the channels (a channel's score is
+            the mean of their filter scores).
+        prunable: False for channels that must stay (detection outputs, residual streams
+            a family does not prune).
+    """
+
+    name: str
+    size: int
+    producers: tuple[Slice, ...]
+    statistics: tuple[Slice, ...] = ()
+    consumers: tuple[Slice, ...] = ()
+    scored: tuple[str, ...] = ()
+    prunable: bool = True
+
+
+# ---------------------------------------------------------------------------------- modules
+
+
+class Grey(nn.Module):
+    """Rec. 601 luma replicated to three channels: part of the model's input pipeline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("weights", torch.tensor(GREY_WEIGHTS).view(1, 3, 1, 1),
+                             persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x * self.weights).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+
+
+class Detector(nn.Module, ABC):
+    """A detector as every command sees it (see the module docstring).
+
+    Subclasses set ``arch`` (JSON: everything needed to rebuild the module, widths after
+    compaction included), ``input_spec`` (size, colour mode, normalisation) and ``classes``
+    (names in category-id order), and name their family in ``family``.
+    """
+
+    family: ClassVar[str]
+    arch: dict[str, Any]
+    input_spec: dict[str, Any]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    @abstractmethod
+    def transform(self) -> InputTransform:
+        """The map from original images to this model's input."""
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one input image."""
+        return (3, *self.transform.size)
+
+    @abstractmethod
+    def forward(self, x: Tensor) -> Outputs:
+        """N×3×H×W floats in [0, 1] at the input size → raw outputs, batch first."""
+
+    # ------------------------------------------------------------------ losses and outputs
+
+    @abstractmethod
+    def loss(self, outputs: Outputs, targets: list[Target]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of raw outputs against targets, in train and in eval mode.
+
+        Returns:
+            The total and its weighted parts, among them ``box`` (localisation) and ``cls``
+            (classification); the total is summed over the batch's images.
+        """
+
+    @abstractmethod
+    def vanish(self, outputs: Outputs) -> Tensor:
+        """The "vanishing" attack's objective: larger as every detection fades, no targets."""
+
+    def objective(self, outputs: Outputs, targets: list[Target] | None, kind: str) -> Tensor:
+        """What an attack maximises: ``total`` (the loss), ``box`` or ``cls`` (its parts), or
+        ``obj`` (:meth:`vanish`)."""
+        if kind == "obj":
+            return self.vanish(outputs)
+        total, parts = self.loss(outputs, targets or [])
+        return total if kind == "total" else parts[kind]
+
+    @abstractmethod
+    def postprocess(self, outputs: Outputs, geometries: list[Geometry], *, conf: float,
+                    iou: float, max_det: int) -> list[Detections]:
+        """Detections per image, boxes in original pixels (clipped to the image).
+
+        Args:
+            outputs: raw outputs of a batch.
+            geometries: each image's geometry.
+            conf: minimum score.
+            iou: NMS IoU threshold (families without NMS ignore it).
+            max_det: most detections kept per image.
+        """
+
+    @abstractmethod
+    def evidence(self, outputs: Outputs, targets: list[Target]) -> Tensor:
+        """DeepLIFT's target: the detector's evidence for the targets' objects, one value per
+        row of ``outputs``, linear in the outputs.
+
+        ``outputs`` may hold k·N rows for N targets (Captum's inputs followed by baselines):
+        row ``j`` is scored against ``targets[j % N]``, with the same weights for every block,
+        so the evidence means the same for inputs and baselines.
+        """
+
+    @abstractmethod
+    def ideal_outputs(self, targets: list[Target]) -> Outputs:
+        """Raw outputs of a perfect detector for these targets (all in one input size):
+        :meth:`postprocess` returns exactly their boxes, with high scores. The conformance
+        suite checks post-processing against it."""
+
+    # ------------------------------------------------------------------------- pruning
+
+    def prunable(self) -> list[str]:
+        """State-dict names of the prunable weights, in model order: conv and linear weights."""
+        return [f"{name}.weight" for name, m in self.named_modules()
+                if isinstance(m, nn.Conv2d | nn.Linear)]
+
+    @abstractmethod
+    def channel_groups(self) -> list[ChannelGroup]:
+        """Every channel space structured pruning knows, prunable or not."""
+
+    @abstractmethod
+    def compacted_arch(self, state: dict[str, Tensor]) -> dict[str, Any]:
+        """The ``arch`` of this model with the tensor shapes of ``state`` (after compaction)."""
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: weight decay on matrices and kernels, none on norms and
+        biases. A group may carry ``lr_scale``, a multiplier of the scheduled rate."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            (decay if p.ndim > 1 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def deployed(self, runtime: str = "eager") -> nn.Module:
+        """A copy in the form a deployment runs (what ``bench`` times), for ``runtime``
+        (``eager`` or ``onednn-graph``); same outputs to float rounding."""
+        return copy.deepcopy(self).eval()
+
+
+class Family(ABC):
+    """A kind of detector: builds its modules, and creates or imports new ones."""
+
+    name: ClassVar[str]
+    members: ClassVar[tuple[str, ...]]
+    # Options of `prunekit init` that import this family's own files (e.g. "cfg", "weights").
+    import_options: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
+              classes: list[str]) -> Detector:
+        """The module an ``arch`` describes (random weights)."""
+
+    @abstractmethod
+    def create(self, member: str, classes: list[str], *, img_size: int | None = None,
+               grey: bool = False, options: dict[str, Any] | None = None) -> Detector:
+        """A member with fresh weights (seed torch's generator first).
+
+        Args:
+            member: one of :attr:`members`.
+            classes: class names.
+            img_size: input size (default: the member's).
+            grey: Rec. 601 grey input.
+            options: member options (e.g. width and depth multipliers); a family refuses the
+                ones it does not know, by name.
+        """
+
+    def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
+                     img_size: int | None = None, grey: bool = False) -> Detector:
+        """A model from this family's own files (keys from :attr:`import_options`)."""
+        raise NotImplementedError(f"{self.name} imports no files")
+
+    @abstractmethod
+    def input_spec(self, spec: dict[str, Any] | None = None, *, size: int | None = None,
+                   colour: str | None = None) -> dict[str, Any]:
+        """An input specification: ``spec`` (or the family default) with the size or colour
+        mode changed, checked."""

@@ -1,0 +1,51 @@
+"""The seam holds: outside its package, nothing knows YOLOv3's internals, and the import
+contracts in pyproject.toml (layers, the registry as the only way into a family, no cycles)
+are kept."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGE = ROOT / "prunekit"
+FAMILY = PACKAGE / "models" / "yolov3"
+# YOLOv3's loss and decoder, its anchors and letterbox geometry, its state-dict names.
+YOLO_INTERNALS = re.compile(r"yolo_loss|\bdecode\b|(?i:anchor|letterbox)|layers\.(\{|\d)")
+
+
+def test_nothing_outside_the_yolov3_package_names_its_internals():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if FAMILY in path.parents:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if YOLO_INTERNALS.search(line):
+                found.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_the_grep_would_catch_a_leak():
+    assert YOLO_INTERNALS.search("anchors = [h.anchors for h in model.heads()]")
+    assert YOLO_INTERNALS.search('w = state[f"layers.{i}.conv.weight"]')
+    assert YOLO_INTERNALS.search("boxes = model.decode(outputs)")
+    assert not YOLO_INTERNALS.search("found = model.postprocess(outputs, geometries)")
+
+
+def test_import_contracts_are_kept():
+    exe = Path(sys.executable).with_name("lint-imports")
+    if not exe.exists():
+        found = shutil.which("lint-imports")
+        if found is None:
+            pytest.skip("import-linter is not installed (it is in the dev extras)")
+        exe = Path(found)
+    result = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "3 kept, 0 broken" in result.stdout
