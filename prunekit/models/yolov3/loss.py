@@ -7,8 +7,9 @@ Choices (documented because they change what "the loss" means):
   holds the box centre; when no anchor of any head qualifies, the best-fitting anchor overall
   takes it. Several anchors per target give more positives than YOLOv3's single best anchor and
   train faster; this is the rule later YOLO versions settled on.
-* **Box loss.** 1 − CIoU between the decoded box (:func:`prunekit.models.yolov3.boxes.decode`,
-  the decoder inference uses) and the target, averaged over positives.
+* **Box loss.** 1 − CIoU (:func:`torchvision.ops.complete_box_iou_loss`) between the decoded box
+  (:func:`prunekit.models.yolov3.boxes.decode`, the decoder inference uses) and the target,
+  averaged over positives.
 * **Objectness.** Binary cross-entropy over every prediction. A positive's target is the IoU of
   its predicted box with its target (detached, at least 0), so confidence ranks by localisation
   quality, which mAP@[.5:.95] rewards. A negative whose predicted box overlaps any target of its
@@ -21,13 +22,13 @@ Choices (documented because they change what "the loss" means):
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.ops import box_convert, box_iou, complete_box_iou_loss
 
 from prunekit.models.base import Target
 from prunekit.models.yolov3.boxes import decode, grid_cells, per_anchor
@@ -45,33 +46,8 @@ class LossConfig:
 
 
 _BALANCE = {8: 4.0, 16: 1.0, 32: 0.4}
-
-
-def box_iou_xyxy(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of boxes a (..., N, 4) and b (..., M, 4) → (..., N, M)."""
-    lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter + 1e-9)
-
-
-def ciou(p: Tensor, t: Tensor, eps: float = 1e-7) -> Tensor:
-    """Complete IoU of matched boxes given as (cx, cy, w, h) rows."""
-    p1, p2 = p[:, :2] - p[:, 2:] / 2, p[:, :2] + p[:, 2:] / 2
-    t1, t2 = t[:, :2] - t[:, 2:] / 2, t[:, :2] + t[:, 2:] / 2
-    inter = (torch.minimum(p2, t2) - torch.maximum(p1, t1)).clamp(min=0).prod(1)
-    union = p[:, 2:].prod(1) + t[:, 2:].prod(1) - inter + eps
-    iou = inter / union
-    enclose = torch.maximum(p2, t2) - torch.minimum(p1, t1)
-    c2 = enclose.pow(2).sum(1) + eps
-    rho2 = (p[:, :2] - t[:, :2]).pow(2).sum(1)
-    v = (4 / math.pi**2) * (torch.atan(t[:, 2] / (t[:, 3] + eps))
-                            - torch.atan(p[:, 2] / (p[:, 3] + eps))).pow(2)
-    with torch.no_grad():
-        alpha = v / (v - iou + (1 + eps))
-    return iou - (rho2 / c2 + v * alpha)
+# Pairwise IoU within each image of a batch: N×P×4 and N×G×4 → N×P×G.
+_batched_box_iou = torch.vmap(box_iou)
 
 
 def target_rows(targets: Sequence[Target]) -> Tensor:
@@ -182,7 +158,8 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
             if g:
                 pxy, pwh = decode(p, grid_cells(h, w, device), anc.view(1, a, 1, 1, 2), stride)
                 pbox = torch.cat((pxy - pwh / 2, pxy + pwh / 2), -1).view(n, -1, 4)
-                ignore = box_iou_xyxy(pbox, gt_pad).amax(2).view(n, a, h, w) > config.ignore_iou
+                ignore = _batched_box_iou(pbox, gt_pad).amax(2).view(n, a, h, w) \
+                    > config.ignore_iou
                 weight = (~ignore).float()
             else:
                 weight = torch.ones_like(tobj)
@@ -193,7 +170,8 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
             pxy, pwh = decode(ps, torch.stack((gi, gj), 1), anc[ai], stride)
             pred = torch.cat((pxy / stride, pwh / stride), 1)
             tbox = t_xywh[asg.target] / stride
-            iou = ciou(pred, tbox)
+            iou = 1 - complete_box_iou_loss(box_convert(pred, "cxcywh", "xyxy"),
+                                            box_convert(tbox, "cxcywh", "xyxy"), eps=1e-7)
             lbox = lbox + (1 - iou).sum()
             npos += len(asg.target)
             tobj[b, ai, gj, gi] = iou.detach().clamp(min=0).to(tobj.dtype)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from prunekit.models.yolov3.loss import assign, ciou, yolo_loss
+from prunekit.models.yolov3.loss import assign, yolo_loss
 from tests.conftest import yolo
 
 
@@ -20,11 +20,6 @@ def test_assignment_uses_the_centre_cell_and_fitting_anchors():
     a = assign(targets, anchors, [(8, 8), (2, 2)], 64)
     assert a[0].anchor.tolist() == [0] and a[0].row.tolist() == [3] and a[0].col.tolist() == [2]
     assert a[1].anchor.numel() == 0  # 100 px is more than 4× the box
-
-
-def test_ciou_of_identical_boxes_is_one():
-    b = torch.tensor([[5.0, 5, 2, 3], [1, 1, 1, 1]])
-    assert torch.allclose(ciou(b, b), torch.ones(2), atol=1e-6)
 
 
 def test_loss_is_finite_differentiable_and_handles_no_targets():
