@@ -100,58 +100,88 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     """
     import torch
 
-    from prunekit.attack import AttackConfig
-    from prunekit.bench import bench, resolve_runtime
-    from prunekit.finetune import finetune
-    from prunekit.mask import compact_checkpoint, mask
+    from prunekit.bench import resolve_runtime
 
     torch.set_num_threads(threads)
     resolve_runtime(runtime, torch.device("cpu"))  # a bad --runtime fails before the work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    labels = {"scenario": scenario, "run": run, "ratio": ratio,
+              **SCENARIOS.get(scenario, {"granularity": granularity})}
     if reuse is not None:
-        if ratio != 0:
-            raise PrunekitError("--reuse is for ratio 0 cells, whose model is the same in "
-                                "every scenario of a colour mode")
-        try:
-            row = json.loads(Path(reuse).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise PrunekitError(f"--reuse {reuse}: cannot read it ({e}); run that cell first") \
-                from None
-        row.update(scenario=scenario, run=run, ratio=ratio, reused_from=str(reuse),
-                   **SCENARIOS.get(scenario, {"granularity": granularity}))
-        checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
-        return row
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ck = checkpoint.load(model)
-    if ratio > 0:
-        ck = mask(ck, ratio, granularity=granularity)
-        if granularity == "filter":
-            ck = compact_checkpoint(ck)
-        times["mask"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr, adv=adv,
-                      adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=attack_steps, seed=seed,
-                      device="cpu", workers=0)
-        times["finetune"] = time.perf_counter() - t
+        row = _reused(reuse, ratio, labels)
     else:
+        times: dict[str, float] = {}
+        t0 = time.perf_counter()
+        ck = _pruned(checkpoint.load(model), ratio, times, granularity=granularity, data=data,
+                     steps=steps, batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix,
+                     eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed)
+        path = out / "model.st"
+        checkpoint.save(ck, path)
+        row = {**labels, **_measured(checkpoint.load(path), str(val), times, eps=eps,
+                                     alpha=alpha, attack_steps=attack_steps, seed=seed,
+                                     threads=threads, bench_seconds=bench_seconds,
+                                     runtime=runtime)}
+        times["total"] = time.perf_counter() - t0
+        row.update({f"seconds_{k}": round(v, 2) for k, v in times.items()})
+    checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
+    return row
+
+
+def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str, Any]:
+    """An identical ratio-0 cell's row, relabelled."""
+    if ratio != 0:
+        raise PrunekitError("--reuse is for ratio 0 cells, whose model is the same in every "
+                            "scenario of a colour mode")
+    try:
+        row = json.loads(Path(reuse).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PrunekitError(f"--reuse {reuse}: cannot read it ({e}); run that cell first") \
+            from None
+    row.update(**labels, reused_from=str(reuse))
+    return row
+
+
+def _pruned(ck, ratio: float, times: dict[str, float], *, granularity: str, data: str | Path,
+            steps: int, batch_size: int, lr: float, adv: str, adv_mix: float, eps: float,
+            alpha: float, attack_steps: int, seed: int):
+    """The cell's model: masked at ``ratio`` (compacted for filters), then fine-tuned under
+    attack; ratio 0 is the model as it is, without its scores."""
+    from prunekit.finetune import finetune
+    from prunekit.mask import compact_checkpoint, mask
+
+    if ratio == 0:
         ck.scores = {}
-    path = out / "model.st"
-    checkpoint.save(ck, path)
-    ck = checkpoint.load(path)
+        return ck
     t = time.perf_counter()
-    clean = detections_frame(ck, str(val), attack=None, batch_size=32, seed=seed)
+    ck = mask(ck, ratio, granularity=granularity)
+    if granularity == "filter":
+        ck = compact_checkpoint(ck)
+    times["mask"] = time.perf_counter() - t
+    t = time.perf_counter()
+    ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix,
+                  eps=eps, alpha=alpha, adv_steps=attack_steps, seed=seed, device="cpu",
+                  workers=0)
+    times["finetune"] = time.perf_counter() - t
+    return ck
+
+
+def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float,
+              attack_steps: int, seed: int, threads: int, bench_seconds: float,
+              runtime: str) -> dict[str, Any]:
+    """Clean and PGD-attacked mAP, and the model's size and latency."""
+    from prunekit.attack import AttackConfig
+    from prunekit.bench import bench
+
+    t = time.perf_counter()
+    clean = detections_frame(ck, val, attack=None, batch_size=32, seed=seed)
     times["detect"] = time.perf_counter() - t
     t = time.perf_counter()
     attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
-    attacked = detections_frame(ck, str(val), attack=attack, batch_size=32, seed=seed)
+    attacked = detections_frame(ck, val, attack=attack, batch_size=32, seed=seed)
     times["detect_pgd"] = time.perf_counter() - t
     t = time.perf_counter()
-    row: dict[str, Any] = {"scenario": scenario, "run": run, "ratio": ratio,
-                           **SCENARIOS.get(scenario, {"granularity": granularity})}
-    row.update(_metrics(clean, str(val), ""))
-    row.update(_metrics(attacked, str(val), "adv_"))
+    row = {**_metrics(clean, val, ""), **_metrics(attacked, val, "adv_")}
     times["evaluate"] = time.perf_counter() - t
     t = time.perf_counter()
     figures = bench(ck, threads=threads, min_run_time=bench_seconds, runtime=runtime)
@@ -162,9 +192,6 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         row[key] = figures[key]
     row["threads"] = threads
     row["runtime"] = figures["runtime"]
-    times["total"] = time.perf_counter() - t0
-    row.update({f"seconds_{k}": round(v, 2) for k, v in times.items()})
-    checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
     return row
 
 

@@ -69,67 +69,78 @@ def parse_cfg(source: str | Path, *, text: str | None = None) -> tuple[dict[str,
     sections = _sections(text, name)
     if not sections or sections[0][0] != "net":
         raise ModelError(f"{name}: a Darknet .cfg starts with a [net] section; this one does not")
-    net = sections[0][1]
+    size = _input_size(sections[0][1], name)
+    layers: list[dict[str, Any]] = []
+    heads: list[tuple[list[list[float]], int]] = []
+    for kind, options, lineno in sections[1:]:
+        where = f"{name}:{lineno}"
+        try:
+            layer = _layer(kind, options, len(layers), where)
+            if kind == "yolo":
+                heads.append(_head(options, heads, where))
+        except KeyError as e:
+            raise ModelError(f"{where}: [{kind}] lacks its {e.args[0]!r} option") from None
+        except ValueError as e:
+            raise ModelError(f"{where}: bad number in [{kind}]: {e}") from None
+        layers.append(layer)
+    if not heads:
+        raise ModelError(f"{name}: no [yolo] layer; prunekit imports YOLO detectors only")
+    anchors, num_classes = heads[0]
+    arch = {"name": Path(name).stem, "num_classes": num_classes,
+            "anchors": [[int(a) if a == int(a) else a for a in p] for p in anchors],
+            "layers": layers}
+    return arch, size
+
+
+def _input_size(net: dict[str, str], name: str) -> int:
     size = int(net.get("width", 416))
     if int(net.get("height", size)) != size:
         raise ModelError(f"{name}: only square inputs are supported (width {size}, height "
                          f"{net['height']})")
     if int(net.get("channels", 3)) != 3:
         raise ModelError(f"{name}: only 3-channel input is supported (channels={net['channels']})")
-    layers: list[dict[str, Any]] = []
-    anchors = None
-    num_classes = None
-    try:
-        for kind, o, lineno in sections[1:]:
-            i = len(layers)
-            if kind == "convolutional":
-                size_k = int(o.get("size", 1))
-                pad = int(o.get("padding", 0))
-                if int(o.get("pad", 0)):
-                    pad = size_k // 2
-                layers.append({"type": "conv", "filters": int(o["filters"]), "size": size_k,
-                               "stride": int(o.get("stride", 1)), "pad": pad,
-                               "bn": bool(int(o.get("batch_normalize", 0))),
-                               "act": o.get("activation", "logistic")})
-                if layers[-1]["act"] not in ("leaky", "linear", "relu"):
-                    raise ModelError(f"{name}:{lineno}: activation {layers[-1]['act']!r} is not "
-                                     f"supported; use leaky, relu or linear")
-            elif kind == "shortcut":
-                if o.get("activation", "linear") != "linear":
-                    raise ModelError(f"{name}:{lineno}: only linear shortcuts are supported")
-                f = int(o["from"])
-                layers.append({"type": "shortcut", "from": i + f if f < 0 else f})
-            elif kind == "route":
-                layers.append({"type": "route",
-                               "layers": [i + j if j < 0 else j for j in _ints(o["layers"])]})
-            elif kind == "upsample":
-                layers.append({"type": "upsample", "stride": int(o.get("stride", 2))})
-            elif kind == "maxpool":
-                layers.append({"type": "maxpool", "size": int(o.get("size", 2)),
-                               "stride": int(o.get("stride", 1))})
-            elif kind == "yolo":
-                flat = [float(v) for v in o["anchors"].replace(" ", "").split(",") if v]
-                pairs = [[flat[k], flat[k + 1]] for k in range(0, len(flat) - 1, 2)]
-                if anchors is not None and pairs != anchors:
-                    raise ModelError(f"{name}:{lineno}: every [yolo] must share the same anchors")
-                anchors = pairs
-                c = int(o.get("classes", 80))
-                if num_classes is not None and c != num_classes:
-                    raise ModelError(f"{name}:{lineno}: every [yolo] must have the same classes")
-                num_classes = c
-                layers.append({"type": "yolo", "mask": _ints(o["mask"])})
-            else:
-                raise ModelError(f"{name}:{lineno}: a second [net] section")
-    except KeyError as e:
-        raise ModelError(f"{name}:{lineno}: [{kind}] lacks its {e.args[0]!r} option") from None
-    except ValueError as e:
-        raise ModelError(f"{name}:{lineno}: bad number in [{kind}]: {e}") from None
-    if anchors is None or num_classes is None:
-        raise ModelError(f"{name}: no [yolo] layer; prunekit imports YOLO detectors only")
-    arch = {"name": Path(name).stem, "num_classes": num_classes,
-            "anchors": [[int(a) if a == int(a) else a for a in p] for p in anchors],
-            "layers": layers}
-    return arch, size
+    return size
+
+
+def _layer(kind: str, o: dict[str, str], i: int, where: str) -> dict[str, Any]:
+    """Section ``[kind]`` as layer ``i`` of an ``arch`` layer list."""
+    if kind == "convolutional":
+        size = int(o.get("size", 1))
+        pad = size // 2 if int(o.get("pad", 0)) else int(o.get("padding", 0))
+        act = o.get("activation", "logistic")
+        if act not in ("leaky", "linear", "relu"):
+            raise ModelError(f"{where}: activation {act!r} is not supported; use leaky, relu "
+                             f"or linear")
+        return {"type": "conv", "filters": int(o["filters"]), "size": size,
+                "stride": int(o.get("stride", 1)), "pad": pad,
+                "bn": bool(int(o.get("batch_normalize", 0))), "act": act}
+    if kind == "shortcut":
+        if o.get("activation", "linear") != "linear":
+            raise ModelError(f"{where}: only linear shortcuts are supported")
+        f = int(o["from"])
+        return {"type": "shortcut", "from": i + f if f < 0 else f}
+    if kind == "route":
+        return {"type": "route", "layers": [i + j if j < 0 else j for j in _ints(o["layers"])]}
+    if kind == "upsample":
+        return {"type": "upsample", "stride": int(o.get("stride", 2))}
+    if kind == "maxpool":
+        return {"type": "maxpool", "size": int(o.get("size", 2)), "stride": int(o.get("stride", 1))}
+    if kind == "yolo":
+        return {"type": "yolo", "mask": _ints(o["mask"])}
+    raise ModelError(f"{where}: a second [net] section")
+
+
+def _head(o: dict[str, str], earlier: list[tuple[list[list[float]], int]],
+          where: str) -> tuple[list[list[float]], int]:
+    """A ``[yolo]`` section's anchors and class count, which every head must share."""
+    flat = [float(v) for v in o["anchors"].replace(" ", "").split(",") if v]
+    anchors = [[flat[k], flat[k + 1]] for k in range(0, len(flat) - 1, 2)]
+    classes = int(o.get("classes", 80))
+    if earlier and anchors != earlier[0][0]:
+        raise ModelError(f"{where}: every [yolo] must share the same anchors")
+    if earlier and classes != earlier[0][1]:
+        raise ModelError(f"{where}: every [yolo] must have the same classes")
+    return anchors, classes
 
 
 # ------------------------------------------------------------------------------------ weights

@@ -105,6 +105,35 @@ def assign(targets: Tensor, anchors: Sequence[Tensor], grids: Sequence[tuple[int
     return result
 
 
+def _per_image(targets: Tensor, n: int) -> Tensor | None:
+    """Each image's target boxes, N×G×4 padded with zero boxes (None without targets)."""
+    if not len(targets):
+        return None
+    t_img = targets[:, 0].long()
+    counts = torch.bincount(t_img, minlength=n)
+    padded = torch.zeros(n, int(counts.max()), 4, device=targets.device)
+    order = torch.argsort(t_img, stable=True)
+    starts = torch.cat((torch.zeros(1, dtype=torch.long, device=targets.device),
+                        counts.cumsum(0)[:-1]))
+    slot = torch.arange(len(targets), device=targets.device) - starts[t_img[order]]
+    padded[t_img[order], slot] = targets[order, 2:6]
+    return padded
+
+
+@torch.no_grad()
+def _not_ignored(p: Tensor, anchors: Tensor, per_image: Tensor | None, stride: float,
+                 ignore_iou: float) -> Tensor:
+    """Objectness weights of one head: 0 for a prediction whose box already overlaps a
+    target of its image by more than ``ignore_iou`` (YOLOv3's ignore rule), else 1."""
+    n, a, h, w = p.shape[:4]
+    if per_image is None:
+        return torch.ones(p.shape[:4], device=p.device)
+    pxy, pwh = decode(p, grid_cells(h, w, p.device), anchors.view(1, a, 1, 1, 2), stride)
+    boxes = torch.cat((pxy - pwh / 2, pxy + pwh / 2), -1).view(n, -1, 4)
+    ignore = _batched_box_iou(boxes, per_image).amax(2).view(n, a, h, w) > ignore_iou
+    return (~ignore).float()
+
+
 def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tensor],
               img_size: int, num_classes: int, config: LossConfig = LossConfig()) \
         -> tuple[Tensor, dict[str, Tensor]]:
@@ -130,19 +159,7 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
     assigned = assign(targets, anchors, [o.shape[-2:] for o in outputs], img_size,
                       config.anchor_t)
 
-    # Padded per-image targets for the ignore test.
-    g = 0
-    if len(targets):
-        t_img = targets[:, 0].long()
-        counts = torch.bincount(t_img, minlength=n)
-        g = int(counts.max())
-    gt_pad = torch.zeros(n, max(g, 1), 4, device=device)
-    if g:
-        order = torch.argsort(t_img, stable=True)
-        starts = torch.cat((torch.zeros(1, dtype=torch.long, device=device), counts.cumsum(0)[:-1]))
-        slot = torch.arange(len(targets), device=device) - starts[t_img[order]]
-        gt_pad[t_img[order], slot] = targets[order, 2:6]
-
+    gt_pad = _per_image(targets, n)
     lbox = torch.zeros((), device=device)
     lobj = torch.zeros((), device=device)
     lcls = torch.zeros((), device=device)
@@ -153,16 +170,7 @@ def yolo_loss(outputs: Sequence[Tensor], targets: Tensor, anchors: Sequence[Tens
         stride = img_size / h
         p = per_anchor(out, a, num_classes)
         tobj = torch.zeros(p.shape[:4], device=device)
-        # Ignore negatives that already overlap a target well.
-        with torch.no_grad():
-            if g:
-                pxy, pwh = decode(p, grid_cells(h, w, device), anc.view(1, a, 1, 1, 2), stride)
-                pbox = torch.cat((pxy - pwh / 2, pxy + pwh / 2), -1).view(n, -1, 4)
-                ignore = _batched_box_iou(pbox, gt_pad).amax(2).view(n, a, h, w) \
-                    > config.ignore_iou
-                weight = (~ignore).float()
-            else:
-                weight = torch.ones_like(tobj)
+        weight = _not_ignored(p, anc, gt_pad, stride, config.ignore_iou)
         if len(asg.target):
             b, ai, gj, gi = asg.image, asg.anchor, asg.row, asg.col
             ps = p[b, ai, gj, gi]
