@@ -80,6 +80,7 @@ def objective(model: Detector, targets: list[Target] | None, loss: str = "total"
 
 def perturb(model: Detector, x: Tensor, goal: Objective, config: AttackConfig, *,
             transform: Callable[[Tensor], Tensor] | None = None,
+            geometries: list[Geometry] | None = None,
             generator: torch.Generator | None = None) -> Tensor:
     """Adversarial version of ``x`` (floats in [0, 1]) within the L∞ ball of radius ε.
 
@@ -89,6 +90,7 @@ def perturb(model: Detector, x: Tensor, goal: Objective, config: AttackConfig, *
         goal: the objective to maximise, given the model's raw outputs.
         config: method, ε, step, steps, random start.
         transform: differentiable map from ``x``'s space to the model's input.
+        geometries: each image's geometry in the model input (see ``Detector.forward``).
         generator: random source for the random start.
     """
     was_training = model.training
@@ -109,7 +111,7 @@ def perturb(model: Detector, x: Tensor, goal: Objective, config: AttackConfig, *
     try:
         for _ in range(steps):
             adv.requires_grad_(True)
-            value = goal(model(transform(adv)))
+            value = goal(model(transform(adv), geometries))
             (grad,) = torch.autograd.grad(value, adv)
             with torch.no_grad():
                 adv = adv.detach() + step * grad.sign()
@@ -128,7 +130,8 @@ def self_targets(model: Detector, images: Tensor, geometries: list[Geometry],
                  conf: float) -> list[Target]:
     """The model's own clean detections as loss targets (for images without labels)."""
     with torch.no_grad():
-        found = model.postprocess(model(images), geometries, conf=conf, iou=0.45, max_det=100)
+        found = model.postprocess(model(images, geometries), geometries, conf=conf, iou=0.45,
+                                  max_det=100)
     return [Target(d.boxes, d.labels, g) for d, g in zip(found, geometries, strict=True)]
 
 
@@ -158,16 +161,17 @@ def attack_originals(model: Detector, originals: list[Tensor], targets: list[Tar
     result: list[Tensor | None] = [None] * len(originals)
     for (h, w), idx in groups.items():
         x = torch.stack([originals[i] for i in idx]).to(device)
+        geometries = [transform.geometry(w, h)] * len(idx)
         goal_targets = None
         if config.loss != "obj":
             if targets is not None:
                 goal_targets = [targets[i] for i in idx]
             else:
-                geometry = transform.geometry(w, h)
-                goal_targets = self_targets(model.eval(), transform(x), [geometry] * len(idx),
+                goal_targets = self_targets(model.eval(), transform(x), geometries,
                                             config.target_conf)
         goal = objective(model, goal_targets, config.loss)
-        adv = perturb(model, x, goal, config, transform=transform, generator=generator)
+        adv = perturb(model, x, goal, config, transform=transform, geometries=geometries,
+                      generator=generator)
         for k, i in enumerate(idx):
             result[i] = adv[k]
     return result  # type: ignore[return-value]
@@ -198,7 +202,8 @@ def training_attack(kind: str, *, eps: float, alpha: float, steps: int,
                           random_start=True).check()
 
     def adv(model: Detector, images: Tensor, targets: list[Target]) -> Tensor:
-        return perturb(model, images, objective(model, targets, config.loss), config)
+        return perturb(model, images, objective(model, targets, config.loss), config,
+                       geometries=[t.geometry for t in targets])
 
     return adv
 

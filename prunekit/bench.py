@@ -43,46 +43,59 @@ from prunekit.errors import PrunekitError
 from prunekit.models.base import Detector
 
 
-def count_macs(model: Detector, batch: int = 1) -> tuple[int, int]:
-    """Dense MACs per batch, and MACs whose weight is non-zero, for one forward pass at the
-    model's input size."""
+def count_macs(model: Detector, batch: int = 1) -> tuple[int, int, int, str]:
+    """MACs of one forward pass at the model's input size.
+
+    Returns:
+        Dense MACs per batch; MACs whose weight is non-zero (dense minus those of zero conv and
+        linear weights); the MACs added by the family's formula for what ``FlopCounterMode``
+        cannot see (both totals include them); and what those are.
+    """
     param = next(model.parameters())
     x = torch.zeros(batch, *model.input_shape, device=param.device, dtype=param.dtype)
-    nonzero = 0
+    zeroed = 0
     hooks = []
 
     def _hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal nonzero
+        nonlocal zeroed
         w = mod.weight
-        per_out = (w != 0).reshape(w.shape[0], -1).sum(1).to(torch.float64)
-        if isinstance(mod, nn.Conv2d):
-            nonzero += int(per_out.sum().item() * out.shape[0] * out.shape[2] * out.shape[3])
-        else:
-            nonzero += int(per_out.sum().item() * out.numel() // out.shape[-1])
+        per_out = (w == 0).reshape(w.shape[0], -1).sum(1).to(torch.float64)
+        positions = out.shape[0] * out.shape[2] * out.shape[3] if isinstance(mod, nn.Conv2d) \
+            else out.numel() // out.shape[-1]
+        zeroed += int(per_out.sum().item() * positions)
 
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
             hooks.append(m.register_forward_hook(_hook))
     try:
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
+        # With autograd on (no backward): FlopCounterMode failed on Deformable DETR under
+        # no_grad ("Expected gradient function to be set").
+        with FlopCounterMode(display=False) as counter, torch.enable_grad():
             model(x)
     finally:
         for h in hooks:
             h.remove()
-    return counter.get_total_flops() // 2, nonzero
+    extra, what = model.uncounted_macs(x)
+    dense = counter.get_total_flops() // 2 + extra
+    return dense, dense - zeroed, extra, what
 
 
 RUNTIMES = ("auto", "onednn-graph", "eager")
 
 
-def resolve_runtime(runtime: str, device: torch.device) -> str:
-    """``auto`` → ``onednn-graph`` on CPU (when PyTorch has oneDNN), ``eager`` on CUDA."""
+def resolve_runtime(runtime: str, device: torch.device,
+                    supported: tuple[str, ...] = ("onednn-graph", "eager")) -> str:
+    """``auto`` → the first runtime of ``supported`` (a model's ``runtimes``) this device has:
+    ``onednn-graph`` on CPU when PyTorch has oneDNN, else ``eager``."""
     if runtime not in RUNTIMES:
         raise PrunekitError(f"--runtime {runtime!r} is unknown; use {', '.join(RUNTIMES)}")
     cpu_graph = (device.type == "cpu" and torch.backends.mkldnn.is_available()
                  and hasattr(torch.jit, "enable_onednn_fusion"))
     if runtime == "auto":
-        return "onednn-graph" if cpu_graph else "eager"
+        return next(r for r in supported if r == "eager" or cpu_graph)
+    if runtime not in supported:
+        raise PrunekitError(f"--runtime {runtime} cannot run this model; it runs in "
+                            f"{', '.join(supported)}")
     if runtime == "onednn-graph" and not cpu_graph:
         raise PrunekitError(f"--runtime onednn-graph needs a CPU with PyTorch's oneDNN; this is "
                             f"{device.type}; use --runtime eager")
@@ -228,7 +241,8 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     total = sum(p.numel() for p in params)
     nonzero = sum(int((p != 0).sum()) for p in params)
     dense_bytes = sum(t.numel() * 4 for t in ck.state.values() if t.is_floating_point())
-    macs, macs_nonzero = count_macs(model)
+    used = resolve_runtime(runtime, dev, model.runtimes)
+    macs, macs_nonzero, macs_formula, formula_note = count_macs(model)
     stored = ck.stored_bytes
     result: dict[str, Any] = {
         "arch": ck.arch.get("name"),
@@ -238,6 +252,8 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         "macs": macs,
         "macs_nonzero": macs_nonzero,
         "flops": 2 * macs,
+        "macs_by_formula": macs_formula,
+        "macs_note": formula_note or None,
         "bytes_stored": stored,
         "bytes_dense": dense_bytes,
         "compression_ratio": dense_bytes / stored if stored else None,

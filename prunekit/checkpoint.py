@@ -87,9 +87,15 @@ class Checkpoint:
         return model.eval()
 
     def skeleton(self) -> Detector:
-        """The detector's structure without weights (meta device): prunable names, channel
-        groups and shapes, at no cost."""
-        return registry.skeleton(self.family, self.arch, self.input, self.classes)
+        """The detector's structure without weights (meta device where the family allows):
+        prunable names, channel groups and shapes. Kept for the same family, arch, input and
+        classes, so asking again costs nothing."""
+        key = json.dumps([self.family, self.arch, self.input, self.classes], sort_keys=True)
+        cached = getattr(self, "_skeleton", None)
+        if cached is None or cached[0] != key:
+            cached = (key, registry.skeleton(self.family, self.arch, self.input, self.classes))
+            self._skeleton = cached
+        return cached[1]
 
     def with_model(self, model: nn.Module) -> Checkpoint:
         """A copy whose state, arch and input come from ``model`` (masks and scores kept)."""

@@ -132,7 +132,8 @@ class DetectionEvidence(nn.Module):
         if x.shape[0] % n:
             raise PrunekitError(f"DetectionEvidence got {x.shape[0]} images but its targets "
                                 f"are for batches of {n}; call set_targets() with this batch")
-        return self.model.evidence(self.model(x), self._targets).unsqueeze(1)
+        geometries = [t.geometry for t in self._targets] * (x.shape[0] // n)
+        return self.model.evidence(self.model(x, geometries), self._targets).unsqueeze(1)
 
 
 def make_baseline(images: Tensor, name: str = "black") -> Tensor:

@@ -59,9 +59,9 @@ def detect(model: Detector, batches, *, conf: float = 0.5, iou: float = 0.45,
     model = model.eval().to(device)
     for images, _, records in batches:
         with torch.inference_mode():
-            found = model.postprocess(model(images.to(device)),
-                                      [r["geometry"] for r in records], conf=conf, iou=iou,
-                                      max_det=max_det)
+            geometries = [r["geometry"] for r in records]
+            found = model.postprocess(model(images.to(device), geometries), geometries,
+                                      conf=conf, iou=iou, max_det=max_det)
         for rec, d in zip(records, found, strict=True):
             yield ImageDetections(rec["image_id"], rec["file_name"], d.boxes, d.scores,
                                   d.labels)

@@ -144,6 +144,7 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
     adv_images = None
     if adv is not None and adv_mix > 0:
         adv_images = adv(model, images, targets)
+    geometries = [t.geometry for t in targets]
     model.train()
     optimizer.zero_grad(set_to_none=True)
     parts: dict[str, float] = {}
@@ -151,7 +152,7 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
 
     def _loss(x: Tensor) -> Tensor:
         with ctx:
-            out = model(x)
+            out = model(x, geometries)
         total, p = model.loss(out, targets)
         for k, v in p.items():
             parts[k] = parts.get(k, 0.0) + float(v.detach())
@@ -168,7 +169,7 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
         # the usual mixed adversarial training, and the step costs one pass, not two.
         n = images.shape[0]
         with ctx:
-            out = model(torch.cat((images, adv_images)))
+            out = model(torch.cat((images, adv_images)), geometries * 2)
         lc, _ = model.loss(tuple(o[:n] for o in out), targets)
         la, _ = model.loss(tuple(o[n:] for o in out), targets)
         loss = (1 - adv_mix) * lc + adv_mix * la
@@ -180,7 +181,7 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
     loss.backward()
     if masks:
         _mask_grads(model, masks)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), model.max_grad_norm)
     optimizer.step()
     if masks:
         apply_masks(model, masks)

@@ -139,7 +139,9 @@ def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: f
                 x = attack(shadow, x, targets)
             m = masker.masks(scores)
             overrides = {n: weights[n] * m[n] for n in weights}
-            loss, _ = model.loss(functional_call(model, overrides, (x,)), targets)
+            geometries = [t.geometry for t in targets]
+            outputs = functional_call(model, overrides, (x,), {"geometries": geometries})
+            loss, _ = model.loss(outputs, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if masks:

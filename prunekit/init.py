@@ -17,7 +17,8 @@ from prunekit.models.base import default_names
 def init(arch: str | None = None, *, classes: int | None = None, names: list[str] | None = None,
          dataset: str | Path | None = None, img_size: int | None = None, grey: bool = False,
          width: float | None = None, depth: float | None = None, cfg: str | Path | None = None,
-         weights: str | Path | None = None, seed: int = 0) -> Checkpoint:
+         weights: str | Path | None = None, hf: str | Path | None = None,
+         seed: int = 0) -> Checkpoint:
     """Build a detector checkpoint.
 
     Args:
@@ -32,12 +33,15 @@ def init(arch: str | None = None, *, classes: int | None = None, names: list[str
         depth: depth multiplier override (YOLOv3 members).
         cfg: a Darknet ``.cfg`` to import instead of a family member.
         weights: a Darknet ``.weights`` file for ``cfg``.
+        hf: a Hugging Face ``save_pretrained`` folder (Deformable DETR) to import.
         seed: seed for the random initialisation.
     """
-    files = {k: Path(v) for k, v in (("cfg", cfg), ("weights", weights)) if v is not None}
+    files = {k: Path(v) for k, v in (("cfg", cfg), ("weights", weights), ("hf", hf))
+             if v is not None}
     if (arch is None) == (not files):
-        raise PrunekitError("give either an architecture name or --cfg, not both or neither "
-                            "(e.g. `prunekit init yolov3-small --classes 6`)")
+        raise PrunekitError("give either an architecture name or files to import (--cfg, "
+                            "--hf), not both or neither (e.g. `prunekit init yolov3-small "
+                            "--classes 6`)")
     names = _class_names(classes, names, dataset)
     given = names  # what the user named (the history records it), before default names
     if names is None and classes is not None:
@@ -59,7 +63,8 @@ def init(arch: str | None = None, *, classes: int | None = None, names: list[str
     args: dict[str, Any] = {"arch": arch, "classes": model.num_classes, "names": given,
                             "img_size": model.input_spec.get("size"), "grey": grey,
                             "width": width, "depth": depth, "cfg": str(cfg) if cfg else None,
-                            "weights": str(weights) if weights else None, "seed": seed}
+                            "weights": str(weights) if weights else None,
+                            "hf": str(hf) if hf else None, "seed": seed}
     return ck.add_history("init", args)
 
 

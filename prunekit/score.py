@@ -73,7 +73,7 @@ def taylor(model: Detector, batches: Iterable, *, max_batches: int,
             break
         device = params[names[0]].device
         model.zero_grad(set_to_none=True)
-        loss, _ = model.loss(model(images.to(device)), targets)
+        loss, _ = model.loss(model(images.to(device), [t.geometry for t in targets]), targets)
         loss.backward()
         for n in names:
             totals[n] += (params[n].detach() * params[n].grad).abs().float()
@@ -134,9 +134,12 @@ def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str |
         batch_size = 4 if method == "deeplift" else 32
     if steps < 1 or batches < 1 or batch_size < 1:
         raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
+    skeleton = ck.skeleton()
+    if method in skeleton.unsupported_scores:
+        raise PrunekitError(f"--method {method}: {skeleton.unsupported_scores[method]}")
     set_threads(threads)
     args: dict[str, Any] = {"method": method, "data": data, "seed": seed}
-    names = ck.skeleton().prunable()
+    names = skeleton.prunable()
     if method == "magnitude":
         scores = magnitude(ck.state, names)
     elif method == "l1-filter":

@@ -7,6 +7,7 @@ from prunekit.cli import (  # noqa: F401  (each module registers its command)
     data_synth,
     detect,
     evaluate,
+    export,
     finetune,
     grid,
     init,

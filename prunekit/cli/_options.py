@@ -22,8 +22,9 @@ DeviceOpt = Annotated[
 ]
 ImgSizeOpt = Annotated[
     int | None,
-    typer.Option("--img-size", help="Input size in pixels, a multiple of 32 (default: the "
-                 "model's).", show_default=False),
+    typer.Option("--img-size", help="Input size in pixels: YOLOv3's square side (a multiple "
+                 "of 32), or Deformable DETR's canvas height (default: the model's).",
+                 show_default=False),
 ]
 EpsOpt = Annotated[float, typer.Option("--eps", help="Attack radius (L∞, images in [0, 1]).")]
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Attack (PGD) step size.")]

@@ -18,13 +18,18 @@ EXAMPLE = """Examples:
   prunekit init yolov3-small --dataset data/synth/train.json --grey -o small-grey.st
 
   prunekit init --cfg yolov3.cfg --weights yolov3.weights -o yolov3-coco.st
+
+  prunekit init deformable-detr-small --dataset data/kitti/train.json -o detr.st
+
+  prunekit init --hf deformable-detr-kitti/ --img-size 384 -o detr-kitti.st
 """
 
 
 @app.command("init", epilog=EXAMPLE)
 def init_cmd(
     arch: Annotated[str | None, typer.Argument(
-        help="yolov3, yolov3-tiny or yolov3-small (omit with --cfg).", show_default=False)] = None,
+        help="yolov3, yolov3-tiny, yolov3-small, deformable-detr or deformable-detr-small (omit "
+             "with --cfg or --hf).", show_default=False)] = None,
     classes: Annotated[int | None, typer.Option(help="Number of classes.",
                                                 show_default=False)] = None,
     names: Annotated[str | None, typer.Option(help="Comma-separated class names, in "
@@ -42,13 +47,20 @@ def init_cmd(
                                              show_default=False)] = None,
     weights: Annotated[Path | None, typer.Option(help="Darknet .weights for --cfg.",
                                                  show_default=False)] = None,
+    hf: Annotated[Path | None, typer.Option("--hf", help="A Hugging Face save_pretrained folder "
+                                            "(Deformable DETR: config.json + "
+                                            "model.safetensors) to import.",
+                                            show_default=False)] = None,
     seed: SeedOpt = 0,
     output: OutputOpt = None,
 ) -> None:
-    """Build a detector: a family member with fresh weights, or Darknet .cfg (+ .weights)."""
+    """Build a detector: a family member with fresh weights, Darknet .cfg (+ .weights), or an
+    HF Deformable DETR folder. Class names come from --names, --dataset, or the imported files.
+    --img-size is YOLOv3's square side, or Deformable DETR's canvas height (the width keeps the
+    member's aspect)."""
     from prunekit.init import init
 
     name_list = [n.strip() for n in names.split(",")] if names else None
     ck = init(arch, classes=classes, names=name_list, dataset=dataset, img_size=img_size,
-              grey=grey, width=width, depth=depth, cfg=cfg, weights=weights, seed=seed)
+              grey=grey, width=width, depth=depth, cfg=cfg, weights=weights, hf=hf, seed=seed)
     write_checkpoint(ck, output)

@@ -209,6 +209,12 @@ class Detector(nn.Module, ABC):
     """
 
     family: ClassVar[str]
+    # The runtimes `bench` may time it in, preferred first (see prunekit.bench).
+    runtimes: ClassVar[tuple[str, ...]] = ("eager",)
+    # Gradient-norm clipping in training (the family's own recipe).
+    max_grad_norm: ClassVar[float] = 10.0
+    # Score methods that cannot be right for this family → why (`score` refuses them).
+    unsupported_scores: ClassVar[dict[str, str]] = {}
     arch: dict[str, Any]
     input_spec: dict[str, Any]
     classes: list[str]
@@ -228,8 +234,13 @@ class Detector(nn.Module, ABC):
         return (3, *self.transform.size)
 
     @abstractmethod
-    def forward(self, x: Tensor) -> Outputs:
-        """N×3×H×W floats in [0, 1] at the input size → raw outputs, batch first."""
+    def forward(self, x: Tensor, geometries: list[Geometry] | None = None) -> Outputs:
+        """N×3×H×W floats in [0, 1] at the input size → raw outputs, batch first.
+
+        ``geometries`` (one per image) tell a family that masks padding (Deformable DETR's
+        pixel mask) where each image lies in the input; without them every pixel counts. Every
+        caller that knows them passes them.
+        """
 
     # ------------------------------------------------------------------ losses and outputs
 
@@ -239,7 +250,8 @@ class Detector(nn.Module, ABC):
 
         Returns:
             The total and its weighted parts, among them ``box`` (localisation) and ``cls``
-            (classification); the total is summed over the batch's images.
+            (classification); its scale is the family's (YOLOv3 sums over images, Deformable
+            DETR averages over objects, as HF does).
         """
 
     @abstractmethod
@@ -273,8 +285,10 @@ class Detector(nn.Module, ABC):
         row of ``outputs``, linear in the outputs.
 
         ``outputs`` may hold k·N rows for N targets (Captum's inputs followed by baselines):
-        row ``j`` is scored against ``targets[j % N]``, with the same weights for every block,
-        so the evidence means the same for inputs and baselines.
+        row ``j`` is scored against ``targets[j % N]`` with the same weights for every block,
+        so the evidence means the same for inputs and baselines. The weights depend on the
+        targets and at most on the first block (Deformable DETR matches queries to objects on
+        the real images), and every block is linear in its own outputs.
         """
 
     @abstractmethod
@@ -307,6 +321,11 @@ class Detector(nn.Module, ABC):
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
+    def uncounted_macs(self, x: Tensor) -> tuple[int, str]:
+        """Multiply–accumulates of ``self(x)`` that ``FlopCounterMode`` cannot see (it counts
+        convolutions and matrix products), and what they are; (0, "") when there are none."""
+        return 0, ""
+
     def deployed(self, runtime: str = "eager") -> nn.Module:
         """A copy in the form a deployment runs (what ``bench`` times), for ``runtime``
         (``eager`` or ``onednn-graph``); same outputs to float rounding."""
@@ -320,6 +339,8 @@ class Family(ABC):
     members: ClassVar[tuple[str, ...]]
     # Options of `prunekit init` that import this family's own files (e.g. "cfg", "weights").
     import_options: ClassVar[tuple[str, ...]] = ()
+    # Formats `prunekit export` writes for this family (e.g. "hf").
+    export_formats: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
@@ -344,6 +365,10 @@ class Family(ABC):
                      img_size: int | None = None, grey: bool = False) -> Detector:
         """A model from this family's own files (keys from :attr:`import_options`)."""
         raise NotImplementedError(f"{self.name} imports no files")
+
+    def export(self, model: Detector, fmt: str, out: Path) -> None:
+        """Write ``model`` as ``fmt`` (one of :attr:`export_formats`) to ``out``, atomically."""
+        raise NotImplementedError(f"{self.name} exports no format {fmt!r}")
 
     @abstractmethod
     def input_spec(self, spec: dict[str, Any] | None = None, *, size: int | None = None,

@@ -17,6 +17,7 @@ from prunekit.models.base import Detector, Family
 # Family name → the module whose FAMILY attribute implements it.
 _PACKAGES = {
     "yolov3": "prunekit.models.yolov3",
+    "deformable-detr": "prunekit.models.deformable_detr",
 }
 # What a checkpoint written before families were recorded holds.
 LEGACY_FAMILY = "yolov3"

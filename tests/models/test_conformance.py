@@ -25,6 +25,7 @@ from prunekit.score import METHODS, score
 MEMBERS = [
     pytest.param(("yolov3-small", {"img_size": 64, "width": 0.125}), id="yolov3-small"),
     pytest.param(("yolov3-tiny", {"img_size": 64, "width": 0.25}), id="yolov3-tiny"),
+    pytest.param(("deformable-detr-small", {"img_size": 64}), id="deformable-detr-small"),
 ]
 CLASSES = ["red-circle", "green-circle", "blue-square", "orange-square", "triangle", "cross"]
 
@@ -105,17 +106,21 @@ def test_postprocess_returns_known_boxes_in_original_pixels(member):
 def test_evidence_is_linear_in_the_outputs_and_repeats_per_block(member):
     model = member.build().eval()
     images, targets = _image_targets(model)
+    n = len(targets)
     with torch.no_grad():
-        a, b = model(images), model(images.flip(0))
-        mixed = tuple(2 * p - 0.5 * q for p, q in zip(a, b, strict=True))
-        torch.testing.assert_close(model.evidence(mixed, targets),
-                                   2 * model.evidence(a, targets) - 0.5 * model.evidence(
-                                       b, targets), rtol=1e-4, atol=1e-4)
-        both = model(torch.cat((images, images.flip(0))))
-        torch.testing.assert_close(model.evidence(both, targets),
-                                   torch.cat((model.evidence(a, targets),
-                                              model.evidence(b, targets))), rtol=1e-4,
-                                   atol=1e-4)
+        first = model(images)
+        b, c = model(images.flip(0)), model(1 - images)
+
+        def second_block(outputs):  # evidence of a second block, the first one fixed
+            both = tuple(torch.cat((p, q)) for p, q in zip(first, outputs, strict=True))
+            return model.evidence(both, targets)
+
+        mixed = tuple(2 * p - 0.5 * q for p, q in zip(b, c, strict=True))
+        torch.testing.assert_close(second_block(mixed)[n:],
+                                   2 * second_block(b)[n:] - 0.5 * second_block(c)[n:],
+                                   rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(second_block(b)[:n], model.evidence(first, targets))
+        torch.testing.assert_close(second_block(first)[n:], model.evidence(first, targets))
 
 
 def test_checkpoint_round_trip_is_bit_exact(member):
@@ -129,7 +134,7 @@ def test_checkpoint_round_trip_is_bit_exact(member):
             assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75])
+@pytest.mark.parametrize("ratio", [0.1, 0.25, 0.3, 0.5, 0.75])
 def test_compacted_model_equals_masked_model(member, ratio):
     ck = score(member, "l1-filter")
     masked = mask(ck, ratio, granularity="filter")

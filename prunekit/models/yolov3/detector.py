@@ -39,6 +39,7 @@ class YOLOv3(Detector):
     """
 
     family: ClassVar[str] = "yolov3"
+    runtimes: ClassVar[tuple[str, ...]] = ("onednn-graph", "eager")
 
     def __init__(self, arch: dict[str, Any], input_spec: dict[str, Any],
                  classes: list[str]) -> None:
@@ -103,7 +104,8 @@ class YOLOv3(Detector):
     def anchors(self) -> list[Tensor]:
         return [h.anchors for h in self.heads()]
 
-    def forward(self, x: Tensor) -> Outputs:
+    def forward(self, x: Tensor, geometries: list[Geometry] | None = None) -> Outputs:
+        # The letterbox's padding is plain image content to YOLOv3: geometries are not needed.
         if self.grey is not None:
             x = self.grey(x)
         saved: dict[int, Tensor] = {}

@@ -1,0 +1,213 @@
+"""The Deformable DETR family: its members, fresh models, ``save_pretrained`` folders in and out,
+and input specifications."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from prunekit.errors import ModelError
+from prunekit.models.base import COLOURS, Detector, Family
+from prunekit.models.deformable_detr.config import MEMBERS, config_dict, member_arch, offline
+from prunekit.models.deformable_detr.detector import DeformableDETR
+
+
+class DeformableDETRFamily(Family):
+    """``deformable-detr`` and ``deformable-detr-small``, and HF ``save_pretrained`` folders."""
+
+    name: ClassVar[str] = "deformable-detr"
+    members: ClassVar[tuple[str, ...]] = tuple(MEMBERS)
+    import_options: ClassVar[tuple[str, ...]] = ("hf",)
+    export_formats: ClassVar[tuple[str, ...]] = ("hf",)
+
+    def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
+              classes: list[str]) -> Detector:
+        return DeformableDETR(arch, input_spec, classes)
+
+    def create(self, member: str, classes: list[str], *, img_size: int | None = None,
+               grey: bool = False, options: dict[str, Any] | None = None) -> Detector:
+        if options:
+            raise ModelError(f"{member} has no option {sorted(options)[0]!r}; Deformable DETR "
+                             f"members take none (width and depth are YOLOv3 options)")
+        height, width = MEMBERS[member][1]
+        if img_size is not None:  # the canvas height; the width keeps the member's aspect
+            width = max(32, round(img_size * width / height / 32) * 32)
+            height = img_size
+        spec = self.input_spec(size=[height, width], colour="grey" if grey else "rgb")
+        return DeformableDETR(member_arch(member, classes), spec, classes)
+
+    def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
+                     img_size: int | None = None, grey: bool = False) -> Detector:
+        folder = Path(files["hf"])
+        hf = _from_pretrained(folder, _read_config(folder))
+        labels = [hf.config.id2label.get(i, f"class{i}") for i in range(hf.config.num_labels)]
+        if classes is not None and len(classes) != len(labels):
+            raise ModelError(f"{folder} has {len(labels)} classes but {len(classes)} names were "
+                             f"given; give one name per class or none")
+        names = classes or labels
+        arch = {"name": folder.name, "config": config_dict(hf.config), "batchnorm": "frozen",
+                "widths": {}}
+        # HF's image processor resizes to a shortest side of 800 and a longest of 1333.
+        height = img_size or 800
+        spec = self.input_spec(size=[height, round(height * 1333 / 800)],
+                               colour="grey" if grey else "rgb")
+        model = DeformableDETR(arch, spec, names)
+        _load_into(model.detr, hf.state_dict(), folder)
+        return model.eval()
+
+    def input_spec(self, spec: dict[str, Any] | None = None, *, size: Any = None,
+                   colour: str | None = None) -> dict[str, Any]:
+        """Floats in [0, 1], fitted into a ``[height, width]`` canvas keeping the aspect ratio
+        and padded right and bottom, ImageNet-normalised inside the model. Any size of at
+        least 32 works (the pixel mask follows the backbone's strides); multiples of 32 waste
+        nothing."""
+        spec = dict(spec or {"size": [384, 1248], "colour": "rgb", "range": [0.0, 1.0],
+                             "normalise": "imagenet",
+                             "resize": "fit the canvas keeping the aspect ratio, pad right and "
+                                       "bottom (pixel mask)"})
+        if colour is not None:
+            if colour not in COLOURS:
+                raise ModelError(f"colour mode {colour!r} is unknown; use rgb or grey")
+            spec["colour"] = colour
+        if size is not None:
+            if isinstance(size, int):  # `--img-size`: the height, at the model's aspect
+                h, w = spec["size"]
+                size = [size, max(32, round(size * w / h / 32) * 32)]
+            if len(size) != 2 or any(int(s) != s or s < 32 for s in size):
+                raise ModelError(f"input size {size} must be two whole numbers of pixels, at "
+                                 f"least 32 (height, width)")
+            spec["size"] = [int(s) for s in size]
+        return spec
+
+    def export(self, model: Detector, fmt: str, out: Path) -> None:
+        """Write ``model`` as a ``save_pretrained`` folder (``fmt`` ``hf``), atomically."""
+        if model.arch.get("widths"):
+            raise ModelError("this model is compacted: its pruned widths do not fit HF's "
+                             "config (one width per kind of layer), so "
+                             "DeformableDetrForObjectDetection cannot load it; export the "
+                             "masked model (mask without --compact) instead")
+        from transformers import DeformableDetrForObjectDetection
+
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ModelError(f"{out} exists; remove it or choose another folder")
+        with offline():
+            hf = DeformableDetrForObjectDetection(model.config)
+        state = {k[len("detr."):]: v for k, v in model.state_dict().items()
+                 if k.startswith("detr.") and not k.endswith("num_batches_tracked")}
+        _load_into(hf, state, Path("<model>"))
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            with offline():
+                hf.save_pretrained(tmp, safe_serialization=True)
+            if out.exists():
+                out.rmdir()
+            os.replace(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _read_config(folder: Path) -> dict[str, Any]:
+    """A ``save_pretrained`` folder's config, checked: Deformable DETR, HF's own ResNet
+    backbone, safetensors weights."""
+    if not folder.is_dir():
+        raise ModelError(f"--hf {folder} is not a folder; give the folder `save_pretrained` "
+                         f"wrote (config.json and model.safetensors)")
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{folder} has no config.json; give the folder `save_pretrained` "
+                         f"wrote") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{folder}/config.json cannot be read ({e}); write it again") from None
+    if not isinstance(config, dict) or config.get("model_type") != "deformable_detr":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise ModelError(f"{folder} holds a {kind!r} model, not Deformable DETR "
+                         f"(model_type 'deformable_detr'); prunekit imports Deformable DETR")
+    backbone = config.get("backbone_config") or {}
+    if backbone.get("model_type") != "resnet":
+        kind = config.get("backbone") or backbone.get("model_type")
+        raise ModelError(f"{folder}'s backbone is {kind!r}, which needs timm or a download; "
+                         f"prunekit builds HF's own ResNet backbone only (a backbone_config of "
+                         f"model_type 'resnet')")
+    if not (folder / "model.safetensors").exists():
+        other = [p.name for p in folder.iterdir() if p.name != "config.json"]
+        has = f" (it has {', '.join(sorted(other))})" if other else ""
+        raise ModelError(f"{folder} has no model.safetensors{has}; prunekit reads single-file "
+                         f"safetensors weights only (it never unpickles)")
+    return config
+
+
+def _from_pretrained(folder: Path, config: dict[str, Any]):
+    """HF's own loading of the folder (its key renames and tied weights), offline, with every
+    tensor accounted for."""
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
+
+    config = {**config, "use_timm_backbone": False, "use_pretrained_backbone": False,
+              "disable_custom_kernels": True}
+    try:
+        with offline():
+            hf, info = DeformableDetrForObjectDetection.from_pretrained(
+                folder, config=DeformableDetrConfig.from_dict(config), local_files_only=True,
+                output_loading_info=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        if "mismatched_sizes" in str(e):  # HF refuses tensors of other shapes
+            raise ModelError(f"{folder}: the weights do not fit config.json (tensor shapes "
+                             f"differ from what it builds); give the folder `save_pretrained` "
+                             f"wrote for this model") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{folder} cannot be loaded as Deformable DETR ({first}); give the "
+                         f"folder `save_pretrained` wrote for this config") from None
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith("num_batches_tracked")]
+    problems = [("mismatched", info.get("mismatched_keys", [])),
+                ("unexpected", info.get("unexpected_keys", [])), ("missing", missing)]
+    for what, keys in problems:
+        if keys:
+            keys = sorted(keys, key=str)
+            first = keys[0] if isinstance(keys[0], str) else keys[0][0]
+            raise ModelError(f"{folder}: the weights do not fit config.json ({len(keys)} "
+                             f"{what} tensors, e.g. {first!r}); give the folder "
+                             f"`save_pretrained` wrote for this model")
+    return hf
+
+
+def _load_into(hf: torch.nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
+    """Load HF-named tensors into an HF model: every tensor must fit; only tied copies (when
+    one of their names is present) and BatchNorm counters may be missing."""
+    own = hf.state_dict()
+    tied = _tied_names(hf)
+    mismatched = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(
+        own[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise ModelError(f"{source}: tensor {k!r} has shape {list(state[k].shape)} but the "
+                         f"config builds {list(own[k].shape)}; the weights do not belong to "
+                         f"this config.json")
+    full = dict(state)
+    for name in own:
+        present = [n for n in tied.get(name, ()) if n in state]
+        if name not in full and present:
+            full[name] = state[present[0]]
+    unexpected = [k for k in state if k not in own]
+    missing = [k for k in own if k not in full and not k.endswith("num_batches_tracked")]
+    if unexpected or missing:
+        what = f"unexpected {unexpected[0]!r}" if unexpected else f"missing {missing[0]!r}"
+        raise ModelError(f"{source}: the weights do not fit the config ({what}; "
+                         f"{len(missing)} missing, {len(unexpected)} unexpected); give the "
+                         f"folder `save_pretrained` wrote for this model")
+    hf.load_state_dict(full, strict=False)
+
+
+def _tied_names(model: torch.nn.Module) -> dict[str, list[str]]:
+    """Name → every name of the same tensor, for every tied tensor."""
+    by_id: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        by_id.setdefault(id(t), []).append(name)
+    return {name: names for names in by_id.values() if len(names) > 1 for name in names}

@@ -1,0 +1,199 @@
+"""Deformable DETR on Hugging Face transformers: the reference size, HF folders in and out,
+the pixel mask, compaction and export refusals, and no network at any point."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from prunekit import checkpoint
+from prunekit.cli import app
+from prunekit.errors import PrunekitError
+from prunekit.export import export
+from prunekit.init import init
+from prunekit.mask import mask
+from prunekit.score import score
+
+CLASSES = ["Car", "Pedestrian", "Cyclist"]
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def _hf_model(num_labels: int = 3, **detr):
+    """HF's own model, built offline from a small config."""
+    from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection, ResNetConfig
+
+    backbone = ResNetConfig(layer_type="basic", hidden_sizes=[32, 64, 128, 256],
+                            depths=[1, 1, 1, 1], embedding_size=32,
+                            out_features=["stage2", "stage3", "stage4"])
+    options = {"d_model": 64, "encoder_layers": 2, "decoder_layers": 2,
+               "encoder_attention_heads": 4, "decoder_attention_heads": 4,
+               "encoder_ffn_dim": 128, "decoder_ffn_dim": 128, "num_queries": 20,
+               "with_box_refine": True, **detr}
+    config = DeformableDetrConfig(backbone_config=backbone, use_timm_backbone=False,
+                                  backbone=None, use_pretrained_backbone=False,
+                                  num_labels=num_labels,
+                                  id2label={i: c for i, c in enumerate(CLASSES[:num_labels])},
+                                  **options)
+    torch.manual_seed(0)
+    return DeformableDetrForObjectDetection(config).eval()
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hf") / "small-detr"
+    model = _hf_model()
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def _hf_outputs(model, x, pixel_mask=None):
+    with torch.no_grad():
+        out = model(pixel_values=(x - MEAN) / STD, pixel_mask=pixel_mask)
+    return out.logits, out.pred_boxes
+
+
+def test_reference_member_has_hfs_parameter_count():
+    from transformers import DeformableDetrForObjectDetection
+
+    from prunekit.models.deformable_detr.config import hf_config
+
+    ck = init("deformable-detr", classes=91)
+    ours = ck.build()
+    hf = DeformableDetrForObjectDetection(hf_config(ck.arch, ck.classes))
+    hf_params = sum(p.numel() for p in hf.parameters())
+    assert hf_params == 40_069_665  # REFERENCES: the offline ResNet-50 config at 91 labels
+    # Trained from scratch, BatchNorm is real: its scale and shift are parameters, where HF's
+    # frozen BatchNorm holds the same tensors as buffers.
+    frozen_affine = sum(b.numel() for n, b in hf.named_buffers()
+                        if n.endswith(("normalization.weight", "normalization.bias")))
+    assert sum(p.numel() for p in ours.parameters()) == hf_params + frozen_affine
+    ck.arch["batchnorm"] = "frozen"
+    assert sum(p.numel() for p in ck.build().parameters() if p.requires_grad) + sum(
+        p.numel() for p in ck.build().parameters() if not p.requires_grad) == hf_params
+
+
+def test_imported_folder_gives_hfs_outputs_and_exports_back(hf_folder, tmp_path):
+    folder, hf = hf_folder
+    ck = init(hf=folder, img_size=128)
+    assert ck.family == "deformable-detr" and ck.classes == CLASSES
+    assert ck.arch["batchnorm"] == "frozen"
+    model = ck.build()
+    x = torch.rand(2, 3, *model.input_shape[1:])
+    with torch.no_grad():
+        logits, boxes = model(x)
+    ref_logits, ref_boxes = _hf_outputs(hf, x)
+    torch.testing.assert_close(logits[:, -1], ref_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(boxes[:, -1], ref_boxes, atol=1e-5, rtol=0)
+    # through a prunekit checkpoint file and back out to HF
+    path = tmp_path / "imported.st"
+    checkpoint.save(ck, path)
+    out = export(checkpoint.load(path), tmp_path / "exported")
+    from transformers import DeformableDetrForObjectDetection
+
+    back = DeformableDetrForObjectDetection.from_pretrained(out, local_files_only=True).eval()
+    for a, b in zip(_hf_outputs(back, x), (ref_logits, ref_boxes), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_pixel_mask_follows_each_images_geometry(hf_folder):
+    folder, hf = hf_folder
+    model = init(hf=folder, img_size=128).build()
+    h, w = model.input_shape[1:]
+    wide = model.transform.geometry(w, h // 2)  # fills the width, half the height
+    x = torch.rand(1, 3, h, w)
+    with torch.no_grad():
+        logits, _ = model(x, [wide])
+    mask = torch.zeros(1, h, w, dtype=torch.long)
+    mask[:, :h // 2, :] = 1
+    ref_logits, _ = _hf_outputs(hf, x, mask)
+    torch.testing.assert_close(logits[:, -1], ref_logits, atol=1e-5, rtol=0)
+    unmasked, _ = _hf_outputs(hf, x)
+    assert (ref_logits - unmasked).abs().max() > 1e-3  # the mask really changes the outputs
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("no-config", "no config.json"),
+    ("other-architecture", "not Deformable DETR"),
+    ("mismatched", "do not fit config.json"),
+    ("pickle", "no model.safetensors"),
+])
+def test_bad_folders_get_one_line_errors_and_no_file(hf_folder, tmp_path, runner, change,
+                                                     message):
+    import json
+    import shutil
+
+    folder, _ = hf_folder
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    config = json.loads((bad / "config.json").read_text())
+    if change == "no-config":
+        (bad / "config.json").unlink()
+    elif change == "other-architecture":
+        config["model_type"] = "detr"
+        (bad / "config.json").write_text(json.dumps(config))
+    elif change == "mismatched":
+        config["encoder_ffn_dim"] = 96
+        (bad / "config.json").write_text(json.dumps(config))
+    else:
+        (bad / "model.safetensors").rename(bad / "pytorch_model.bin")
+    out = tmp_path / "out.st"
+    result = runner.invoke(app, ["init", "--hf", str(bad), "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert message in result.stderr
+    assert not out.exists()
+
+
+def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
+    ck = score(init("deformable-detr-small", names=CLASSES, img_size=64), "l1-filter")
+    small = mask(ck, 0.5, granularity="filter", compact=True)
+    widths = small.arch["widths"]
+    assert widths and all(v < 256 for k, v in widths.items() if k.endswith(".mlp"))
+    path = tmp_path / "small.st"
+    checkpoint.save(small, path)
+    again = checkpoint.load(path).build()  # rebuilt at the recorded widths
+    assert sum(p.numel() for p in again.parameters()) < sum(
+        p.numel() for p in ck.build().parameters())
+    with pytest.raises(PrunekitError, match="compacted"):
+        export(small, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    masked = mask(ck, 0.5, granularity="filter")
+    export(masked, tmp_path / "hf-masked")  # a masked model keeps HF's widths: it exports
+    assert (tmp_path / "hf-masked" / "model.safetensors").exists()
+
+
+def test_deeplift_is_refused_with_the_reason():
+    ck = init("deformable-detr-small", names=CLASSES, img_size=64)
+    with pytest.raises(PrunekitError, match="DeepLIFT cannot be right for Deformable DETR"):
+        score(ck, "deeplift", data="unused.json")
+
+
+def test_nothing_reaches_the_network(hf_folder, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    folder, _ = hf_folder
+    ck = init("deformable-detr-small", names=CLASSES, img_size=64)
+    imported = init(hf=folder, img_size=64)
+    export(imported, tmp_path / "back")
+    x = torch.rand(1, *ck.build().input_shape)
+    with torch.no_grad():
+        ck.build()(x)
+
+
+@pytest.mark.slow
+def test_full_model_compacted_equals_masked_at_half():
+    ck = score(init("deformable-detr", classes=3, img_size=256), "l1-filter")
+    masked = mask(ck, 0.5, granularity="filter")
+    small = mask(ck, 0.5, granularity="filter", compact=True)
+    m_masked, m_small = masked.build(), small.build()
+    x = torch.rand(1, *m_masked.input_shape)
+    with torch.no_grad():
+        for a, b in zip(m_masked(x), m_small(x), strict=True):
+            assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
