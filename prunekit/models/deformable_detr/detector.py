@@ -260,10 +260,16 @@ class DeformableDETR(Detector):
                  "lr_scale": scale} for (decay, scale), ps in out.items()]
 
     def deployed(self, runtime: str = "eager") -> nn.Module:
-        """A copy with every backbone BatchNorm folded into its convolution."""
-        from prunekit.models.deformable_detr.deploy import fold_batchnorm
+        """A copy with every backbone BatchNorm folded into its convolution, ReLUs in place and
+        the deformable sampling as one weighted gather
+        (:mod:`prunekit.models.deformable_detr.deploy`)."""
+        from prunekit.models.deformable_detr.deploy import (
+            fold_batchnorm,
+            inplace_relu,
+            lean_sampling,
+        )
 
-        return fold_batchnorm(copy.deepcopy(self).eval())
+        return lean_sampling(inplace_relu(fold_batchnorm(copy.deepcopy(self).eval())))
 
     def uncounted_macs(self, x: Tensor) -> tuple[int, str]:
         """Multiply–accumulates of the deformable sampling, which ``FlopCounterMode`` does not

@@ -39,7 +39,9 @@ class DeformableDETRFamily(Family):
             width = max(32, round(img_size * width / height / 32) * 32)
             height = img_size
         spec = self.input_spec(size=[height, width], colour="grey" if grey else "rgb")
-        return DeformableDETR(member_arch(member, classes), spec, classes)
+        model = DeformableDETR(member_arch(member, classes), spec, classes)
+        _init_heads(model.detr)
+        return model
 
     def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
                      img_size: int | None = None, grey: bool = False) -> Detector:
@@ -112,6 +114,23 @@ class DeformableDETRFamily(Family):
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _init_heads(detr: torch.nn.Module) -> None:
+    """The original Deformable DETR's head initialisation, which HF's (5.x) leaves out: class
+    biases at the prior of 1 % (so the focal loss does not start from 0.5 for every query and
+    class), the box heads' last layer at zero, and the first box head's size outputs at −2
+    (boxes start at sigmoid(−2) ≈ 12 % of the canvas around their reference points)."""
+    import math
+
+    prior = -math.log((1 - 0.01) / 0.01)
+    with torch.no_grad():
+        for head in detr.class_embed:
+            head.bias.fill_(prior)
+        for head in detr.bbox_embed:
+            head.layers[-1].weight.zero_()
+            head.layers[-1].bias.zero_()
+        detr.bbox_embed[0].layers[-1].bias[2:] = -2.0
 
 
 def _read_config(folder: Path) -> dict[str, Any]:

@@ -197,3 +197,27 @@ def test_full_model_compacted_equals_masked_at_half():
     with torch.no_grad():
         for a, b in zip(m_masked(x), m_small(x), strict=True):
             assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
+
+
+def test_deployed_form_gives_the_same_outputs():
+    """BatchNorm folded and the deformable sampling as one weighted gather (no grid_sample):
+    the outputs stay the model's, sampling points off the map included."""
+    from prunekit.models.deformable_detr.deploy import GatherSampling
+
+    torch.manual_seed(0)
+    model = init("deformable-detr-small", names=CLASSES, img_size=96).build().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "sampling_offsets.weight" in name:  # offsets that reach past the maps' edges
+                p.normal_(0, 0.2)
+            elif name.endswith("normalization.weight"):
+                p.uniform_(0.5, 1.5)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.uniform_(0.5, 2.0)
+    deployed = model.deployed()
+    assert any(isinstance(m, GatherSampling) for m in deployed.modules())
+    x = torch.rand(2, 3, *model.input_shape[1:])
+    with torch.no_grad():
+        for a, b in zip(model(x), deployed(x), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
