@@ -93,7 +93,8 @@ $(DETR_BASE)/model.st: $(DETR_TRAIN)
 	mkdir -p $(DETR_BASE)
 	$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
 	  | $(PK) finetune --data $(DETR_TRAIN) $(DETR_IMAGES) --val $(DETR_VAL) \
-	      --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 --eval-every 200 --threads 2 \
+	      --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 --weight-decay 1e-4 --eval-every 200 \
+	      --threads 2 \
 	      --device cpu -o $@
 
 $(DETR_BASE)/robust.st: $(DETR_BASE)/model.st
