@@ -34,6 +34,7 @@ from torch import Tensor
 
 from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
+from prunekit.files import folder_atomically
 from prunekit.models.base import Detector, Geometry, Target, quantise
 
 LOSSES = ("total", "cls", "box", "obj")
@@ -240,7 +241,6 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
     """
     import json
     import os
-    import shutil
 
     from PIL import Image
 
@@ -256,12 +256,9 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
     dataset = CocoDetection(data, model.transform, images=images, classes=model.classes,
                             originals=True)
     coco = read_json(data)
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     names: dict[Any, str] = {}
     done, worst, total_change = 0, 0, 0.0
-    try:
+    with folder_atomically(out) as tmp:
         for _, _, records in attacked_batches(model, loader(dataset, batch_size), config,
                                               seed=seed):
             for rec in records:
@@ -285,11 +282,5 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
             coco["info"]["prunekit_attack"] = {**describe(config), "seed": seed,
                                                "source": str(data)}
         (tmp / Path(data).name).write_text(json.dumps(coco))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"images": done, "json": str(out / Path(data).name), "max_change": worst,
             "mean_max_change": total_change / max(done, 1), "eps_levels": config.eps * 255}

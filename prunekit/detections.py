@@ -21,7 +21,6 @@ import csv
 import io
 import os
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
-from prunekit.errors import DataError, PrunekitError
+from prunekit.errors import DataError
+from prunekit.files import temporary_beside
 
 COLUMNS = ("image_id", "file_name", "category_id", "category", "score", "x", "y", "w", "h")
 REQUIRED = ("image_id", "category_id", "score", "x", "y", "w", "h")
@@ -79,7 +79,7 @@ class DetectionWriter:
             self._stream: IO[str] = sys.stdout
         elif isinstance(target, str | os.PathLike):
             self._path = Path(target)
-            fd, self._tmp = _temporary_beside(self._path)
+            fd, self._tmp = temporary_beside(self._path)
             self._stream = os.fdopen(fd, "w", newline="", encoding="utf-8")
         else:
             self._stream = target
@@ -365,11 +365,3 @@ def _names(names: Mapping[int, str] | Sequence[str] | None, ids: list[int]) -> l
     return [str(n) for n in names]
 
 
-def _temporary_beside(path: Path) -> tuple[int, str]:
-    if path.is_dir():
-        raise PrunekitError(f"{path} is a directory; give a file name for the output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
-        raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
-                            f"first")
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

@@ -1,26 +1,35 @@
-"""Writing files so that a failure never leaves a partial one."""
+"""Writing files and folders so that a failure never leaves a partial one: everything is built
+beside its destination and renamed into place when complete."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from prunekit.errors import PrunekitError
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename, so a failure never
-    leaves a partial file."""
-    path = Path(path)
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """An open temporary file (descriptor, name) in ``path``'s folder, for a rename onto
+    ``path``; the folder must exist and ``path`` must not be one."""
     if path.is_dir():
         raise PrunekitError(f"{path} is a directory; give a file name for the output")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.exists():
         raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
                             f"first")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename, so a failure never
+    leaves a partial file."""
+    path = Path(path)
+    fd, tmp = temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -30,4 +39,22 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def folder_atomically(out: str | os.PathLike) -> Iterator[Path]:
+    """A fresh folder beside ``out`` for the block to fill; it becomes ``out`` (which must not
+    exist, or be empty: the caller checks) when the block ends, and is removed if it fails."""
+    target = Path(out).absolute()
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process that had our pid
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            target.rmdir()  # empty; a rename cannot replace a folder on every platform
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -11,7 +11,6 @@ import colorsys
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from prunekit.errors import DataError
+from prunekit.files import folder_atomically
 
 
 @dataclass(frozen=True)
@@ -98,11 +98,6 @@ def synth(
     """
     out = Path(out)
     _check_args(out, train=train, val=val, size=size, seed=seed)
-    # Absolute, so that an `out` of "." still names a folder to build beside and rename to.
-    target = out.absolute()
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # left by an earlier run of a process that had our pid
     summary: dict[str, Any] = {"out": str(out), "size": size, "seed": seed}
     done = 0
 
@@ -115,9 +110,9 @@ def synth(
     # PNG encoding, blurring and large numpy operations release the GIL, so threads share the
     # work across cores; each image depends only on (seed, id), so the result does not change.
     pool = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8))
-    try:
+    with folder_atomically(out) as tmp:
         try:
-            (tmp / "images").mkdir(parents=True)
+            (tmp / "images").mkdir()
             # Image and annotation ids run on across the splits: unique in the whole dataset.
             first_ann = 1
             for split, ids in (("train", range(1, train + 1)),
@@ -131,12 +126,6 @@ def synth(
         finally:
             # On an error, stop queued images rather than render them all before cleaning up.
             pool.shutdown(wait=True, cancel_futures=True)
-        if target.exists():
-            target.rmdir()  # checked empty above; rename cannot replace a folder everywhere
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary
 
 

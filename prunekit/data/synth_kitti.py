@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from prunekit.errors import DataError
+from prunekit.files import folder_atomically
 
 # (class, probability, height at the bottom of the image as a fraction of the image height,
 #  width/height range, metres: height, width, length)
@@ -78,15 +78,11 @@ def synth_kitti(out: str | Path, *, images: int = 2500, width: int = 1242, heigh
     """
     out = Path(out)
     _check_args(out, images=images, width=width, height=height, seed=seed)
-    target = out.absolute()
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     counts: dict[str, int] = {}
     pool = ThreadPoolExecutor(max_workers=min(os.cpu_count() or 1, 8))
-    try:
+    with folder_atomically(out) as tmp:
         try:
-            (tmp / "image_2").mkdir(parents=True)
+            (tmp / "image_2").mkdir()
             (tmp / "label_2").mkdir()
             rendered = pool.map(lambda i: _write(tmp, i, seed, width, height), range(images))
             for done, types in enumerate(rendered, 1):
@@ -96,12 +92,6 @@ def synth_kitti(out: str | Path, *, images: int = 2500, width: int = 1242, heigh
                     progress(done, images)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-        if target.exists():
-            target.rmdir()
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"out": str(out), "images": images, "width": width, "height": height,
             "seed": seed, "objects": dict(sorted(counts.items()))}
 

@@ -4,14 +4,13 @@ and input specifications."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from prunekit.errors import ModelError
+from prunekit.files import folder_atomically
 from prunekit.models.base import COLOURS, Detector, Family
 from prunekit.models.deformable_detr.config import MEMBERS, config_dict, member_arch, offline
 from prunekit.models.deformable_detr.detector import DeformableDETR
@@ -103,17 +102,8 @@ class DeformableDETRFamily(Family):
         state = {k[len("detr."):]: v for k, v in model.state_dict().items()
                  if k.startswith("detr.") and not k.endswith("num_batches_tracked")}
         _load_into(hf, state, Path("<model>"))
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            with offline():
-                hf.save_pretrained(tmp, safe_serialization=True)
-            if out.exists():
-                out.rmdir()
-            os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        with folder_atomically(out) as tmp, offline():
+            hf.save_pretrained(tmp, safe_serialization=True)
 
 
 def _init_heads(detr: torch.nn.Module) -> None:
