@@ -40,6 +40,55 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     return model
 
 
+def gather_sample(value: Tensor, shapes: list[tuple[int, int]], x: Tensor, y: Tensor,
+                  attn: Tensor) -> Tensor:
+    """The attention-weighted bilinear samples of ``value`` (batch × positions × heads ×
+    width), one ``embedding_bag`` sum per (batch, head, query).
+
+    Args:
+        value: the flattened value maps of every level.
+        shapes: each level's (height, width).
+        x: sampling columns in pixels, as ``grid_sample`` places them (``align_corners=False``),
+            batch × heads × queries × levels × points.
+        y: sampling rows, the same.
+        attn: attention weights, the same.
+
+    Returns:
+        batch × queries × (heads · width), as HF's attention returns it.
+    """
+    b, s, heads, dim = value.shape
+    q, levels = x.shape[2], x.shape[3]
+    hw = x.new_tensor(shapes).view(1, 1, 1, levels, 2)
+    h, w = hw[..., 0:1], hw[..., 1:2]
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    in_x0 = ((x0 >= 0) & (x0 < w)).to(x.dtype)
+    in_x1 = ((x0 >= -1) & (x0 < w - 1)).to(x.dtype)
+    in_y0 = ((y0 >= 0) & (y0 < h)).to(x.dtype)
+    in_y1 = ((y0 >= -1) & (y0 < h - 1)).to(x.dtype)
+    wx0, wx1 = (1 - fx) * in_x0, fx * in_x1
+    wy0, wy1 = (1 - fy) * in_y0 * attn, fy * in_y1 * attn
+    weight = torch.stack((wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1), -1)
+    starts = [0]
+    for hh, ww in shapes[:-1]:
+        starts.append(starts[-1] + hh * ww)
+    # Rows of the value table (batch × heads × positions), as int32: half the traffic of int64
+    # on the largest index tensor, and embedding_bag takes either.
+    row = (torch.arange(b * heads, device=value.device, dtype=torch.int32) * s) \
+        .view(b, heads, 1, 1, 1)
+    offset = x.new_tensor(starts).view(1, 1, 1, levels, 1)
+    base = row + (y0 * w + x0 + offset).to(torch.int32)
+    wi = w.to(torch.int32)
+    # A corner off the map weighs 0; any row of the table will do for it.
+    index = torch.stack((base, base + 1, base + wi, base + wi + 1), -1) \
+        .clamp_(0, b * heads * s - 1)
+    table = value.permute(0, 2, 1, 3).reshape(b * heads * s, dim)
+    out = F.embedding_bag(index.view(b * heads * q, -1), table,
+                          per_sample_weights=weight.view(b * heads * q, -1).to(table.dtype),
+                          mode="sum")
+    return out.view(b, heads, q, dim).permute(0, 2, 1, 3).reshape(b, q, heads * dim)
+
+
 class GatherSampling(nn.Module):
     """A drop-in for HF's ``MultiScaleDeformableAttention`` (same arguments, same output)."""
 
@@ -47,43 +96,57 @@ class GatherSampling(nn.Module):
                 value_spatial_shapes_list: list[tuple[int, int]], level_start_index: Tensor,
                 sampling_locations: Tensor, attention_weights: Tensor,
                 im2col_step: int = 64) -> Tensor:
-        b, s, heads, dim = value.shape
-        _, q, _, levels, points, _ = sampling_locations.shape
-        # Everything per (batch, head, query, level, point), in the order of the bags.
+        levels = sampling_locations.shape[3]
         loc = sampling_locations.permute(0, 2, 1, 3, 4, 5)
-        attn = attention_weights.permute(0, 2, 1, 3, 4)
         hw = loc.new_tensor(value_spatial_shapes_list).view(1, 1, 1, levels, 2)
-        h, w = hw[..., 0:1], hw[..., 1:2]
-        # Pixel coordinates as grid_sample's with align_corners=False.
-        x = loc[..., 0] * w - 0.5
-        y = loc[..., 1] * h - 0.5
-        x0, y0 = x.floor(), y.floor()
-        fx, fy = x - x0, y - y0
-        in_x0 = ((x0 >= 0) & (x0 < w)).to(x.dtype)
-        in_x1 = ((x0 >= -1) & (x0 < w - 1)).to(x.dtype)
-        in_y0 = ((y0 >= 0) & (y0 < h)).to(x.dtype)
-        in_y1 = ((y0 >= -1) & (y0 < h - 1)).to(x.dtype)
-        wx0, wx1 = (1 - fx) * in_x0, fx * in_x1
-        wy0, wy1 = (1 - fy) * in_y0 * attn, fy * in_y1 * attn
-        weight = torch.stack((wx0 * wy0, wx1 * wy0, wx0 * wy1, wx1 * wy1), -1)
-        starts = [0]
-        for hh, ww in value_spatial_shapes_list[:-1]:
-            starts.append(starts[-1] + hh * ww)
-        # Rows of the value table (batch × heads × positions), as int32: half the traffic of
-        # int64 on the largest index tensor, and embedding_bag takes either.
-        row = (torch.arange(b * heads, device=value.device, dtype=torch.int32) * s) \
-            .view(b, heads, 1, 1, 1)
-        offset = loc.new_tensor(starts).view(1, 1, 1, levels, 1)
-        base = row + (y0 * w + x0 + offset).to(torch.int32)
-        wi = w.to(torch.int32)
-        # A corner off the map weighs 0; any row of the table will do for it.
-        index = torch.stack((base, base + 1, base + wi, base + wi + 1), -1) \
-            .clamp_(0, b * heads * s - 1)
-        table = value.permute(0, 2, 1, 3).reshape(b * heads * s, dim)
-        out = F.embedding_bag(index.view(b * heads * q, -1), table,
-                              per_sample_weights=weight.view(b * heads * q, -1).to(table.dtype),
-                              mode="sum")
-        return out.view(b, heads, q, dim).permute(0, 2, 1, 3).reshape(b, q, heads * dim)
+        return gather_sample(value, value_spatial_shapes_list,
+                             loc[..., 0] * hw[..., 1:2] - 0.5, loc[..., 1] * hw[..., 0:1] - 0.5,
+                             attention_weights.permute(0, 2, 1, 3, 4))
+
+
+def _attention_forward(self: nn.Module, hidden_states: Tensor,
+                       attention_mask: Tensor | None = None,
+                       encoder_hidden_states: Tensor | None = None,
+                       encoder_attention_mask: Tensor | None = None,
+                       position_embeddings: Tensor | None = None,
+                       reference_points: Tensor | None = None,
+                       spatial_shapes: Tensor | None = None,
+                       spatial_shapes_list: list[tuple[int, int]] | None = None,
+                       level_start_index: Tensor | None = None, **kwargs) -> tuple[Tensor, Tensor]:
+    """HF's ``DeformableDetrMultiscaleDeformableAttention.forward`` for the deployed model.
+
+    With point references (the encoder's), a sampling location is the reference plus the
+    offset divided by the level's size, which ``grid_sample`` then multiplies by the size
+    again: in pixels it is the reference times the size plus the offset, so neither the
+    division nor the multiplication over every sampling point is needed. A padding mask that
+    masks nothing is not applied. Box references (the decoder's, with refinement) take HF's own
+    path into :class:`GatherSampling`.
+    """
+    if position_embeddings is not None:
+        hidden_states = hidden_states + position_embeddings
+    b, q, _ = hidden_states.shape
+    s = encoder_hidden_states.shape[1]
+    value = self.value_proj(encoder_hidden_states)
+    if attention_mask is not None and not bool(attention_mask.all()):
+        value = value.masked_fill(~attention_mask[..., None], 0.0)
+    value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
+    offsets = self.sampling_offsets(hidden_states).view(b, q, self.n_heads, self.n_levels,
+                                                        self.n_points, 2)
+    attn = F.softmax(self.attention_weights(hidden_states).view(
+        b, q, self.n_heads, self.n_levels * self.n_points), -1).view(
+        b, q, self.n_heads, self.n_levels, self.n_points)
+    if reference_points.shape[-1] == 2:
+        hw = offsets.new_tensor(spatial_shapes_list)  # levels × (height, width)
+        ref = (reference_points * hw.flip(-1)).unsqueeze(2).unsqueeze(-2)  # b, q, 1, lv, 1, 2
+        pixels = (ref + offsets - 0.5).permute(0, 2, 1, 3, 4, 5)
+        out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
+                            attn.permute(0, 2, 1, 3, 4))
+    else:
+        loc = reference_points[:, :, None, :, None, :2] + offsets / self.n_points \
+            * reference_points[:, :, None, :, None, 2:] * 0.5
+        out = self.attn(value, spatial_shapes, spatial_shapes_list, level_start_index, loc,
+                        attn, self.im2col_step)
+    return self.output_proj(out), attn
 
 
 def inplace_relu(model: nn.Module) -> nn.Module:
@@ -98,12 +161,18 @@ def inplace_relu(model: nn.Module) -> nn.Module:
 
 def lean_sampling(model: nn.Module) -> nn.Module:
     """``model`` with every HF ``MultiScaleDeformableAttention`` replaced by
-    :class:`GatherSampling`."""
+    :class:`GatherSampling`, and every deformable attention layer computing its encoder's
+    sampling points in pixels (:func:`_attention_forward`)."""
+    import types
+
     from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrMultiscaleDeformableAttention,
         MultiScaleDeformableAttention,
     )
 
     for m in model.modules():
         if isinstance(getattr(m, "attn", None), MultiScaleDeformableAttention):
             m.attn = GatherSampling()
+        if isinstance(m, DeformableDetrMultiscaleDeformableAttention):
+            m.forward = types.MethodType(_attention_forward, m)
     return model
