@@ -13,7 +13,8 @@ BASE           ?= runs/baseline
 BASE_STEPS     ?= 1800
 BASE_THREADS   ?= 2
 
-.PHONY: install test test-fast lint bench baseline detr-baseline all-scenarios grid-report clean
+.PHONY: install test test-fast lint bench baseline detr-baseline all-scenarios grid-report \
+        kitti-study kitti-report clean
 
 install: $(STAMP)
 
@@ -78,6 +79,7 @@ KITTI_SYNTH    ?= data/kitti-synth
 DETR_BASE      ?= runs/detr-baseline
 DETR_STEPS     ?= 1100
 DETR_ADV_STEPS ?= 300
+DETR_THREADS   ?= 2
 DETR_TRAIN     := $(KITTI_SYNTH)/coco/train.json
 DETR_VAL       := $(KITTI_SYNTH)/coco/val.json
 DETR_IMAGES    := --images $(KITTI_SYNTH)/training
@@ -91,11 +93,10 @@ $(DETR_TRAIN): | $(STAMP)
 
 $(DETR_BASE)/model.st: $(DETR_TRAIN)
 	mkdir -p $(DETR_BASE)
-	$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
+	$(call timed,baseline,$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
 	  | $(PK) finetune --data $(DETR_TRAIN) $(DETR_IMAGES) --val $(DETR_VAL) \
 	      --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 --weight-decay 1e-4 --eval-every 200 \
-	      --threads 2 \
-	      --device cpu -o $@
+	      --threads $(DETR_THREADS) --device cpu -o $@,$(if $(filter kitti,$(STUDY)),$(OUT),$(DETR_BASE)))
 
 $(DETR_BASE)/robust.st: $(DETR_BASE)/model.st
 	$(PK) finetune $< --data $(DETR_TRAIN) $(DETR_IMAGES) --adv fgsm --adv-mix 0.5 \
@@ -197,7 +198,7 @@ NONZERO  := $(filter-out 0,$(RATIOS))
 
 # $(call timed,stage,command): run a command and log its wall time to OUT/times.log.
 timed = s=$$(date +%s%N); $(2) && echo "$(1) $@ $$(( ($$(date +%s%N) - s) / 1000000 ))" \
-        >> $(OUT)/times.log
+        >> $(or $(3),$(OUT))/times.log
 
 ifeq ($(SCALE),smoke)
 $(TRAIN): | $(STAMP)
@@ -273,11 +274,14 @@ RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$
   $(OUT)/run$(k)/hydra-$(g)-r$(r).st)))
 .PRECIOUS: $(CELLS) $(RUN_FILES) $(GRID_BASE)/model.st
 
+# Both studies write OUT/results.csv and OUT/report/report.md; STUDY says whose rules apply.
+ifneq ($(STUDY),kitti)
 $(OUT)/results.csv: $(CELLS)
 	$(PK) grid collect $(OUT) -o $@
 
 $(OUT)/report/report.md: $(OUT)/results.csv
 	$(call timed,stats,$(PK) stats $< -o $(OUT)/report)
+endif
 
 # The default scale also evaluates the shared baseline it started from.
 grid-report: $(OUT)/report/report.md $(if $(filter default,$(SCALE)),$(BASE)/metrics.json)
@@ -286,6 +290,177 @@ all-scenarios: | $(STAMP)
 	mkdir -p $(OUT)
 	OMP_NUM_THREADS=$(GRID_THREADS) $(MAKE) -j$(JOBS) grid-report SCALE=$(SCALE) OUT=$(OUT) \
 	  RUNS=$(RUNS)
+
+# ------------------------------------------------------------------ the second study
+#
+#   make kitti-study [SCALE=smoke|default|full] [RUNS=n] [OUT=dir] [JOBS=n] [KITTI=dir]
+#                    [WEIGHTS=dir]
+#
+# Deformable DETR (and YOLOv3 beside it, on the same data and the same pruning) pruned by L1
+# filter norm at 10-50 % (compacted) and by weight magnitude at 10-90 % (per layer), each pruned
+# model measured straight after pruning (the study's state, one run: both prunings are
+# deterministic) and after a short clean fine-tune (RUNS seeds); ratio 0 is the unpruned
+# model, fine-tuned the same way in the fine-tuned state. Every baseline, score file and cell is
+# a target written atomically under OUT (default runs/kitti-study): `make -j` parallelises, an
+# interrupted study resumes, stage times go to OUT/times.log; OUT/report/report.md has the
+# verdicts (`prunekit stats --study kitti`).
+#
+# Data: synthetic KITTI-format road scenes (those of `make detr-baseline`, whose model is the
+# default Deformable DETR baseline), or KITTI=path/to/training (label_2/ and image_2/), split
+# 80/20 with seed 0 (the split is the images train.json and val.json list; the conversion's
+# summary, seed included, goes to OUT/data/kitti.json). SCALE=full is for a
+# GPU machine: deformable-detr (ResNet-50; WEIGHTS=a save_pretrained folder to start from) and
+# yolov3-416 on real KITTI.
+KOUT := $(if $(filter command line environment override,$(origin OUT)),$(OUT),runs/kitti-study)
+K_FILTER := 0.1 0.2 0.3 0.4 0.5
+K_WEIGHT := 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9
+K_DEVICE := cpu
+ifeq ($(SCALE),smoke)
+  # Minutes, for tests: tiny data and models inside OUT, three ratios per method, two runs.
+  K_ROOT      := $(KOUT)/data/training
+  K_COCO      := $(KOUT)/data/coco
+  K_SYNTH     := --images 120 --width 192 --height 64 --seed 0
+  K_MODELS    := deformable-detr-small yolov3-small
+  K_FILTER    := 0.1 0.3 0.5
+  K_WEIGHT    := 0.1 0.5 0.9
+  K_RUNS      := $(if $(filter command line environment,$(origin RUNS)),$(RUNS),2)
+  K_INIT_deformable-detr-small := deformable-detr-small --img-size 64
+  K_INIT_yolov3-small := yolov3-small --img-size 64 --width 0.125
+  K_TRAIN_deformable-detr-small := --steps 20 --batch-size 8 --lr 5e-4 --weight-decay 1e-4
+  K_TRAIN_yolov3-small := --steps 20 --batch-size 8 --lr 5e-3
+  K_FT_STEPS  := 2
+  K_VAL_IMAGES := 16
+  K_BENCH_SEC := 0.1
+else ifeq ($(SCALE),full)
+  K_ROOT      := $(KITTI)
+  K_COCO      := $(KOUT)/data/coco
+  K_MODELS    := deformable-detr yolov3
+  K_RUNS      := $(if $(filter command line environment,$(origin RUNS)),$(RUNS),3)
+  K_INIT_deformable-detr := $(if $(WEIGHTS),--hf $(WEIGHTS),deformable-detr) --img-size 384
+  K_INIT_yolov3 := yolov3 --img-size 416
+  K_TRAIN_deformable-detr := --steps 30000 --batch-size 8 --lr 2e-4 --weight-decay 1e-4
+  K_TRAIN_yolov3 := --steps 30000 --batch-size 16 --lr 1e-3
+  K_FT_STEPS  := 1000
+  K_VAL_IMAGES := 100000
+  K_BENCH_SEC := 2
+  K_DEVICE    := cuda
+else
+  K_ROOT      := $(if $(KITTI),$(KITTI),$(KITTI_SYNTH)/training)
+  K_COCO      := $(if $(KITTI),$(KOUT)/data/coco,$(KITTI_SYNTH)/coco)
+  K_MODELS    := deformable-detr-small yolov3-small
+  K_RUNS      := $(if $(filter command line environment,$(origin RUNS)),$(RUNS),3)
+  K_INIT_deformable-detr-small := deformable-detr-small
+  K_INIT_yolov3-small := yolov3-small --img-size 256
+  K_TRAIN_deformable-detr-small := --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 \
+                                   --weight-decay 1e-4 --eval-every 200
+  K_TRAIN_yolov3-small := --steps $(K_YOLO_STEPS) --batch-size 16 --lr 2e-3 --eval-every 200
+  K_FT_STEPS  := $(K_FT_STEPS_DEFAULT)
+  K_VAL_IMAGES := 200
+  K_BENCH_SEC := 0.5
+endif
+K_YOLO_STEPS ?= 2000
+K_FT_STEPS_DEFAULT ?= 30
+# The fine-tune after pruning, per model: the baseline's recipe at a lower learning rate.
+K_FT_deformable-detr-small := --lr 2e-4 --weight-decay 1e-4 --batch-size 16
+K_FT_deformable-detr := --lr 2e-5 --weight-decay 1e-4 --batch-size 8
+K_FT_yolov3-small := --lr 1e-3 --batch-size 16
+K_FT_yolov3 := --lr 1e-4 --batch-size 16
+K_TRAIN  := $(K_COCO)/train.json
+K_VAL    := $(K_COCO)/val-study.json
+K_IMAGES := --images $(K_ROOT)
+K_THREADS := $(if $(filter cuda,$(K_DEVICE)),,--threads $(GRID_THREADS))
+K_RUN_IDS := $(shell seq 1 $(K_RUNS))
+K_METHOD_filter := l1-filter
+K_METHOD_weight := magnitude
+K_RATIOS_filter := 0 $(K_FILTER)
+K_RATIOS_weight := 0 $(K_WEIGHT)
+
+# The data: synthetic KITTI-format scenes at the default scale are `make detr-baseline`'s.
+ifeq ($(SCALE),smoke)
+$(K_TRAIN): | $(STAMP)
+	rm -rf $(KOUT)/data && mkdir -p $(KOUT)
+	$(call timed,data,$(PK) data synth $(K_ROOT) --layout kitti $(K_SYNTH) > /dev/null \
+	  && $(PK) data kitti $(K_ROOT) $(K_COCO) --val-fraction 0.2 --seed 0 \
+	     > $(KOUT)/data/kitti.json,$(KOUT))
+else ifneq ($(KITTI),)
+$(K_TRAIN): | $(STAMP)
+	test -d $(KITTI)/label_2 || { echo "KITTI=$(KITTI) has no label_2/: give KITTI's training folder (label_2/ and image_2/)" >&2; exit 2; }
+	mkdir -p $(KOUT)/data
+	$(call timed,data,$(PK) data kitti $(KITTI) $(K_COCO) --val-fraction 0.2 --dontcare ignore \
+	  --seed 0 > $(KOUT)/data/kitti.json,$(KOUT))
+endif
+
+$(K_VAL): $(K_TRAIN)
+	$(PK) grid subset $(K_COCO)/val.json $@ --images $(K_VAL_IMAGES) > /dev/null
+
+# Baselines: trained from scratch on the study's data (full: from WEIGHTS when given).
+define K_BASE_RULE
+$(KOUT)/$(1)/baseline.st: $(K_TRAIN)
+	@mkdir -p $$(@D)
+	$$(call timed,baseline,$(PK) init $(K_INIT_$(1)) --dataset $(K_TRAIN) --seed 0 \
+	  | $(PK) finetune --data $(K_TRAIN) $(K_IMAGES) $(K_TRAIN_$(1)) $(K_THREADS) --workers 0 \
+	      --device $(K_DEVICE) -o $$@,$(KOUT))
+endef
+# At the default scale on synthetic data the Deformable DETR baseline is `make detr-baseline`'s.
+K_SHARED := $(if $(and $(filter default,$(SCALE)),$(if $(KITTI),,y)),deformable-detr-small)
+$(foreach m,$(filter-out $(K_SHARED),$(K_MODELS)),$(eval $(call K_BASE_RULE,$(m))))
+ifneq ($(K_SHARED),)
+$(KOUT)/deformable-detr-small/baseline.st: $(DETR_BASE)/model.st
+	@mkdir -p $(@D)
+	cp $< $@.tmp && mv $@.tmp $@
+endif
+
+# Scores: L1 norm of every filter, magnitude of every weight (no data needed).
+define K_SCORE_RULE
+$(KOUT)/$(1)/scores-$(2).st: $(KOUT)/$(1)/baseline.st
+	$$(call timed,score,$(PK) score --method $(K_METHOD_$(2)) $$< -o $$@,$(KOUT))
+endef
+$(foreach m,$(K_MODELS),$(foreach g,filter weight,$(eval $(call K_SCORE_RULE,$(m),$(g)))))
+
+# Cells: <model>.<granularity>.<state>/run<k>/r<ratio>; state `pruned` (no fine-tune, run 1)
+# or `finetuned` (runs 1..RUNS). Ratio 0 is measured in the filter scenarios and copied to
+# the weight ones (the same unpruned model).
+k_cell_args = --granularity $(2) --method $(K_METHOD_$(2)) --data $(K_TRAIN) --val $(K_VAL) \
+  $(K_IMAGES) --adv none --no-adv-eval $(K_FT_$(1)) $(K_THREADS) --bench-seconds $(K_BENCH_SEC)
+k_steps = $(if $(filter pruned,$(1)),0,$(K_FT_STEPS))
+k_runs = $(if $(filter pruned,$(1)),1,$(K_RUN_IDS))
+define K_CELL_RULE
+$(KOUT)/cells/$(1).$(2).$(3)/run$(4)/r$(5)/result.json: $(KOUT)/$(1)/scores-$(2).st $(K_VAL)
+	$$(call timed,cell,$(PK) grid cell $$< $$(@D) --scenario $(1).$(2).$(3) --run $(4) \
+	  --ratio $(5) --steps $(call k_steps,$(3)) --seed $(4) $(call k_cell_args,$(1),$(2)) \
+	  > /dev/null,$(KOUT))
+endef
+define K_REUSE_RULE
+$(KOUT)/cells/$(1).weight.$(2)/run$(3)/r0/result.json: $(KOUT)/cells/$(1).filter.$(2)/run$(3)/r0/result.json
+	$(PK) grid cell $(KOUT)/$(1)/baseline.st $$(@D) --scenario $(1).weight.$(2) --run $(3) \
+	  --ratio 0 --reuse $$< $(call k_cell_args,$(1),weight) > /dev/null
+endef
+K_CELLS :=
+$(foreach m,$(K_MODELS),$(foreach s,pruned finetuned,$(foreach k,$(call k_runs,$(s)),\
+  $(eval $(call K_REUSE_RULE,$(m),$(s),$(k)))\
+  $(foreach g,filter weight,$(foreach r,$(K_RATIOS_$(g)),\
+    $(eval K_CELLS += $(KOUT)/cells/$(m).$(g).$(s)/run$(k)/r$(r)/result.json)\
+    $(if $(and $(filter weight,$(g)),$(filter 0,$(r))),,\
+      $(eval $(call K_CELL_RULE,$(m),$(g),$(s),$(k),$(r)))))))))
+
+.PRECIOUS: $(K_CELLS) $(foreach m,$(K_MODELS),$(KOUT)/$(m)/baseline.st \
+  $(KOUT)/$(m)/scores-filter.st $(KOUT)/$(m)/scores-weight.st)
+
+ifeq ($(STUDY),kitti)
+$(KOUT)/results.csv: $(K_CELLS)
+	$(PK) grid collect $(KOUT)/cells -o $@
+
+$(KOUT)/report/report.md: $(KOUT)/results.csv
+	$(call timed,stats,$(PK) stats $< --study kitti -o $(KOUT)/report,$(KOUT))
+endif
+
+kitti-report: $(KOUT)/report/report.md
+
+kitti-study: | $(STAMP)
+	$(if $(filter full,$(SCALE)),$(if $(KITTI),,$(error SCALE=full runs on real KITTI: give KITTI=path/to/training (label_2/ and image_2/))))
+	mkdir -p $(KOUT)
+	OMP_NUM_THREADS=$(GRID_THREADS) $(MAKE) -j$(JOBS) kitti-report STUDY=kitti SCALE=$(SCALE) \
+	  OUT=$(KOUT) RUNS=$(K_RUNS) DETR_THREADS=$(GRID_THREADS) $(if $(KITTI),KITTI=$(KITTI)) $(if $(WEIGHTS),WEIGHTS=$(WEIGHTS))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -20,6 +20,12 @@ Around pycocotools this module adds only what it gets wrong or leaves unsaid:
   copy: a missing ``iscrowd`` is 0 and a missing ``area`` is the box's ``w * h``. Annotation ids
   are renumbered from 1 in the copy, because pycocotools takes a match with annotation id 0 for
   no match, and collapses duplicate ids; neither changes the result for well-formed files.
+* **KITTI difficulty** (``difficulty=``): ground truth converted by ``data kitti`` carries each
+  object's KITTI level (easy, moderate, hard, or none). At a level, the objects of that level and
+  the easier ones count and the harder ones (and "none") become crowd regions, which pycocotools
+  ignores: missing them costs nothing and a detection on them is neither a true nor a false
+  positive — KITTI's own rule for the objects a level leaves out. The AP itself stays COCO's
+  (101 recall points, the usual IoU thresholds), not KITTI's 40-point AP at IoU 0.7 for cars.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from prunekit.data.coco import read_json
 from prunekit.detections import check_frame, read_detections
 from prunekit.errors import DataError
 
+#: KITTI's evaluation levels, easiest first; each includes the ones before it.
+DIFFICULTIES = ("easy", "moderate", "hard")
 #: The summary metrics, in the order of pycocotools' ``COCOeval.stats``.
 METRICS = ("map", "map50", "map75", "map_small", "map_medium", "map_large",
            "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large")
@@ -46,7 +54,7 @@ _PER_CLASS_PREFIX = {"per_class": "ap.", "per_class_ap50": "ap50."}
 
 def evaluate(detections: str | Path | IO[str] | pd.DataFrame | None,
              gt: str | Path | dict[str, Any], *,
-             per_class: bool = True) -> dict[str, Any]:
+             per_class: bool = True, difficulty: str | None = None) -> dict[str, Any]:
     """Score detections against COCO ground truth with pycocotools (bbox, default parameters).
 
     Args:
@@ -54,6 +62,9 @@ def evaluate(detections: str | Path | IO[str] | pd.DataFrame | None,
             frame with its columns, as :func:`prunekit.detections.read_detections` returns.
         gt: A COCO instances JSON, as a path or already loaded (it is not modified).
         per_class: Also report AP and AP50 per category name.
+        difficulty: Score at a KITTI level (``easy``, ``moderate``, ``hard``): the ground
+            truth's harder objects are ignored (module docstring). The ground truth must carry
+            ``difficulty`` on every annotation (``data kitti`` writes it).
 
     Returns:
         ``map, map50, map75, map_small, map_medium, map_large, ar1, ar10, ar100, ar_small,
@@ -74,6 +85,8 @@ def evaluate(detections: str | Path | IO[str] | pd.DataFrame | None,
     else:
         frame = read_detections(detections)
     dataset, gt_name = _ground_truth(gt)
+    if difficulty is not None:
+        _ignore_harder(dataset, gt_name, difficulty)
     _check_ids(frame, dataset, frame.attrs.get("source", "detections"), gt_name)
 
     # pycocotools prints progress on stdout, which carries only data here.
@@ -151,6 +164,23 @@ def _ground_truth(gt: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]
         ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
         ann["id"] = number
     return dataset, name
+
+
+def _ignore_harder(dataset: dict[str, Any], name: str, level: str) -> None:
+    """Mark the annotations harder than ``level`` as crowd regions (pycocotools ignores them)."""
+    if level not in DIFFICULTIES:
+        raise DataError(f"difficulty {level!r} is not a KITTI level; use one of "
+                        f"{', '.join(DIFFICULTIES)}")
+    counted = set(DIFFICULTIES[:DIFFICULTIES.index(level) + 1])
+    for ann in dataset["annotations"]:
+        if ann["iscrowd"]:
+            continue
+        if "difficulty" not in ann:
+            raise DataError(f"{name}: annotation {ann['id']} has no 'difficulty'; scoring by "
+                            f"KITTI difficulty needs ground truth converted by `prunekit data "
+                            f"kitti`")
+        if ann["difficulty"] not in counted:
+            ann["iscrowd"] = 1
 
 
 def _check_ids(frame: pd.DataFrame, dataset: dict[str, Any], det_name: str,

@@ -3,9 +3,13 @@
 A *cell* is one scenario × run × pruning ratio: mask the scored robust model at the ratio
 (compacting structured masks, so latency is real), fine-tune it adversarially, then detect on
 clean and on PGD-attacked validation images, evaluate both with pycocotools, benchmark it, and
-write one ``result.json``. The Makefile makes every cell its own target; this module runs a
-cell in one process with the same library functions the commands use (one Python start-up per
-cell instead of seven: on two cores that is minutes of the grid's budget).
+write one ``result.json``. The second study (`make kitti-study`) uses the same cell with a
+clean fine-tune (``adv="none"``), none at all (``steps=0``: measured straight after pruning, as
+that study did), or no attacked evaluation (``adv_eval=False``); on ground truth converted by
+``data kitti`` a cell also reports mAP and mAP50 at each KITTI difficulty level. The Makefile
+makes every cell its own target; this module runs a cell in one process with the same library
+functions the commands use (one Python start-up per cell instead of seven: on two cores that is
+minutes of the grid's budget).
 
 Thresholds: detections are made once at confidence 0.001 and evaluated twice, as they are
 (``map``, ``map50``: COCO practice) and keeping only scores ≥ 0.5 (``map_conf05``,
@@ -36,22 +40,25 @@ SCENARIOS: dict[str, dict[str, str]] = {
 }
 
 
-def detections_frame(ck, val: str, *, attack=None, batch_size: int = 32,
-                     seed: int = 0) -> pd.DataFrame:
+def detections_frame(ck, val: str, *, images: str | Path | None = None, attack=None,
+                     batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
     """Detections at confidence 0.001 on a COCO dataset, as the frame ``evaluate`` takes."""
     from prunekit.detect import detect_dataset, to_frame
 
-    _, ids, results = detect_dataset(ck, data=val, conf=0.001, batch_size=batch_size,
-                                     device="cpu", attack=attack, seed=seed)
+    _, ids, results = detect_dataset(ck, data=val, images=images, conf=0.001,
+                                     batch_size=batch_size, device="cpu", attack=attack,
+                                     seed=seed)
     return to_frame(results, ids)
 
 
 def _metrics(dets: pd.DataFrame, val: str, prefix: str) -> dict[str, Any]:
-    from prunekit.evaluate import evaluate
+    from prunekit.data.coco import read_json
+    from prunekit.evaluate import DIFFICULTIES, evaluate
 
     out: dict[str, Any] = {}
-    low = evaluate(dets, val)
-    high = evaluate(dets[dets.score >= 0.5], val, per_class=False)
+    gt = read_json(val)
+    low = evaluate(dets, gt)
+    high = evaluate(dets[dets.score >= 0.5], gt, per_class=False)
     for key in ("map", "map50", "map75"):
         out[f"{prefix}{key}"] = low[key]
         out[f"{prefix}{key}_conf05"] = high[key]
@@ -59,14 +66,20 @@ def _metrics(dets: pd.DataFrame, val: str, prefix: str) -> dict[str, Any]:
         out[f"{prefix}ap.{name}"] = ap
     for name, ap in low.get("per_class_ap50", {}).items():
         out[f"{prefix}ap50.{name}"] = ap
+    if any("difficulty" in a for a in gt.get("annotations", [])):
+        for level in DIFFICULTIES:
+            at = evaluate(dets, gt, per_class=False, difficulty=level)
+            out[f"{prefix}map.{level}"], out[f"{prefix}map50.{level}"] = at["map"], at["map50"]
     return out
 
 
 def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: float,
          data: str | Path, val: str | Path, granularity: str = "weight", steps: int = 20,
-         batch_size: int = 16, lr: float = 2e-3, adv: str = "fgsm", adv_mix: float = 0.5,
-         eps: float = 0.05, alpha: float = 0.02, attack_steps: int = 5, seed: int = 0,
-         threads: int = 1, bench_seconds: float = 1.0, runtime: str = "eager",
+         batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
+         adv: str = "fgsm", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
+         attack_steps: int = 5, adv_eval: bool = True, images: str | Path | None = None,
+         method: str | None = None, seed: int = 0, threads: int = 1,
+         bench_seconds: float = 1.0, runtime: str = "eager",
          reuse: str | Path | None = None) -> dict[str, Any]:
     """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
 
@@ -80,14 +93,18 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         val: validation COCO JSON for detection.
         granularity: ``weight`` or ``filter`` (filter masks are compacted before fine-tuning:
             the compacted model computes the same function, trains faster and times honestly).
-        steps: adversarial fine-tuning steps after pruning.
+        steps: fine-tuning steps after pruning (0: measured straight after pruning).
         batch_size: fine-tuning batch size.
         lr: fine-tuning learning rate.
+        weight_decay: fine-tuning weight decay.
         adv: fine-tuning attack (``fgsm``: FGSM with random start; ``pgd``; ``none``).
         adv_mix: weight of the adversarial loss.
         eps: attack radius, for training and for the evaluation attack.
         alpha: PGD step of the evaluation attack (and of PGD training).
         attack_steps: PGD steps of the evaluation attack (and of PGD training).
+        adv_eval: also detect on PGD-attacked images (the ``adv_*`` metrics).
+        images: image root of ``data`` and ``val`` (default: each JSON's folder).
+        method: the score method the model was pruned by (recorded; default: the scenario's).
         seed: seed of the fine-tune and the attack.
         threads: CPU threads (1 when cells run side by side).
         bench_seconds: seconds of timed runs for the latency.
@@ -107,21 +124,25 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = {"scenario": scenario, "run": run, "ratio": ratio,
-              **SCENARIOS.get(scenario, {"granularity": granularity})}
+              **SCENARIOS.get(scenario, {"granularity": granularity}),
+              **({"method": method} if method else {}), "finetune_steps": steps}
     if reuse is not None:
         row = _reused(reuse, ratio, labels)
     else:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
         ck = _pruned(checkpoint.load(model), ratio, times, granularity=granularity, data=data,
-                     steps=steps, batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix,
-                     eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed)
+                     steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                     adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, attack_steps=attack_steps,
+                     images=images, seed=seed)
         path = out / "model.st"
         checkpoint.save(ck, path)
-        row = {**labels, **_measured(checkpoint.load(path), str(val), times, eps=eps,
-                                     alpha=alpha, attack_steps=attack_steps, seed=seed,
-                                     threads=threads, bench_seconds=bench_seconds,
-                                     runtime=runtime)}
+        ck = checkpoint.load(path)
+        labels["family"] = ck.family
+        row = {**labels, **_measured(ck, str(val), times, eps=eps, alpha=alpha,
+                                     attack_steps=attack_steps, adv_eval=adv_eval,
+                                     images=images, seed=seed, threads=threads,
+                                     bench_seconds=bench_seconds, runtime=runtime)}
         times["total"] = time.perf_counter() - t0
         row.update({f"seconds_{k}": round(v, 2) for k, v in times.items()})
     checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
@@ -138,51 +159,64 @@ def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str
     except (OSError, json.JSONDecodeError) as e:
         raise PrunekitError(f"--reuse {reuse}: cannot read it ({e}); run that cell first") \
             from None
-    row.update(**labels, reused_from=str(reuse))
+    # The copied cell's fine-tune is what it measured, whatever this call's --steps say.
+    row.update(**{k: v for k, v in labels.items() if k != "finetune_steps"},
+               reused_from=str(reuse))
     return row
 
 
 def _pruned(ck, ratio: float, times: dict[str, float], *, granularity: str, data: str | Path,
-            steps: int, batch_size: int, lr: float, adv: str, adv_mix: float, eps: float,
-            alpha: float, attack_steps: int, seed: int):
-    """The cell's model: masked at ``ratio`` (compacted for filters), then fine-tuned under
-    attack; ratio 0 is the model as it is, without its scores."""
+            steps: int, batch_size: int, lr: float, weight_decay: float, adv: str,
+            adv_mix: float, eps: float, alpha: float, attack_steps: int,
+            images: str | Path | None, seed: int):
+    """The cell's model: masked at ``ratio`` (compacted for filters), then fine-tuned (under
+    attack unless ``adv`` is ``none``; not at all with 0 ``steps``); ratio 0 is the model as it
+    is, without its scores, fine-tuned the same way (the control for the fine-tune itself)."""
     from prunekit.finetune import finetune
     from prunekit.mask import compact_checkpoint, mask
 
     if ratio == 0:
         ck.scores = {}
+        if steps == 0 or adv != "none":  # the first study's ratio 0: the robust model itself
+            return ck
+    else:
+        t = time.perf_counter()
+        ck = mask(ck, ratio, granularity=granularity)
+        if granularity == "filter":
+            ck = compact_checkpoint(ck)
+        times["mask"] = time.perf_counter() - t
+    if steps == 0:
         return ck
     t = time.perf_counter()
-    ck = mask(ck, ratio, granularity=granularity)
-    if granularity == "filter":
-        ck = compact_checkpoint(ck)
-    times["mask"] = time.perf_counter() - t
-    t = time.perf_counter()
-    ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix,
-                  eps=eps, alpha=alpha, adv_steps=attack_steps, seed=seed, device="cpu",
-                  workers=0)
+    ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr,
+                  weight_decay=weight_decay, adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha,
+                  adv_steps=attack_steps, images=images, seed=seed, device="cpu", workers=0)
     times["finetune"] = time.perf_counter() - t
     return ck
 
 
 def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float,
-              attack_steps: int, seed: int, threads: int, bench_seconds: float,
-              runtime: str) -> dict[str, Any]:
-    """Clean and PGD-attacked mAP, and the model's size and latency."""
+              attack_steps: int, adv_eval: bool, images: str | Path | None, seed: int,
+              threads: int, bench_seconds: float, runtime: str) -> dict[str, Any]:
+    """Clean (and PGD-attacked) mAP, and the model's size and latency."""
     from prunekit.attack import AttackConfig
     from prunekit.bench import bench
 
     t = time.perf_counter()
-    clean = detections_frame(ck, val, attack=None, batch_size=32, seed=seed)
+    clean = detections_frame(ck, val, images=images, attack=None, batch_size=32, seed=seed)
     times["detect"] = time.perf_counter() - t
     t = time.perf_counter()
-    attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
-    attacked = detections_frame(ck, val, attack=attack, batch_size=32, seed=seed)
-    times["detect_pgd"] = time.perf_counter() - t
-    t = time.perf_counter()
-    row = {**_metrics(clean, val, ""), **_metrics(attacked, val, "adv_")}
+    row = _metrics(clean, val, "")
     times["evaluate"] = time.perf_counter() - t
+    if adv_eval:
+        t = time.perf_counter()
+        attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
+        attacked = detections_frame(ck, val, images=images, attack=attack, batch_size=32,
+                                    seed=seed)
+        times["detect_pgd"] = time.perf_counter() - t
+        t = time.perf_counter()
+        row.update(_metrics(attacked, val, "adv_"))
+        times["evaluate"] += time.perf_counter() - t
     t = time.perf_counter()
     figures = bench(ck, threads=threads, min_run_time=bench_seconds, runtime=runtime)
     times["bench"] = time.perf_counter() - t

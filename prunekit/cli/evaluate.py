@@ -38,6 +38,9 @@ def evaluate_cmd(
                                         "and one row, for aggregating runs.")] = Format.json,
     per_class: Annotated[bool, typer.Option("--per-class/--no-per-class",
                                             help="Report AP and AP50 per category.")] = True,
+    difficulty: Annotated[str | None, typer.Option(
+        help="KITTI level (easy, moderate, hard): ignore the harder objects of ground truth "
+             "converted by `data kitti`.", show_default=False)] = None,
     output: OutputOpt = None,
 ) -> None:
     """Score detections with pycocotools: mAP@[.5:.95], mAP50, mAP75, S/M/L, AR, per-class AP.
@@ -47,6 +50,6 @@ def evaluate_cmd(
     from prunekit.evaluate import evaluate, format_csv_row
 
     with console.status("evaluating", spinner="dots"):
-        metrics = evaluate(detections, gt, per_class=per_class)
+        metrics = evaluate(detections, gt, per_class=per_class, difficulty=difficulty)
     text = format_csv_row(metrics) if fmt is Format.csv else json.dumps(metrics, indent=2) + "\n"
     write_text(text, output)

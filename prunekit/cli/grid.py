@@ -42,10 +42,19 @@ def cell_cmd(
     steps: Annotated[int, typer.Option(help="Fine-tuning steps after pruning.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-3,
+    weight_decay: Annotated[float, typer.Option(help="Fine-tuning weight decay.")] = 0.05,
     adv: Annotated[str, typer.Option(help="Fine-tuning attack: fgsm, pgd or none.")] = "fgsm",
     eps: EpsOpt = 0.05,
     alpha: AlphaOpt = 0.02,
     attack_steps: AttackStepsOpt = 5,
+    adv_eval: Annotated[bool, typer.Option("--adv-eval/--no-adv-eval", help="Also detect on "
+                                           "PGD-attacked images (adv_* metrics).")] = True,
+    images: Annotated[Path | None, typer.Option(help="Image root of --data and --val "
+                                                "(default: each JSON's folder).",
+                                                show_default=False)] = None,
+    method: Annotated[str | None, typer.Option(help="Score method the model was pruned by "
+                                               "(recorded; default: the scenario's).",
+                                               show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
     bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,
@@ -59,12 +68,15 @@ def cell_cmd(
     from prunekit.grid import cell
 
     row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
-               granularity=granularity, steps=steps, batch_size=batch_size, lr=lr, adv=adv,
-               eps=eps, alpha=alpha, attack_steps=attack_steps, seed=seed, threads=threads,
-               bench_seconds=bench_seconds, runtime=runtime, reuse=reuse)
-    console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}, adversarial "
-                  f"{row['adv_map']:.3f}, {row['latency_ms']:.1f} ms, "
-                  f"{row['seconds_total']:.0f} s", highlight=False)
+               granularity=granularity, steps=steps, batch_size=batch_size, lr=lr,
+               weight_decay=weight_decay, adv=adv, eps=eps, alpha=alpha,
+               attack_steps=attack_steps, adv_eval=adv_eval, images=images, method=method,
+               seed=seed, threads=threads, bench_seconds=bench_seconds, runtime=runtime,
+               reuse=reuse)
+    adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
+    seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
+    console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "
+                  f"{row['latency_ms']:.1f} ms{seconds}", highlight=False)
 
 
 @grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid -o "

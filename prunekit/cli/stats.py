@@ -15,6 +15,8 @@ EXAMPLE = """Examples:
   prunekit stats results.csv -o report/
 
   prunekit stats grid-a.csv grid-b.csv -o report/ --std sample
+
+  prunekit stats runs/kitti-study/results.csv --study kitti -o runs/kitti-study/report
 """
 
 
@@ -29,9 +31,15 @@ def stats_cmd(
     std: Annotated[Literal["population", "sample"], typer.Option(
         "--std", help="Standard deviation over runs: population (ddof=0, as the paper's "
         "tables) or sample (ddof=1).")] = "population",
+    study: Annotated[Literal["paper", "kitti"], typer.Option(
+        "--study", help="Whose findings to judge: paper (the first study, `make "
+        "all-scenarios`) or kitti (the second, `make kitti-study`).")] = "paper",
 ) -> None:
-    """Per-scenario tables, ANOVA p-values, plots and a verdict on each of the paper's findings."""
-    from prunekit.stats import report
+    """Per-scenario tables, tests, plots and a verdict on each of a study's findings."""
+    if study == "kitti":
+        from prunekit.stats.kitti import report
+    else:
+        from prunekit.stats import report
 
     with console.status("computing statistics", spinner="dots"):
         result = report(results, output, std=std)

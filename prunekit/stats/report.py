@@ -256,7 +256,8 @@ def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
     return "\n\n".join(b.strip("\n") for b in blocks) + "\n"
 
 
-def _publish(files: dict[str, bytes], out_dir: Path) -> None:
+def _publish(files: dict[str, bytes], out_dir: Path,
+             owned: Sequence[str] = _OWNED) -> None:
     """Move a finished report into ``out_dir``: a rename of the whole folder when it is new,
     else a rename per owned entry (entries the report no longer has are removed)."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -274,7 +275,7 @@ def _publish(files: dict[str, bytes], out_dir: Path) -> None:
             return
         old = tmp / ".old"
         old.mkdir()
-        for entry in _OWNED:
+        for entry in owned:
             dest = out_dir / entry
             if dest.exists() or dest.is_symlink():
                 os.replace(dest, old / entry)
