@@ -86,10 +86,10 @@ DETR_IMAGES    := --images $(KITTI_SYNTH)/training
 
 $(DETR_TRAIN): | $(STAMP)
 	rm -rf $(KITTI_SYNTH)
-	$(PK) data synth $(KITTI_SYNTH)/training --layout kitti --images 2500 --width 384 \
-	  --height 128 --seed 0 > /dev/null
-	$(PK) data kitti $(KITTI_SYNTH)/training $(KITTI_SYNTH)/coco --val-fraction 0.2 --seed 0 \
-	  > /dev/null
+	$(call timed,data,$(PK) data synth $(KITTI_SYNTH)/training --layout kitti --images 2500 \
+	  --width 384 --height 128 --seed 0 > /dev/null && $(PK) data kitti \
+	  $(KITTI_SYNTH)/training $(KITTI_SYNTH)/coco --val-fraction 0.2 --seed 0 > /dev/null,$\
+	  $(if $(filter kitti,$(STUDY)),$(OUT),$(KITTI_SYNTH)))
 
 $(DETR_BASE)/model.st: $(DETR_TRAIN)
 	mkdir -p $(DETR_BASE)
@@ -315,6 +315,8 @@ KOUT := $(if $(filter command line environment override,$(origin OUT)),$(OUT),ru
 K_FILTER := 0.1 0.2 0.3 0.4 0.5
 K_WEIGHT := 0.1 0.2 0.3 0.4 0.5 0.6 0.7 0.8 0.9
 K_DEVICE := cpu
+K_YOLO_STEPS ?= 2000
+K_FT_STEPS_DEFAULT ?= 30
 ifeq ($(SCALE),smoke)
   # Minutes, for tests: tiny data and models inside OUT, three ratios per method, two runs.
   K_ROOT      := $(KOUT)/data/training
@@ -358,8 +360,6 @@ else
   K_VAL_IMAGES := 200
   K_BENCH_SEC := 0.5
 endif
-K_YOLO_STEPS ?= 2000
-K_FT_STEPS_DEFAULT ?= 30
 # The fine-tune after pruning, per model: the baseline's recipe at a lower learning rate.
 K_FT_deformable-detr-small := --lr 2e-4 --weight-decay 1e-4 --batch-size 16
 K_FT_deformable-detr := --lr 2e-5 --weight-decay 1e-4 --batch-size 8
@@ -398,7 +398,8 @@ define K_BASE_RULE
 $(KOUT)/$(1)/baseline.st: $(K_TRAIN)
 	@mkdir -p $$(@D)
 	$$(call timed,baseline,$(PK) init $(K_INIT_$(1)) --dataset $(K_TRAIN) --seed 0 \
-	  | $(PK) finetune --data $(K_TRAIN) $(K_IMAGES) $(K_TRAIN_$(1)) $(K_THREADS) --workers 0 \
+	  | $(PK) finetune --data $(K_TRAIN) --val $(K_COCO)/val.json $(K_IMAGES) $(K_TRAIN_$(1)) \
+	      $(K_THREADS) --workers 0 \
 	      --device $(K_DEVICE) -o $$@,$(KOUT))
 endef
 # At the default scale on synthetic data the Deformable DETR baseline is `make detr-baseline`'s.
@@ -421,7 +422,8 @@ $(foreach m,$(K_MODELS),$(foreach g,filter weight,$(eval $(call K_SCORE_RULE,$(m
 # or `finetuned` (runs 1..RUNS). Ratio 0 is measured in the filter scenarios and copied to
 # the weight ones (the same unpruned model).
 k_cell_args = --granularity $(2) --method $(K_METHOD_$(2)) --data $(K_TRAIN) --val $(K_VAL) \
-  $(K_IMAGES) --adv none --no-adv-eval $(K_FT_$(1)) $(K_THREADS) --bench-seconds $(K_BENCH_SEC)
+  $(K_IMAGES) --adv none --no-adv-eval $(K_FT_$(1)) $(K_THREADS) --device $(K_DEVICE) \
+  --bench-seconds $(K_BENCH_SEC)
 k_steps = $(if $(filter pruned,$(1)),0,$(K_FT_STEPS))
 k_runs = $(if $(filter pruned,$(1)),1,$(K_RUN_IDS))
 define K_CELL_RULE

@@ -41,12 +41,12 @@ SCENARIOS: dict[str, dict[str, str]] = {
 
 
 def detections_frame(ck, val: str, *, images: str | Path | None = None, attack=None,
-                     batch_size: int = 32, seed: int = 0) -> pd.DataFrame:
+                     batch_size: int = 32, seed: int = 0, device: str = "cpu") -> pd.DataFrame:
     """Detections at confidence 0.001 on a COCO dataset, as the frame ``evaluate`` takes."""
     from prunekit.detect import detect_dataset, to_frame
 
     _, ids, results = detect_dataset(ck, data=val, images=images, conf=0.001,
-                                     batch_size=batch_size, device="cpu", attack=attack,
+                                     batch_size=batch_size, device=device, attack=attack,
                                      seed=seed)
     return to_frame(results, ids)
 
@@ -78,7 +78,7 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
          batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
          adv: str = "fgsm", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
          attack_steps: int = 5, adv_eval: bool = True, images: str | Path | None = None,
-         method: str | None = None, seed: int = 0, threads: int = 1,
+         method: str | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
          bench_seconds: float = 1.0, runtime: str = "eager",
          reuse: str | Path | None = None) -> dict[str, Any]:
     """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
@@ -107,6 +107,8 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         method: the score method the model was pruned by (recorded; default: the scenario's).
         seed: seed of the fine-tune and the attack.
         threads: CPU threads (1 when cells run side by side).
+        device: where the cell trains, detects and is timed (``cpu`` or ``cuda``; a CUDA cell
+            also reports its latency on CUDA).
         bench_seconds: seconds of timed runs for the latency.
         runtime: the latency's runtime (see :mod:`prunekit.bench`). Eager by default: a latency
             curve must use one runtime throughout, and oneDNN Graph cannot compile some of the
@@ -118,9 +120,10 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
     import torch
 
     from prunekit.bench import resolve_runtime
+    from prunekit.device import resolve_device
 
     torch.set_num_threads(threads)
-    resolve_runtime(runtime, torch.device("cpu"))  # a bad --runtime fails before the work
+    resolve_runtime(runtime, resolve_device(device))  # a bad --runtime fails before the work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = {"scenario": scenario, "run": run, "ratio": ratio,
@@ -134,7 +137,7 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         ck = _pruned(checkpoint.load(model), ratio, times, granularity=granularity, data=data,
                      steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                      adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, attack_steps=attack_steps,
-                     images=images, seed=seed)
+                     images=images, seed=seed, device=device)
         path = out / "model.st"
         checkpoint.save(ck, path)
         ck = checkpoint.load(path)
@@ -142,7 +145,8 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         row = {**labels, **_measured(ck, str(val), times, eps=eps, alpha=alpha,
                                      attack_steps=attack_steps, adv_eval=adv_eval,
                                      images=images, seed=seed, threads=threads,
-                                     bench_seconds=bench_seconds, runtime=runtime)}
+                                     bench_seconds=bench_seconds, runtime=runtime,
+                                     device=device)}
         times["total"] = time.perf_counter() - t0
         row.update({f"seconds_{k}": round(v, 2) for k, v in times.items()})
     checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
@@ -168,7 +172,7 @@ def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str
 def _pruned(ck, ratio: float, times: dict[str, float], *, granularity: str, data: str | Path,
             steps: int, batch_size: int, lr: float, weight_decay: float, adv: str,
             adv_mix: float, eps: float, alpha: float, attack_steps: int,
-            images: str | Path | None, seed: int):
+            images: str | Path | None, seed: int, device: str = "cpu"):
     """The cell's model: masked at ``ratio`` (compacted for filters), then fine-tuned (under
     attack unless ``adv`` is ``none``; not at all with 0 ``steps``); ratio 0 is the model as it
     is, without its scores, fine-tuned the same way (the control for the fine-tune itself)."""
@@ -190,20 +194,22 @@ def _pruned(ck, ratio: float, times: dict[str, float], *, granularity: str, data
     t = time.perf_counter()
     ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr,
                   weight_decay=weight_decay, adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha,
-                  adv_steps=attack_steps, images=images, seed=seed, device="cpu", workers=0)
+                  adv_steps=attack_steps, images=images, seed=seed, device=device, workers=0)
     times["finetune"] = time.perf_counter() - t
     return ck
 
 
 def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float,
               attack_steps: int, adv_eval: bool, images: str | Path | None, seed: int,
-              threads: int, bench_seconds: float, runtime: str) -> dict[str, Any]:
+              threads: int, bench_seconds: float, runtime: str,
+              device: str = "cpu") -> dict[str, Any]:
     """Clean (and PGD-attacked) mAP, and the model's size and latency."""
     from prunekit.attack import AttackConfig
     from prunekit.bench import bench
 
     t = time.perf_counter()
-    clean = detections_frame(ck, val, images=images, attack=None, batch_size=32, seed=seed)
+    clean = detections_frame(ck, val, images=images, attack=None, batch_size=32, seed=seed,
+                             device=device)
     times["detect"] = time.perf_counter() - t
     t = time.perf_counter()
     row = _metrics(clean, val, "")
@@ -212,13 +218,17 @@ def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float
         t = time.perf_counter()
         attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
         attacked = detections_frame(ck, val, images=images, attack=attack, batch_size=32,
-                                    seed=seed)
+                                    seed=seed, device=device)
         times["detect_pgd"] = time.perf_counter() - t
         t = time.perf_counter()
         row.update(_metrics(attacked, val, "adv_"))
         times["evaluate"] += time.perf_counter() - t
     t = time.perf_counter()
     figures = bench(ck, threads=threads, min_run_time=bench_seconds, runtime=runtime)
+    if device != "cpu":  # the CPU figure keeps every cell comparable; CUDA's goes beside it
+        gpu = bench(ck, device=device, latency=True, min_run_time=bench_seconds,
+                    runtime="eager")
+        row["latency_cuda_ms"] = gpu["latency_ms"]
     times["bench"] = time.perf_counter() - t
     for key in ("latency_ms", "latency_iqr_ms", "macs", "macs_nonzero", "flops", "params_total",
                 "params_nonzero", "sparsity", "bytes_stored", "bytes_dense",

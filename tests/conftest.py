@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,6 +28,24 @@ def fixture_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent: the shared fixtures live in ../shared beside the repo")
     return path
+
+
+MAKE_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def make_killed_after(args: list[str], done: Callable[[], dict], count: int,
+                      log: Path) -> dict:
+    """Run ``make -C ROOT *args``, kill its whole process group once ``done()`` (finished
+    results by path) has ``count`` entries, and return what was finished then."""
+    with log.open("w") as sink:
+        proc = subprocess.Popen(["make", "-C", str(ROOT), *args], stdout=sink,
+                                stderr=subprocess.STDOUT, env=MAKE_ENV, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while len(done()) < count and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    return done()
 
 
 @pytest.fixture

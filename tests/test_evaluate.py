@@ -296,3 +296,45 @@ def test_cli_bad_input_is_one_error_line_and_exit_1(runner, tmp_path, text, mess
 def test_cli_needs_ground_truth(runner, tmp_path):
     result = runner.invoke(app, ["evaluate", "dets.csv"])
     assert result.exit_code == 2 and "--gt" in result.stderr
+
+
+def _kitti_gt() -> dict:
+    """One image, one category: an easy, a moderate and a hard car."""
+    anns = [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": bbox, "area": bbox[2] * bbox[3],
+             "iscrowd": 0, "difficulty": level}
+            for i, (bbox, level) in enumerate([([10, 10, 50, 50], "easy"),
+                                               ([100, 10, 40, 30], "moderate"),
+                                               ([200, 10, 30, 26], "hard")])]
+    return {"images": [{"id": 1, "width": 400, "height": 100, "file_name": "a.png"}],
+            "annotations": anns, "categories": [{"id": 1, "name": "Car"}]}
+
+
+def _dets(*boxes) -> pd.DataFrame:
+    rows = [{"image_id": 1, "category_id": 1, "x": b[0], "y": b[1], "w": b[2], "h": b[3],
+             "score": 0.9 - 0.1 * i} for i, b in enumerate(boxes)]
+    return pd.DataFrame(rows, columns=["image_id", "category_id", "x", "y", "w", "h", "score"])
+
+
+def test_kitti_difficulty_ignores_the_harder_objects():
+    gt = _kitti_gt()
+    # Only the easy car is found: all of easy's AP, a part of moderate's and hard's.
+    easy_only = _dets([10, 10, 50, 50])
+    assert evaluate(easy_only, gt, difficulty="easy")["map50"] == pytest.approx(1.0)
+    assert evaluate(easy_only, gt, difficulty="moderate")["map50"] < 0.6
+    assert evaluate(easy_only, gt, difficulty="hard")["map50"] < 0.4
+    # A detection on the hard car is neither true nor false at the easy level (ignored), and a
+    # true positive at the hard one.
+    both = _dets([10, 10, 50, 50], [200, 10, 30, 26])
+    assert evaluate(both, gt, difficulty="easy")["map50"] == pytest.approx(1.0)
+    assert evaluate(both, gt, difficulty="hard")["map50"] == pytest.approx(
+        evaluate(both, gt)["map50"])
+    assert gt["annotations"][2]["iscrowd"] == 0  # the ground truth given is not modified
+
+
+def test_kitti_difficulty_needs_converted_ground_truth():
+    gt = _kitti_gt()
+    with pytest.raises(DataError, match="not a KITTI level"):
+        evaluate(_dets([10, 10, 50, 50]), gt, difficulty="medium")
+    del gt["annotations"][1]["difficulty"]
+    with pytest.raises(DataError, match="converted by `prunekit data kitti`"):
+        evaluate(_dets([10, 10, 50, 50]), gt, difficulty="easy")

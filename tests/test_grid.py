@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import MAKE_ENV, ROOT, make_killed_after
 
 pytestmark = pytest.mark.slow
 
 
 def _make(out, *extra, target="all-scenarios", timeout=1500):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(["make", "-C", str(ROOT), target, "SCALE=smoke", f"OUT={out}",
-                           *extra], capture_output=True, text=True, env=env, timeout=timeout)
+                           *extra], capture_output=True, text=True, env=MAKE_ENV,
+                          timeout=timeout)
 
 
 def _results(out):
@@ -27,20 +24,11 @@ def _results(out):
 
 def test_smoke_grid_writes_the_report_and_resumes(tmp_path):
     out = tmp_path / "grid"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     # Start the grid, kill it once a few cells are done, then run it again.
     log = tmp_path / "first-run.log"
-    with log.open("w") as sink:
-        proc = subprocess.Popen(["make", "-C", str(ROOT), "all-scenarios", "SCALE=smoke",
-                                 f"OUT={out}"], stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
-    deadline = time.monotonic() + 900
-    while len(_results(out)) < 4 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=60)
-    finished = _results(out)
-    assert 4 <= len(finished) < 30, (len(finished), proc.returncode, log.read_text()[-3000:])
+    finished = make_killed_after(["all-scenarios", "SCALE=smoke", f"OUT={out}"],
+                                 lambda: _results(out), 4, log)
+    assert 4 <= len(finished) < 30, (len(finished), log.read_text()[-3000:])
     done = _make(out)
     assert done.returncode == 0, done.stderr[-3000:]
     after = _results(out)

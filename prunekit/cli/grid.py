@@ -57,6 +57,8 @@ def cell_cmd(
                                                show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 1,
+    device: Annotated[str, typer.Option(help="cpu or cuda (also timed on CUDA, beside the "
+                                        "CPU latency).")] = "cpu",
     bench_seconds: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 1.0,
     runtime: Annotated[str, typer.Option(help="Latency runtime: eager (one runtime for every "
                                          "cell) or onednn-graph; see `prunekit bench`.")] = "eager",
@@ -71,8 +73,8 @@ def cell_cmd(
                granularity=granularity, steps=steps, batch_size=batch_size, lr=lr,
                weight_decay=weight_decay, adv=adv, eps=eps, alpha=alpha,
                attack_steps=attack_steps, adv_eval=adv_eval, images=images, method=method,
-               seed=seed, threads=threads, bench_seconds=bench_seconds, runtime=runtime,
-               reuse=reuse)
+               seed=seed, threads=threads, device=device, bench_seconds=bench_seconds,
+               runtime=runtime, reuse=reuse)
     adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
     seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "
