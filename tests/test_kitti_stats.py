@@ -136,3 +136,16 @@ def test_a_first_study_table_is_refused_in_one_line(tmp_path):
     with pytest.raises(DataError, match="not a table from `make kitti-study`"):
         report(df, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_finding_5_is_judged_per_method():
+    # DETR loses more than YOLOv3 under weight pruning but less under filter pruning: the
+    # transformer is more sensitive under one method only.
+    mixed = _study(detr_filter=(1, 0.98, 0.97, 0.96, 0.95, 0.94),
+                   detr_weight=(1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1))
+    found = {f.number: f for f in findings(prepare(mixed))}
+    assert found[5].verdict == PARTLY
+    assert any("weight, fine-tuned: DETR significantly lower at 9 of 9" in e
+               for e in found[5].evidence)
+    assert any("filter, fine-tuned: DETR significantly lower at 0 of 5" in e
+               for e in found[5].evidence)
