@@ -20,6 +20,8 @@ EXAMPLE = """Examples:
   prunekit evaluate dets.csv --gt val.json --format csv --no-per-class >> results.csv
 
   prunekit detect pruned.st --data val.json | prunekit evaluate --gt val.json -o metrics.json
+
+  prunekit evaluate dets.csv --gt data/kitti/val.json --difficulty moderate
 """
 
 

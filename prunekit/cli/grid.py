@@ -26,6 +26,8 @@ CELL_EXAMPLE = """Examples:
   prunekit grid cell runs/grid/run1/deeplift-rgb.st runs/grid/structured-deeplift/run1/r0.75 --scenario structured-deeplift --run 1 --ratio 0.75 --granularity filter --data data/synth/train.json --val data/synth/val-grid.json
 
   prunekit grid cell runs/grid/run1/deeplift-rgb.st /tmp/cell --scenario unstructured-deeplift --run 1 --ratio 0.5 --data data/synth/train.json --val data/synth/val-grid.json --runtime onednn-graph
+
+  prunekit grid cell runs/kitti-study/yolov3-small/scores-filter.st /tmp/cell --scenario yolov3-small.filter.pruned --run 1 --ratio 0.3 --granularity filter --method l1-filter --steps 0 --adv none --no-adv-eval --data data/kitti-synth/coco/train.json --val data/kitti-synth/coco/val-study.json --images data/kitti-synth/training
 """
 
 

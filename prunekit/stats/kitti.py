@@ -18,7 +18,6 @@ first study's report (:mod:`prunekit.stats.figures`, :mod:`prunekit.stats.report
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,15 @@ from prunekit.stats.figures import _COLOURS, _MARKERS, _new_figure, _ratio_axis,
 from prunekit.stats.findings import ALPHA
 from prunekit.stats.findings.kitti import RULES, findings, prepare
 from prunekit.stats.loading import LABELS, Results, _source_name, load_results
-from prunekit.stats.report import _fmt, _md_table, _publish, _safe
+from prunekit.stats.report import (
+    _fmt,
+    _md_table,
+    _publish,
+    _runs_per_cell,
+    _safe,
+    findings_json,
+    findings_markdown,
+)
 from prunekit.stats.tables import StdKind, _ddof, ratio_label, std_label
 
 OWNED = ("report.md", "findings.json", "tables", "figures")
@@ -203,10 +210,7 @@ def report(results: Results, out_dir: str | os.PathLike, *,
     for stem, fig in figs.items():
         files[f"figures/{stem}.png"] = figure_png(fig)
     found = findings(df)
-    found_json = [{"number": f.number, "claim": f.claim, "verdict": f.verdict,
-                   "evidence": f.evidence} for f in found]
-    files["findings.json"] = (json.dumps(found_json, indent=2, ensure_ascii=False)
-                              + "\n").encode()
+    found_json, files["findings.json"] = findings_json(found)
     files["report.md"] = _markdown(df, [_source_name(s) for s in sources], scenarios, std, figs,
                                    found, table_md).encode()
     out = Path(out_dir)
@@ -229,23 +233,12 @@ def _markdown(df: pd.DataFrame, names: list[str], scenarios: list[str], std: Std
     rows = []
     for s in scenarios:
         sub = df[df["scenario"] == s]
-        runs = sub.groupby("ratio")["run"].nunique()
         steps = int(sub["finetune_steps"].max())
         rows.append([s, str(sub["family"].iloc[0]), _METHODS.get(sub["granularity"].iloc[0], "?"),
-                     f"{steps} steps" if steps else "none",
-                     str(runs.min()) if runs.min() == runs.max()
-                     else f"{runs.min()}–{runs.max()}"])
+                     f"{steps} steps" if steps else "none", _runs_per_cell(df, s)])
     blocks.append(_md_table(["scenario", "family", "pruning", "fine-tune", "runs per cell"],
                             rows, numeric=False))
-    blocks.append("## Findings")
-    blocks.append("Each of the study's findings, judged on these results by the rules under "
-                  "[How the verdicts are decided](#how-the-verdicts-are-decided).")
-    blocks.append(_md_table(["#", "the study's finding", "verdict"],
-                            [[str(f.number), f.claim, f"**{f.verdict}**"] for f in found],
-                            numeric=False))
-    for f in found:
-        blocks.append(f"### {f.number}. {f.claim}: {f.verdict}")
-        blocks.append("\n".join(f"- {line}" for line in f.evidence))
+    blocks += findings_markdown(found, "the study's")
     if figs:
         blocks.append("## Figures")
         blocks += [f"![{_FIGURES[stem]}](figures/{stem}.png)" for stem in figs]

@@ -105,6 +105,27 @@ def _runs_per_cell(df: pd.DataFrame, scenario: str) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+def findings_json(found: Sequence[Finding]) -> tuple[list[dict], bytes]:
+    """The findings as dicts, and as the bytes of ``findings.json``."""
+    rows = [{"number": f.number, "claim": f.claim, "verdict": f.verdict,
+             "evidence": f.evidence} for f in found]
+    return rows, (json.dumps(rows, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def findings_markdown(found: Sequence[Finding], whose: str) -> list[str]:
+    """The report's "Findings" section: a verdict table, then each finding's evidence."""
+    blocks = ["## Findings",
+              f"Each of {whose} findings, judged on these results by the rules under "
+              "[How the verdicts are decided](#how-the-verdicts-are-decided).",
+              _md_table(["#", f"{whose} finding", "verdict"],
+                        [[str(f.number), f.claim, f"**{f.verdict}**"] for f in found],
+                        numeric=False)]
+    for f in found:
+        blocks.append(f"### {f.number}. {f.claim}: {f.verdict}")
+        blocks.append("\n".join(f"- {line}" for line in f.evidence))
+    return blocks
+
+
 def report(results: Results, out_dir: str | os.PathLike, *, std: StdKind = "population",
            metrics: Sequence[str] | None = None) -> dict:
     """Write the full statistics report for a results table into ``out_dir``.
@@ -169,10 +190,7 @@ def report(results: Results, out_dir: str | os.PathLike, *, std: StdKind = "popu
         files[f"figures/{stem}.png"] = figure_png(fig)
 
     found = findings(df, std)
-    found_json = [{"number": f.number, "claim": f.claim, "verdict": f.verdict,
-                   "evidence": f.evidence} for f in found]
-    files["findings.json"] = (json.dumps(found_json, indent=2, ensure_ascii=False)
-                              + "\n").encode()
+    found_json, files["findings.json"] = findings_json(found)
     md = _report_markdown(df, names, scenarios, ratios, metrics, std, comps, anovas, figs,
                           found, table_md)
     files["report.md"] = md.encode()
@@ -214,15 +232,7 @@ def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
         [[s, attrs[s]["granularity"] or "?", attrs[s]["method"] or "?",
           attrs[s]["colour"] or "?", _runs_per_cell(df, s)] for s in scenarios], numeric=False))
 
-    blocks.append("## Findings")
-    blocks.append("Each of the paper's findings, judged on these results by the rules under "
-                  "[How the verdicts are decided](#how-the-verdicts-are-decided).")
-    blocks.append(_md_table(["#", "paper's finding", "verdict"],
-                            [[str(f.number), f.claim, f"**{f.verdict}**"] for f in found],
-                            numeric=False))
-    for f in found:
-        blocks.append(f"### {f.number}. {f.claim}: {f.verdict}")
-        blocks.append("\n".join(f"- {line}" for line in f.evidence))
+    blocks += findings_markdown(found, "the paper's")
 
     if figs:
         blocks.append("## Figures")
