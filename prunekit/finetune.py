@@ -12,6 +12,17 @@ epoch, position) alone, and each step re-seeds torch's generator from (seed, ste
 replays bit for bit on CPU. The training state (model, EMA, optimizer, step) is saved every
 ``save_every`` steps and on interruption to a state file beside the output; ``resume=True``
 continues from it and gives the same final weights as an uninterrupted run.
+
+Several processes (``torchrun``, see :mod:`prunekit.distributed`): ``batch_size`` stays the
+global batch, each rank takes its contiguous share of every batch, the forward goes through
+DistributedDataParallel (gradients averaged in backward; SyncBatchNorm on CUDA only), and rank
+0's BatchNorm statistics are copied to every rank after each step, so the model, the optimiser
+and the EMA are identical everywhere (checked by exact weight checksums at every state save and,
+with a training log, every step). Training attacks go through the unwrapped model with
+``torch.autograd.grad`` on the images, so they never trigger gradient all-reduces, and every rank
+runs the same number of attack steps. Only rank 0 writes (state files, the log, the output);
+the others wait. A stop (Ctrl-C, or SIGTERM from a scheduler) is agreed by all ranks at a step
+boundary; after torchrun restarts a failed group, training resumes from the state file.
 """
 
 from __future__ import annotations
@@ -32,7 +43,8 @@ from torch import Tensor, nn
 
 from prunekit import checkpoint
 from prunekit.checkpoint import Checkpoint
-from prunekit.device import resolve_device, set_threads
+from prunekit.device import set_threads
+from prunekit.distributed import Session, checksum, wrap
 from prunekit.errors import PrunekitError
 from prunekit.models import registry
 from prunekit.models.base import Detector, Target
@@ -128,7 +140,8 @@ def _mask_grads(model: nn.Module, masks: dict[str, Tensor]) -> None:
 
 def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer, *, adv=None,
                adv_mix: float = 0.5, masks: dict[str, Tensor] | None = None,
-               autocast: torch.autocast | None = None) -> dict[str, float]:
+               autocast: torch.autocast | None = None, net: nn.Module | None = None,
+               scale: float = 1.0) -> dict[str, float]:
     """One optimisation step on a batch (clean, or mixed with adversarial examples).
 
     Args:
@@ -140,23 +153,28 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
         adv_mix: weight of the adversarial loss; the clean loss gets ``1 - adv_mix``.
         masks: keep-masks to hold pruned weights at zero.
         autocast: a CUDA autocast context, or None.
+        net: what the training forward goes through (the model wrapped in
+            DistributedDataParallel); the attack always uses the unwrapped ``model``.
+        scale: factor on the loss (and the reported parts): the number of processes when the
+            family's loss sums over the batch and this process holds a share of it.
     """
     adv_images = None
     if adv is not None and adv_mix > 0:
         adv_images = adv(model, images, targets)
     geometries = [t.geometry for t in targets]
-    model.train()
+    net = model if net is None else net
+    net.train()
     optimizer.zero_grad(set_to_none=True)
     parts: dict[str, float] = {}
     ctx = autocast if autocast is not None else contextlib.nullcontext()
 
     def _loss(x: Tensor) -> Tensor:
         with ctx:
-            out = model(x, geometries)
+            out = net(x, geometries)
         total, p = model.loss(out, targets)
         for k, v in p.items():
-            parts[k] = parts.get(k, 0.0) + float(v.detach())
-        return total
+            parts[k] = parts.get(k, 0.0) + float(v.detach()) * scale
+        return total * scale
 
     if adv_images is None:
         loss = _loss(images)
@@ -169,9 +187,10 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
         # the usual mixed adversarial training, and the step costs one pass, not two.
         n = images.shape[0]
         with ctx:
-            out = model(torch.cat((images, adv_images)), geometries * 2)
+            out = net(torch.cat((images, adv_images)), geometries * 2)
         lc, _ = model.loss(tuple(o[:n] for o in out), targets)
         la, _ = model.loss(tuple(o[n:] for o in out), targets)
+        lc, la = lc * scale, la * scale
         loss = (1 - adv_mix) * lc + adv_mix * la
         parts.update(loss=float(loss.detach()), clean_loss=float(lc.detach()),
                      adv_loss=float(la.detach()))
@@ -189,26 +208,33 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
 
 
 class _StepBoundaryInterrupt:
-    """Defer Ctrl-C (SIGINT) to the end of the training step it arrives in.
+    """Defer Ctrl-C (SIGINT) or a scheduler's SIGTERM to the end of the training step it arrives
+    in.
 
     A KeyboardInterrupt raised mid-step (after the optimiser step, before the EMA update or the
     step count) would save a state that no uninterrupted run passes through, and ``--resume``
-    would then diverge from it. The first SIGINT only sets ``requested``; the loop saves the
-    state and stops at the next step boundary. A second SIGINT interrupts at once (the last
-    periodic state is kept). Only the main thread can own signal handlers; elsewhere this does
-    nothing.
+    would then diverge from it. The first signal only sets ``requested``; the loop saves
+    the state and stops at the next step boundary (Slurm sends SIGTERM at a job's time limit,
+    SIGKILL 30 s later by default). A second signal interrupts at once (the last periodic state
+    is kept). Only the main thread can own signal handlers; elsewhere this does nothing.
+
+    Under torchrun only Ctrl-C is deferred: torchrun stops its workers with SIGTERM when one of
+    them has failed, and the others, blocked in a collective with the dead one, would never
+    reach a step boundary; they stop at once and the periodic state is what a restart resumes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, terminate: bool = True) -> None:
         self.requested = False
-        self._old: Any = None
+        self.terminate = terminate
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> _StepBoundaryInterrupt:
         import signal
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM)[:2 if self.terminate else 1]:
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -219,8 +245,8 @@ class _StepBoundaryInterrupt:
     def __exit__(self, *exc: Any) -> None:
         import signal
 
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 class _ForcedInterrupt(KeyboardInterrupt):
@@ -308,6 +334,9 @@ class _Run:
     optimizer: torch.optim.Optimizer
     ema: EMA
     state_path: Path | None
+    session: Session = field(default_factory=Session)
+    net: nn.Module | None = None
+    log: Path | None = None
     attack: Callable | None = None
     autocast: torch.autocast | None = None
     start: int = 0
@@ -322,9 +351,12 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
              adv: str = "none", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
              adv_steps: int = 5, state_file: str | Path | None = None, resume: bool = False,
              save_every: int = 200, val: str | Path | None = None, eval_every: int = 0,
-             bn_batches: int = 16, threads: int | None = None,
-             progress: Progress | None = None) -> Checkpoint:
+             bn_batches: int = 16, threads: int | None = None, log: str | Path | None = None,
+             session: Session | None = None,
+             progress: Progress | None = None) -> Checkpoint | None:
     """Train a checkpoint on a COCO dataset and return the trained checkpoint (EMA weights).
+
+    With several processes (``session``), rank 0 returns the checkpoint and the others None.
 
     Args:
         ck: the starting checkpoint; its masks stay applied.
@@ -355,30 +387,51 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         bn_batches: batches over which BatchNorm statistics are re-estimated for the final
             weights (0: keep the running averages).
         threads: CPU threads for torch (default: unchanged).
-        progress: ``progress(step, total, metrics)`` callback.
+        log: a JSON-lines file that gets one line per step (learning rate, losses averaged over
+            the ranks, and with several processes every rank's weight checksum and count of
+            non-zero masked weights).
+        session: the processes training together (:func:`prunekit.distributed.session`);
+            None: this process alone, on ``device``.
+        progress: ``progress(step, total, metrics)`` callback (called on rank 0 only).
     """
+    if session is None:
+        from prunekit.distributed import from_environment
+
+        session = Session(device=from_environment(device).device)
     _check(batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix, resume=resume,
-           state_file=state_file)
+           state_file=state_file, world=session.world)
     set_threads(threads)
     run = _setup(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,
                  seed=seed, device=device, grey=grey, img_size=img_size, augment=augment,
                  adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=adv_steps,
-                 state_file=state_file)
+                 state_file=state_file, session=session)
+    run.log = Path(log) if log else None
+    # After torchrun restarts a failed group, each process runs the same command again: go on
+    # from the state the group last saved.
+    if session.restarts and run.state_path is not None and run.state_path.exists():
+        resume = True
     if resume:
         run.start = _load_state(run.state_path, run.config, run.model, run.ema, run.optimizer)
+    run.net = wrap(run.model, session)
+    if run.log is not None and session.main:
+        _start_log(run.log, run.start)
     step = _loop(run, val=val, eval_every=eval_every, save_every=save_every,
                  progress=progress)
     return _finish(run, step, val=val, bn_batches=bn_batches,
                    extra={"epochs": epochs, "device": run.device.type, "grey": grey,
-                          "img_size": img_size, "bn_batches": bn_batches})
+                          "img_size": img_size, "bn_batches": bn_batches,
+                          "processes": session.world})
 
 
 def _check(*, batch_size: int, lr: float, adv: str, adv_mix: float, resume: bool,
-           state_file: str | Path | None) -> None:
+           state_file: str | Path | None, world: int = 1) -> None:
     """Refuse arguments that cannot train, before any work."""
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
+    if batch_size % world:
+        raise PrunekitError(f"--batch-size {batch_size} (the global batch) does not split "
+                            f"evenly over {world} processes; use a multiple of {world}")
     if lr <= 0:
         raise PrunekitError(f"--lr must be positive, got {lr}")
     if adv not in ("none", "pgd", "fgsm"):
@@ -394,12 +447,13 @@ def _setup(ck: Checkpoint, data: str | Path, *, epochs: float | None, steps: int
            batch_size: int, lr: float, weight_decay: float, warmup: int | None, workers: int,
            images: str | Path | None, seed: int, device: str, grey: bool | None,
            img_size: int | None, augment: bool, adv: str, adv_mix: float, eps: float,
-           alpha: float, adv_steps: int, state_file: str | Path | None) -> _Run:
+           alpha: float, adv_steps: int, state_file: str | Path | None,
+           session: Session) -> _Run:
     """The model (input changed as asked, masks applied, on its device), the data, the
     resolved configuration, the optimiser, the EMA and the training attack."""
     from prunekit.data.coco import CocoDetection
 
-    dev = resolve_device(device)
+    dev = session.device
     ck = copy.copy(ck)
     if grey is not None or img_size is not None:
         colour = None if grey is None else ("grey" if grey else "rgb")
@@ -429,7 +483,7 @@ def _setup(ck: Checkpoint, data: str | Path, *, epochs: float | None, steps: int
     optimizer = torch.optim.AdamW(model.param_groups(weight_decay), lr=lr, betas=(0.9, 0.999))
     run = _Run(ck=ck, config=config, model=model, dataset=dataset, device=dev, masks=masks,
                optimizer=optimizer, ema=EMA(model, steps),
-               state_path=Path(state_file) if state_file else None)
+               state_path=Path(state_file) if state_file else None, session=session)
     if adv != "none":
         from prunekit.attack import training_attack
 
@@ -448,44 +502,98 @@ def _loop(run: _Run, *, val: str | Path | None, eval_every: int, save_every: int
     """
     from prunekit.data.coco import EpochBatches, loader
 
-    config, model, optimizer, dev = run.config, run.model, run.optimizer, run.device
+    config, model, optimizer, dev, s = run.config, run.model, run.optimizer, run.device, \
+        run.session
     steps, seed = config.steps, config.seed
-    batches = loader(run.dataset, config.batch_size, workers=config.workers, seed=seed,
-                     batch_sampler=EpochBatches(len(run.dataset), config.batch_size, seed,
-                                                run.start, steps))
+    batches = loader(run.dataset, config.batch_size // s.world, workers=config.workers,
+                     seed=seed, batch_sampler=EpochBatches(len(run.dataset), config.batch_size,
+                                                           seed, run.start, steps,
+                                                           rank=s.rank, world=s.world))
     step = run.start
-    interrupt = _StepBoundaryInterrupt()
+    interrupt = _StepBoundaryInterrupt(terminate=not s.distributed)
     try:
         with interrupt:
             for images_b, targets, _ in batches:
-                torch.manual_seed(seed * 1_000_003 + step)
+                # Each rank attacks its own share of the batch: a random start of its own.
+                torch.manual_seed((seed * 1_000_003 + step) * s.world + s.rank)
+                lr = lr_at(step, steps, config.lr, config.warmup)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr_at(step, steps, config.lr, config.warmup) \
-                        * group.get("lr_scale", 1.0)
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 x = images_b.to(dev, non_blocking=True)
                 if dev.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
                 parts = train_step(model, x, targets, optimizer, adv=run.attack,
                                    adv_mix=config.adv_mix, masks=run.masks,
-                                   autocast=run.autocast)
+                                   autocast=run.autocast, net=run.net,
+                                   scale=s.world if model.loss_sums_batch else 1.0)
+                s.broadcast_buffers(model)
                 run.ema.update(model)
                 step += 1
+                parts = s.mean(parts)
                 if val is not None and eval_every and step % eval_every == 0 and step < steps:
-                    run.curve.append({"step": step, **_validate(run.ema.model, val,
-                                                                config.images, dev)})
-                    parts.update({k: v for k, v in run.curve[-1].items() if k != "step"})
-                if progress is not None:
+                    if s.main:
+                        run.curve.append({"step": step, **_validate(run.ema.model, val,
+                                                                    config.images, dev)})
+                        parts.update({k: v for k, v in run.curve[-1].items() if k != "step"})
+                    s.barrier()
+                if run.log is not None:
+                    _log_step(run, step, lr, parts)
+                if progress is not None and s.main:
                     progress(step, steps, parts)
                 if run.state_path is not None and save_every and step % save_every == 0 \
                         and step < steps:
-                    _save_state(run.state_path, config, step, model, run.ema, optimizer, run.ck)
-                if interrupt.requested and step < steps:
+                    _check_ranks(run, step)
+                    if s.main:
+                        _save_state(run.state_path, config, step, model, run.ema, optimizer,
+                                    run.ck)
+                    s.barrier()
+                if s.any(interrupt.requested) and step < steps:
                     raise KeyboardInterrupt
     except (KeyboardInterrupt, RuntimeError) as e:
         if isinstance(e, RuntimeError) and not interrupt.requested:
             raise  # a real failure; with Ctrl-C pending it is a DataLoader worker that stopped
         _interrupted(run, step, forced=isinstance(e, _ForcedInterrupt))
     return step
+
+
+def _rank_state(run: _Run) -> list[int]:
+    """This rank's fingerprint: weight checksum (model and EMA) and non-zero masked weights."""
+    state = run.model.state_dict()
+    stray = sum(int(state[k].masked_select(~m).count_nonzero()) for k, m in run.masks.items())
+    return [checksum(run.model, run.ema.model), stray]
+
+
+def _check_ranks(run: _Run, step: int) -> list[list[int]]:
+    """Every rank's fingerprint; an error when the ranks' weights differ (they never should:
+    a difference means the processes no longer train one model)."""
+    ranks = run.session.gather(_rank_state(run))
+    if any(r[0] != ranks[0][0] for r in ranks):
+        raise PrunekitError(f"the {len(ranks)} processes hold different weights after step "
+                            f"{step} (checksums {[r[0] for r in ranks]}); they no longer train "
+                            f"one model: report this with the command")
+    return ranks
+
+
+def _start_log(path: Path, start: int) -> None:
+    """A fresh training log, or, on resume, the log up to the resumed step (later lines were
+    written by steps the resumed run does again)."""
+    kept = []
+    if start and path.exists():
+        kept = [line for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= start]
+    from prunekit.files import write_atomic
+
+    write_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def _log_step(run: _Run, step: int, lr: float, parts: dict[str, float]) -> None:
+    """One line of the training log (rank 0 writes, every rank contributes its fingerprint)."""
+    ranks = _check_ranks(run, step) if run.session.distributed else [_rank_state(run)]
+    if run.session.main:
+        line = {"step": step, "lr": lr, **parts, "checksums": [r[0] for r in ranks],
+                "masked_nonzero": [r[1] for r in ranks]}
+        with run.log.open("a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def _interrupted(run: _Run, step: int, *, forced: bool) -> None:
@@ -497,17 +605,24 @@ def _interrupted(run: _Run, step: int, *, forced: bool) -> None:
         raise PrunekitError(f"interrupted mid-step; {path} keeps the last periodic state, if "
                             f"any: run the same command with --resume to continue from it") \
             from None
-    _save_state(path, run.config, step, run.model, run.ema, run.optimizer, run.ck)
+    if run.session.main:
+        _save_state(path, run.config, step, run.model, run.ema, run.optimizer, run.ck)
+    run.session.barrier()
     raise PrunekitError(f"interrupted at step {step}/{run.config.steps}; the training state is "
                         f"in {path}: run the same command with --resume to continue") from None
 
 
 def _finish(run: _Run, step: int, *, val: str | Path | None, bn_batches: int,
-            extra: dict[str, Any]) -> Checkpoint:
+            extra: dict[str, Any]) -> Checkpoint | None:
     """The output checkpoint: EMA weights, masks re-applied, BatchNorm statistics measured
-    anew, the last validation, and the history entry; the state file is removed."""
+    anew, the last validation, and the history entry; the state file is removed. With several
+    processes only rank 0 does this (the others return None and wait for it to write)."""
     from prunekit.data.coco import EpochBatches, loader
 
+    if run.session.distributed:
+        _check_ranks(run, step)
+        if not run.session.main:
+            return None
     config = run.config
     final = run.ema.model
     apply_masks(final, run.masks)

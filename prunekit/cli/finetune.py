@@ -20,6 +20,7 @@ from prunekit.cli._options import (
     ThreadsOpt,
     WorkersOpt,
 )
+from prunekit.errors import PrunekitError
 
 EXAMPLE = """Examples:
 
@@ -28,6 +29,8 @@ EXAMPLE = """Examples:
   prunekit finetune trained.st --data data/synth/train.json --adv pgd --adv-mix 0.5 --steps 300 --lr 5e-4 -o robust.st
 
   prunekit mask scored.st --ratio 0.5 | prunekit finetune --data data/synth/train.json --steps 100 -o pruned.st
+
+  torchrun --standalone --nproc-per-node 4 -m prunekit finetune model.st --data data/synth/train.json --steps 1000 --batch-size 64 -o trained.st
 """
 
 
@@ -70,35 +73,53 @@ def finetune_cmd(
                                             "evaluations (0: only at the end).")] = 0,
     bn_batches: Annotated[int, typer.Option(help="Batches to re-estimate BatchNorm statistics "
                                             "for the final weights (0: off).")] = 16,
+    log: Annotated[Path | None, typer.Option("--step-log", help="One JSON line per step (learning "
+                                             "rate, losses; under torchrun every rank's weight "
+                                             "checksum).", show_default=False)] = None,
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
 ) -> None:
-    """Train a detector; masks in the checkpoint stay applied (pruned weights stay 0)."""
+    """Train a detector; masks in the checkpoint stay applied (pruned weights stay 0).
+
+    Under torchrun, every process trains one model together (DistributedDataParallel; gloo on
+    CPU, NCCL on CUDA with one GPU per process); --batch-size is the global batch; rank 0 writes.
+    """
+    import contextlib
+
+    from prunekit import distributed
     from prunekit.finetune import finetune
 
-    ck = read_checkpoint(model)
-    state = None
-    if output is not None and str(output) != "-":
-        state = output.with_name(output.name + ".state")
-    with progress_bar("finetune") as bar:
-        task = bar.add_task("finetune", total=None, info="")
+    with distributed.session(device) as s:
+        if s.distributed and (model is None or str(model) == "-"):
+            raise PrunekitError("under torchrun, give the checkpoint as a file: standard input "
+                                "reaches one process only")
+        ck = read_checkpoint(model)
+        state = None
+        if output is not None and str(output) != "-":
+            state = output.with_name(output.name + ".state")
+        bar = progress_bar("finetune") if s.main else contextlib.nullcontext()
+        with bar:
+            task = bar.add_task("finetune", total=None, info="") if s.main else None
 
-        def _progress(step: int, total: int, parts: dict[str, float]) -> None:
-            info = " ".join(f"{k} {v:.3f}" for k, v in parts.items() if k in
-                            ("loss", "adv_loss", "map", "map50"))
-            bar.update(task, completed=step, total=total, info=info)
+            def _progress(step: int, total: int, parts: dict[str, float]) -> None:
+                info = " ".join(f"{k} {v:.3f}" for k, v in parts.items() if k in
+                                ("loss", "adv_loss", "map", "map50"))
+                bar.update(task, completed=step, total=total, info=info)
 
-        out = finetune(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
-                       weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,
-                       seed=seed, device=device, grey=grey, img_size=img_size, augment=augment,
-                       adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, adv_steps=attack_steps,
-                       state_file=state, resume=resume, save_every=save_every, val=val,
-                       eval_every=eval_every, bn_batches=bn_batches, threads=threads,
-                       progress=_progress)
-    curve = out.history[-1]["args"].get("curve")
-    if curve:
-        console.print(f"validation: mAP {curve[-1]['map']:.4f}, mAP50 {curve[-1]['map50']:.4f}",
-                      highlight=False)
-    write_checkpoint(out, output)
+            out = finetune(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                           weight_decay=weight_decay, warmup=warmup, workers=workers,
+                           images=images, seed=seed, device=device, grey=grey,
+                           img_size=img_size, augment=augment, adv=adv, adv_mix=adv_mix,
+                           eps=eps, alpha=alpha, adv_steps=attack_steps, state_file=state,
+                           resume=resume, save_every=save_every, val=val,
+                           eval_every=eval_every, bn_batches=bn_batches, threads=threads,
+                           log=log, session=s, progress=_progress)
+        if out is None:
+            return  # not rank 0: it writes
+        curve = out.history[-1]["args"].get("curve")
+        if curve:
+            console.print(f"validation: mAP {curve[-1]['map']:.4f}, mAP50 "
+                          f"{curve[-1]['map50']:.4f}", highlight=False)
+        write_checkpoint(out, output)

@@ -259,11 +259,18 @@ def collate(batch: list[tuple[Tensor, Target, dict[str, Any]]]) \
 class EpochBatches(Sampler):
     """Batches of (index, augmentation seed) for steps ``start``.. ``stop``; each epoch is a
     permutation seeded by (seed, epoch), so a run's batches are a function of the seed and the
-    step alone (it replays exactly, and resumes anywhere)."""
+    step alone (it replays exactly, and resumes anywhere).
 
-    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int) -> None:
+    With ``world`` processes training together, ``batch`` is the global batch and process
+    ``rank`` takes its contiguous share of it: together they see exactly the batches one process
+    would, with no padding duplicates (every epoch uses whole batches only).
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, start: int, stop: int, *, rank: int = 0,
+                 world: int = 1) -> None:
         self.n, self.batch, self.seed, self.start, self.stop = n, batch, seed, start, stop
         self.per_epoch = n // batch
+        self.share = slice(rank * batch // world, (rank + 1) * batch // world)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -277,7 +284,7 @@ class EpochBatches(Sampler):
                 order, epoch = torch.randperm(self.n, generator=g).tolist(), e
             chunk = order[k * self.batch:(k + 1) * self.batch]
             yield [(i, (self.seed * 1_000_003 + step * 4099 + j) % 2**62)
-                   for j, i in enumerate(chunk)]
+                   for j, i in enumerate(chunk)][self.share]
 
 
 def loader(dataset: Dataset, batch_size: int, *, shuffle: bool = False, workers: int = 0,

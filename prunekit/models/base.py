@@ -213,6 +213,10 @@ class Detector(nn.Module, ABC):
     runtimes: ClassVar[tuple[str, ...]] = ("eager",)
     # Gradient-norm clipping in training (the family's own recipe).
     max_grad_norm: ClassVar[float] = 10.0
+    # Whether `loss` grows with the batch (a per-image mean times the batch size) rather than
+    # being a mean: training on a 1/N share of the batch in each of N processes then scales it
+    # by N, so that the averaged gradients equal one process's on the whole batch.
+    loss_sums_batch: ClassVar[bool] = False
     # Score methods that cannot be right for this family → why (`score` refuses them).
     unsupported_scores: ClassVar[dict[str, str]] = {}
     arch: dict[str, Any]

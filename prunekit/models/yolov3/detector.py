@@ -39,6 +39,7 @@ class YOLOv3(Detector):
     """
 
     family: ClassVar[str] = "yolov3"
+    loss_sums_batch: ClassVar[bool] = True  # the mean times the batch size (see loss.py)
     runtimes: ClassVar[tuple[str, ...]] = ("onednn-graph", "eager")
 
     def __init__(self, arch: dict[str, Any], input_spec: dict[str, Any],
