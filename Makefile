@@ -7,6 +7,27 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PK     := $(BIN)/prunekit
 
+# Every heavy recipe runs as one step, through one prefix:
+#
+#   $(call step,STAGE,COMMAND[,LOGDIR])  →  scripts/step STAGE $@ LOGDIR -- $(LAUNCH) bash -c 'COMMAND'
+#
+# (bash -o pipefail, as every recipe here). scripts/step reruns a failed command up to RETRIES
+# times, appends `STAGE TARGET MILLISECONDS` to LOGDIR/times.log (default OUT) and prints one
+# line per finished step: `[37/135] structured-deeplift run1 r0.75  31 s  · about 24 min left`
+# (counted over the whole study by all-scenarios and kitti-study; see `grid` below).
+#   LAUNCH=...  a prefix for every step, e.g. LAUNCH="srun --exact -n1 -c2" inside a Slurm
+#               allocation makes each step a job step (default empty: plain bash, here)
+#   RETRIES=n   reruns of a failed step (default 2 with LAUNCH, 0 without)
+#   V=1         print the recipes as they run (default: only the steps' lines and output)
+# COMMAND is passed as one argument (its single quotes escaped), so pipes, &&, redirects, quotes
+# and $ work as in a plain recipe; like any $(call) argument it cannot contain a comma.
+LAUNCH  ?=
+RETRIES ?= $(if $(strip $(LAUNCH)),2,0)
+export STEP_RETRIES = $(RETRIES)
+Q       := $(if $(filter 1,$(V)),,@)
+STEP    := scripts/step
+step = $(Q)$(STEP) $(1) $@ $(or $(3),$(OUT)) --$(if $(strip $(LAUNCH)), $(strip $(LAUNCH))) bash -o pipefail -c '$(subst ','\'',$(2))'
+
 # The embedded dataset and baseline, shared by everything that follows.
 DATA           ?= data/synth
 BASE           ?= runs/baseline
@@ -44,25 +65,24 @@ bench: $(STAMP)
 # ---------------------------------------------------------------- the embedded baseline
 
 $(DATA)/train.json: | $(STAMP)
-	rm -rf $(DATA)
 	@mkdir -p $(OUT)
-	$(call timed,data,$(PK) data synth $(DATA) --train 3000 --val 500 --size 160 --seed 0 > /dev/null)
+	$(call step,data,rm -rf $(DATA) && $(PK) data synth $(DATA) --train 3000 --val 500 --size 160 --seed 0 > /dev/null)
 
 # Train the small model from scratch (about 15 minutes on two CPU cores), then measure it at
 # the mAP threshold (0.001) and at the paper's (0.5).
 $(BASE)/model.st: $(DATA)/train.json
-	mkdir -p $(BASE) $(OUT)
-	$(call timed,baseline,$(PK) init yolov3-small --dataset $(DATA)/train.json --seed 0 \
+	$(Q)mkdir -p $(BASE) $(OUT)
+	$(call step,baseline,$(PK) init yolov3-small --dataset $(DATA)/train.json --seed 0 \
 	  | $(PK) finetune --data $(DATA)/train.json --val $(DATA)/val.json --steps $(BASE_STEPS) \
 	      --batch-size 32 --lr 2e-3 --eval-every 300 --threads $(BASE_THREADS) --device cpu \
 	      -o $@)
 
 $(BASE)/metrics.json: $(BASE)/model.st
-	$(PK) detect $< --data $(DATA)/val.json --conf 0.001 --device cpu -o $(BASE)/dets-0.001.csv
-	$(PK) evaluate $(BASE)/dets-0.001.csv --gt $(DATA)/val.json -o $(BASE)/metrics-0.001.json
-	$(PK) detect $< --data $(DATA)/val.json --conf 0.5 --device cpu -o $(BASE)/dets-0.5.csv
-	$(PK) evaluate $(BASE)/dets-0.5.csv --gt $(DATA)/val.json -o $(BASE)/metrics-0.5.json
-	cp $(BASE)/metrics-0.001.json $@
+	$(call step,evaluate,$(PK) detect $< --data $(DATA)/val.json --conf 0.001 --device cpu -o $(BASE)/dets-0.001.csv \
+	  && $(PK) evaluate $(BASE)/dets-0.001.csv --gt $(DATA)/val.json -o $(BASE)/metrics-0.001.json \
+	  && $(PK) detect $< --data $(DATA)/val.json --conf 0.5 --device cpu -o $(BASE)/dets-0.5.csv \
+	  && $(PK) evaluate $(BASE)/dets-0.5.csv --gt $(DATA)/val.json -o $(BASE)/metrics-0.5.json \
+	  && cp $(BASE)/metrics-0.001.json $@.tmp && mv $@.tmp $@)
 
 baseline: $(BASE)/metrics.json
 
@@ -85,30 +105,30 @@ DETR_VAL       := $(KITTI_SYNTH)/coco/val.json
 DETR_IMAGES    := --images $(KITTI_SYNTH)/training
 
 $(DETR_TRAIN): | $(STAMP)
-	rm -rf $(KITTI_SYNTH)
-	$(call timed,data,$(PK) data synth $(KITTI_SYNTH)/training --layout kitti --images 2500 \
+	$(Q)rm -rf $(KITTI_SYNTH)
+	$(call step,data,$(PK) data synth $(KITTI_SYNTH)/training --layout kitti --images 2500 \
 	  --width 384 --height 128 --seed 0 > /dev/null && $(PK) data kitti \
 	  $(KITTI_SYNTH)/training $(KITTI_SYNTH)/coco --val-fraction 0.2 --seed 0 > /dev/null,$\
 	  $(if $(filter kitti,$(STUDY)),$(OUT),$(KITTI_SYNTH)))
 
 $(DETR_BASE)/model.st: $(DETR_TRAIN)
-	mkdir -p $(DETR_BASE)
-	$(call timed,baseline,$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
+	$(Q)mkdir -p $(DETR_BASE)
+	$(call step,baseline,$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
 	  | $(PK) finetune --data $(DETR_TRAIN) $(DETR_IMAGES) --val $(DETR_VAL) \
 	      --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 --weight-decay 1e-4 --eval-every 200 \
 	      --threads $(DETR_THREADS) --device cpu -o $@,$(if $(filter kitti,$(STUDY)),$(OUT),$(DETR_BASE)))
 
 $(DETR_BASE)/robust.st: $(DETR_BASE)/model.st
-	$(PK) finetune $< --data $(DETR_TRAIN) $(DETR_IMAGES) --adv fgsm --adv-mix 0.5 \
-	  --steps $(DETR_ADV_STEPS) --batch-size 16 --lr 2e-4 --threads 2 --device cpu -o $@
+	$(call step,robust,$(PK) finetune $< --data $(DETR_TRAIN) $(DETR_IMAGES) --adv fgsm --adv-mix 0.5 \
+	  --steps $(DETR_ADV_STEPS) --batch-size 16 --lr 2e-4 --threads 2 --device cpu -o $@,$(DETR_BASE))
 
 $(DETR_BASE)/%-clean.json: $(DETR_BASE)/%.st
-	$(PK) detect $< --data $(DETR_VAL) $(DETR_IMAGES) --conf 0.001 --threads 2 --device cpu \
-	  | $(PK) evaluate --gt $(DETR_VAL) -o $@
+	$(call step,evaluate,$(PK) detect $< --data $(DETR_VAL) $(DETR_IMAGES) --conf 0.001 --threads 2 --device cpu \
+	  | $(PK) evaluate --gt $(DETR_VAL) -o $@,$(DETR_BASE))
 
 $(DETR_BASE)/%-pgd.json: $(DETR_BASE)/%.st
-	$(PK) detect $< --data $(DETR_VAL) $(DETR_IMAGES) --conf 0.001 --attack pgd --eps 0.05 \
-	  --alpha 0.02 --steps 5 --threads 2 --device cpu | $(PK) evaluate --gt $(DETR_VAL) -o $@
+	$(call step,evaluate,$(PK) detect $< --data $(DETR_VAL) $(DETR_IMAGES) --conf 0.001 --attack pgd --eps 0.05 \
+	  --alpha 0.02 --steps 5 --threads 2 --device cpu | $(PK) evaluate --gt $(DETR_VAL) -o $@,$(DETR_BASE))
 
 .PRECIOUS: $(DETR_BASE)/model.st $(DETR_BASE)/robust.st
 detr-baseline: $(foreach m,model robust,$(foreach k,clean pgd,$(DETR_BASE)/$(m)-$(k).json))
@@ -196,48 +216,44 @@ SCENARIOS := unstructured-deeplift unstructured-hydra structured-deeplift struct
              unstructured-deeplift-grey
 NONZERO  := $(filter-out 0,$(RATIOS))
 
-# $(call timed,stage,command): run a command and log its wall time to OUT/times.log.
-timed = s=$$(date +%s%N); $(2) && echo "$(1) $@ $$(( ($$(date +%s%N) - s) / 1000000 ))" \
-        >> $(or $(3),$(OUT))/times.log
-
 ifeq ($(SCALE),smoke)
 $(TRAIN): | $(STAMP)
-	rm -rf $(GRID_DATA) && mkdir -p $(OUT)
-	$(call timed,data,$(PK) data synth $(GRID_DATA) $(SYNTH_ARGS) > /dev/null)
+	@mkdir -p $(OUT)
+	$(call step,data,rm -rf $(GRID_DATA) && $(PK) data synth $(GRID_DATA) $(SYNTH_ARGS) > /dev/null)
 
 $(GRID_BASE)/model.st: $(TRAIN)
-	mkdir -p $(GRID_BASE)
-	$(call timed,baseline,$(PK) init $(INIT_ARGS) --dataset $(TRAIN) \
+	$(Q)mkdir -p $(GRID_BASE)
+	$(call step,baseline,$(PK) init $(INIT_ARGS) --dataset $(TRAIN) \
 	  | $(PK) finetune --data $(TRAIN) $(BASE_ARGS) --threads 1 --workers 0 --device cpu -o $@)
 endif
 ifeq ($(SCALE),paper)
 $(GRID_BASE)/model.st: | $(STAMP)
-	mkdir -p $(GRID_BASE)
-	$(PK) init --cfg $(CFG) --weights $(WEIGHTS) -o $@
+	$(Q)mkdir -p $(GRID_BASE)
+	$(call step,baseline,$(PK) init --cfg $(CFG) --weights $(WEIGHTS) -o $@)
 ROBUST_ARGS := --data $(TRAIN) --adv pgd --adv-mix 0.5 --batch-size 16 --lr 1e-4 --device cuda
 SCORE_ARGS  := --data $(TRAIN) --batch-size 16 --device cuda
 endif
 
 $(VAL_GRID): $(TRAIN)
-	$(PK) grid subset $(GRID_DATA)/val.json $@ --images $(VAL_IMAGES) > /dev/null
+	$(call step,subset,$(PK) grid subset $(GRID_DATA)/val.json $@ --images $(VAL_IMAGES) > /dev/null)
 
 # Per run: the robust colour and grey models and their DeepLIFT scores.
 define RUN_RULES
 $(OUT)/run$(1)/robust-rgb.st: $(GRID_BASE)/model.st
 	@mkdir -p $$(@D)
-	$$(call timed,robust,$(PK) finetune $$< $(ROBUST_ARGS) --steps $(ADV_STEPS) --seed $(1) -o $$@)
+	$$(call step,robust,$(PK) finetune $$< $(ROBUST_ARGS) --steps $(ADV_STEPS) --seed $(1) -o $$@)
 $(OUT)/run$(1)/robust-grey.st: $(GRID_BASE)/model.st
 	@mkdir -p $$(@D)
-	$$(call timed,robust,$(PK) finetune $$< $(ROBUST_ARGS) --grey --steps $(GREY_STEPS) --seed $(1) -o $$@)
+	$$(call step,robust,$(PK) finetune $$< $(ROBUST_ARGS) --grey --steps $(GREY_STEPS) --seed $(1) -o $$@)
 $(OUT)/run$(1)/deeplift-%.st: $(OUT)/run$(1)/robust-%.st
-	$$(call timed,deeplift,$(PK) score --method deeplift $$< $(SCORE_ARGS) --batches $(DL_BATCHES) --seed $(1) -o $$@)
+	$$(call step,deeplift,$(PK) score --method deeplift $$< $(SCORE_ARGS) --batches $(DL_BATCHES) --seed $(1) -o $$@)
 endef
 $(foreach k,$(RUN_IDS),$(eval $(call RUN_RULES,$(k))))
 
 # HYDRA scores per run, granularity and ratio.
 define HYDRA_RULE
 $(OUT)/run$(1)/hydra-$(2)-r$(3).st: $(OUT)/run$(1)/robust-rgb.st
-	$$(call timed,hydra,$(PK) score --method hydra $$< $(SCORE_ARGS) --batch-size 16 --ratio $(3) --granularity $(2) --steps $(HYDRA_STEPS) --seed $(1) -o $$@)
+	$$(call step,hydra,$(PK) score --method hydra $$< $(SCORE_ARGS) --batch-size 16 --ratio $(3) --granularity $(2) --steps $(HYDRA_STEPS) --seed $(1) -o $$@)
 endef
 $(foreach k,$(RUN_IDS),$(foreach g,weight filter,$(foreach r,$(NONZERO),\
   $(eval $(call HYDRA_RULE,$(k),$(g),$(r))))))
@@ -250,13 +266,13 @@ granularity = $(if $(findstring unstructured,$(1)),weight,filter)
 
 define CELL_RULE
 $(OUT)/$(1)/run$(2)/r$(3)/result.json: $(call scores,$(1),$(2),$(3)) $(VAL_GRID)
-	$$(call timed,cell,$(PK) grid cell $$< $$(@D) --scenario $(1) --run $(2) --ratio $(3) --granularity $(call granularity,$(1)) --seed $(2) $(CELL_ARGS))
+	$$(call step,cell,$(PK) grid cell $$< $$(@D) --scenario $(1) --run $(2) --ratio $(3) --granularity $(call granularity,$(1)) --seed $(2) $(CELL_ARGS))
 endef
 # Ratio 0 is the unpruned robust model: measured once per run in unstructured-deeplift (and in
 # the grey scenario), copied to the other colour scenarios.
 define REUSE_RULE
 $(OUT)/$(1)/run$(2)/r0/result.json: $(OUT)/unstructured-deeplift/run$(2)/r0/result.json
-	$(PK) grid cell $(OUT)/run$(2)/robust-rgb.st $$(@D) --scenario $(1) --run $(2) --ratio 0 --reuse $$< $(CELL_ARGS)
+	$$(call step,reuse,$(PK) grid cell $(OUT)/run$(2)/robust-rgb.st $$(@D) --scenario $(1) --run $(2) --ratio 0 --reuse $$< $(CELL_ARGS))
 endef
 REUSED := unstructured-hydra structured-deeplift structured-hydra
 $(foreach s,$(SCENARIOS),$(foreach k,$(RUN_IDS),$(foreach r,$(RATIOS),\
@@ -277,19 +293,31 @@ RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$
 # Both studies write OUT/results.csv and OUT/report/report.md; STUDY says whose rules apply.
 ifneq ($(STUDY),kitti)
 $(OUT)/results.csv: $(CELLS)
-	$(PK) grid collect $(OUT) -o $@
+	$(call step,collect,$(PK) grid collect $(OUT) -o $@)
 
 $(OUT)/report/report.md: $(OUT)/results.csv
-	$(call timed,stats,$(PK) stats $< -o $(OUT)/report)
+	$(call step,stats,$(PK) stats $< -o $(OUT)/report)
 endif
 
 # The default scale also evaluates the shared baseline it started from.
 grid-report: $(OUT)/report/report.md $(if $(filter default,$(SCALE)),$(BASE)/metrics.json)
 
+# $(call grid,OUT,sub-make arguments): a study's sub-make, JOBS steps at a time. It first counts
+# the steps it will run (the `scripts/step` lines of its dry run: when resuming, only those
+# left), starts OUT/.progress, then each finished step prints [k/N] and the time left. Under
+# `make -n` it only prints the sub-make's plan. With JOBS > 1 the commands' own progress bars
+# are off (PRUNEKIT_PROGRESS=0): several at once only garble each other.
+DRYRUN = $(findstring n,$(firstword -$(MAKEFLAGS)))
+GRID_ENV = OMP_NUM_THREADS=$(GRID_THREADS)$(if $(filter-out 1,$(JOBS)), PRUNEKIT_PROGRESS=0)
+grid = $(if $(DRYRUN),$(GRID_ENV) $(MAKE) --no-print-directory -j$(JOBS) $(2),$\
+  total=$$($(MAKE) --no-print-directory -n $(2) 2>/dev/null | grep -c '^$(STEP) '); \
+  $(STEP) --start $(1)/.progress $$total "under $(1) with JOBS=$(JOBS)" && \
+  $(GRID_ENV) STEP_PROGRESS=$(1)/.progress STEP_TOTAL=$$total \
+  $(MAKE) --no-print-directory -j$(JOBS) $(2))
+
 all-scenarios: | $(STAMP)
-	mkdir -p $(OUT)
-	OMP_NUM_THREADS=$(GRID_THREADS) $(MAKE) -j$(JOBS) grid-report SCALE=$(SCALE) OUT=$(OUT) \
-	  RUNS=$(RUNS)
+	$(Q)mkdir -p $(OUT)
+	+$(Q)$(call grid,$(OUT),grid-report SCALE=$(SCALE) OUT=$(OUT) RUNS=$(RUNS))
 
 # ------------------------------------------------------------------ the second study
 #
@@ -381,26 +409,26 @@ K_RATIOS_weight := 0 $(K_WEIGHT)
 # The data: synthetic KITTI-format scenes at the default scale are `make detr-baseline`'s.
 ifeq ($(SCALE),smoke)
 $(K_TRAIN): | $(STAMP)
-	rm -rf $(KOUT)/data && mkdir -p $(KOUT)
-	$(call timed,data,$(PK) data synth $(K_ROOT) --layout kitti $(K_SYNTH) > /dev/null \
+	@mkdir -p $(KOUT)
+	$(call step,data,rm -rf $(KOUT)/data && $(PK) data synth $(K_ROOT) --layout kitti $(K_SYNTH) > /dev/null \
 	  && $(PK) data kitti $(K_ROOT) $(K_COCO) --val-fraction 0.2 --seed 0 \
 	     > $(KOUT)/data/kitti.json,$(KOUT))
 else ifneq ($(KITTI),)
 $(K_TRAIN): | $(STAMP)
-	test -d $(KITTI)/label_2 || { echo "KITTI=$(KITTI) has no label_2/: give KITTI's training folder (label_2/ and image_2/)" >&2; exit 2; }
-	mkdir -p $(KOUT)/data
-	$(call timed,data,$(PK) data kitti $(KITTI) $(K_COCO) --val-fraction 0.2 --dontcare ignore \
+	@test -d $(KITTI)/label_2 || { echo "KITTI=$(KITTI) has no label_2/: give KITTI's training folder (label_2/ and image_2/)" >&2; exit 2; }
+	$(Q)mkdir -p $(KOUT)/data
+	$(call step,data,$(PK) data kitti $(KITTI) $(K_COCO) --val-fraction 0.2 --dontcare ignore \
 	  --seed 0 > $(KOUT)/data/kitti.json,$(KOUT))
 endif
 
 $(K_VAL): $(K_TRAIN)
-	$(PK) grid subset $(K_COCO)/val.json $@ --images $(K_VAL_IMAGES) > /dev/null
+	$(call step,subset,$(PK) grid subset $(K_COCO)/val.json $@ --images $(K_VAL_IMAGES) > /dev/null,$(KOUT))
 
 # Baselines: trained from scratch on the study's data (full: from WEIGHTS when given).
 define K_BASE_RULE
 $(KOUT)/$(1)/baseline.st: $(K_TRAIN)
 	@mkdir -p $$(@D)
-	$$(call timed,baseline,$(PK) init $(K_INIT_$(1)) --dataset $(K_TRAIN) --seed 0 \
+	$$(call step,baseline,$(PK) init $(K_INIT_$(1)) --dataset $(K_TRAIN) --seed 0 \
 	  | $(PK) finetune --data $(K_TRAIN) --val $(K_COCO)/val.json $(K_IMAGES) $(K_TRAIN_$(1)) \
 	      $(K_THREADS) --workers 0 \
 	      --device $(K_DEVICE) -o $$@,$(KOUT))
@@ -411,13 +439,13 @@ $(foreach m,$(filter-out $(K_SHARED),$(K_MODELS)),$(eval $(call K_BASE_RULE,$(m)
 ifneq ($(K_SHARED),)
 $(KOUT)/deformable-detr-small/baseline.st: $(DETR_BASE)/model.st
 	@mkdir -p $(@D)
-	cp $< $@.tmp && mv $@.tmp $@
+	$(Q)cp $< $@.tmp && mv $@.tmp $@
 endif
 
 # Scores: L1 norm of every filter, magnitude of every weight (no data needed).
 define K_SCORE_RULE
 $(KOUT)/$(1)/scores-$(2).st: $(KOUT)/$(1)/baseline.st
-	$$(call timed,score,$(PK) score --method $(K_METHOD_$(2)) $$< -o $$@,$(KOUT))
+	$$(call step,score,$(PK) score --method $(K_METHOD_$(2)) $$< -o $$@,$(KOUT))
 endef
 $(foreach m,$(K_MODELS),$(foreach g,filter weight,$(eval $(call K_SCORE_RULE,$(m),$(g)))))
 
@@ -431,14 +459,14 @@ k_steps = $(if $(filter pruned,$(1)),0,$(K_FT_STEPS))
 k_runs = $(if $(filter pruned,$(1)),1,$(K_RUN_IDS))
 define K_CELL_RULE
 $(KOUT)/cells/$(1).$(2).$(3)/run$(4)/r$(5)/result.json: $(KOUT)/$(1)/scores-$(2).st $(K_VAL)
-	$$(call timed,cell,$(PK) grid cell $$< $$(@D) --scenario $(1).$(2).$(3) --run $(4) \
+	$$(call step,cell,$(PK) grid cell $$< $$(@D) --scenario $(1).$(2).$(3) --run $(4) \
 	  --ratio $(5) --steps $(call k_steps,$(3)) --seed $(4) $(call k_cell_args,$(1),$(2)) \
 	  > /dev/null,$(KOUT))
 endef
 define K_REUSE_RULE
 $(KOUT)/cells/$(1).weight.$(2)/run$(3)/r0/result.json: $(KOUT)/cells/$(1).filter.$(2)/run$(3)/r0/result.json
-	$(PK) grid cell $(KOUT)/$(1)/baseline.st $$(@D) --scenario $(1).weight.$(2) --run $(3) \
-	  --ratio 0 --reuse $$< $(call k_cell_args,$(1),weight) > /dev/null
+	$$(call step,reuse,$(PK) grid cell $(KOUT)/$(1)/baseline.st $$(@D) --scenario $(1).weight.$(2) --run $(3) \
+	  --ratio 0 --reuse $$< $(call k_cell_args,$(1),weight) > /dev/null,$(KOUT))
 endef
 K_CELLS :=
 $(foreach m,$(K_MODELS),$(foreach s,pruned finetuned,$(foreach k,$(call k_runs,$(s)),\
@@ -453,19 +481,19 @@ $(foreach m,$(K_MODELS),$(foreach s,pruned finetuned,$(foreach k,$(call k_runs,$
 
 ifeq ($(STUDY),kitti)
 $(KOUT)/results.csv: $(K_CELLS)
-	$(PK) grid collect $(KOUT)/cells -o $@
+	$(call step,collect,$(PK) grid collect $(KOUT)/cells -o $@,$(KOUT))
 
 $(KOUT)/report/report.md: $(KOUT)/results.csv
-	$(call timed,stats,$(PK) stats $< --study kitti -o $(KOUT)/report,$(KOUT))
+	$(call step,stats,$(PK) stats $< --study kitti -o $(KOUT)/report,$(KOUT))
 endif
 
 kitti-report: $(KOUT)/report/report.md
 
 kitti-study: | $(STAMP)
 	$(if $(filter full,$(SCALE)),$(if $(KITTI),,$(error SCALE=full runs on real KITTI: give KITTI=path/to/training (label_2/ and image_2/))))
-	mkdir -p $(KOUT)
-	OMP_NUM_THREADS=$(GRID_THREADS) $(MAKE) -j$(JOBS) kitti-report STUDY=kitti SCALE=$(SCALE) \
-	  OUT=$(KOUT) RUNS=$(K_RUNS) DETR_THREADS=$(GRID_THREADS) $(if $(KITTI),KITTI=$(KITTI)) $(if $(WEIGHTS),WEIGHTS=$(WEIGHTS))
+	$(Q)mkdir -p $(KOUT)
+	+$(Q)$(call grid,$(KOUT),kitti-report STUDY=kitti SCALE=$(SCALE) OUT=$(KOUT) RUNS=$(K_RUNS) \
+	  DETR_THREADS=$(GRID_THREADS) $(if $(KITTI),KITTI=$(KITTI)) $(if $(WEIGHTS),WEIGHTS=$(WEIGHTS)))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

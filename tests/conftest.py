@@ -48,6 +48,27 @@ def make_killed_after(args: list[str], done: Callable[[], dict], count: int,
     return done()
 
 
+@pytest.fixture(scope="session")
+def smoke_grid(tmp_path_factory):
+    """`make all-scenarios SCALE=smoke`, killed once 4 cells are done and run again: (OUT, the
+    results finished before the kill, by path, with their modification times)."""
+    tmp = tmp_path_factory.mktemp("smoke-grid")
+    out = tmp / "grid"
+
+    def results() -> dict:
+        return {p: p.stat().st_mtime_ns for p in out.glob("*/run*/r*/result.json")}
+
+    log = tmp / "first-run.log"
+    finished = make_killed_after(["all-scenarios", "SCALE=smoke", f"OUT={out}"], results, 4,
+                                 log)
+    assert 4 <= len(finished) < 30, (len(finished), log.read_text()[-3000:])
+    done = subprocess.run(["make", "-C", str(ROOT), "all-scenarios", "SCALE=smoke",
+                           f"OUT={out}"], capture_output=True, text=True, env=MAKE_ENV,
+                          timeout=1500)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, finished
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

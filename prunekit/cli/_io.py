@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,9 @@ def write_text(text: str, output: Path | None) -> None:
 
 
 def progress_bar(description: str):
-    """A rich progress bar on stderr with a field for live metrics."""
+    """A rich progress bar on stderr with a field for live metrics; it renders nothing when
+    PRUNEKIT_PROGRESS=0 (`make all-scenarios` with JOBS > 1, whose jobs would garble each
+    other's bars; the command's other output is unchanged)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -57,4 +60,5 @@ def progress_bar(description: str):
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console, redirect_stdout=False,
-                    redirect_stderr=False, transient=False)
+                    redirect_stderr=False, transient=False,
+                    disable=os.environ.get("PRUNEKIT_PROGRESS", "1").strip() == "0")
