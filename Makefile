@@ -303,16 +303,17 @@ endif
 grid-report: $(OUT)/report/report.md $(if $(filter default,$(SCALE)),$(BASE)/metrics.json)
 
 # $(call grid,OUT,sub-make arguments): a study's sub-make, JOBS steps at a time. It first counts
-# the steps it will run (the `scripts/step` lines of its dry run: when resuming, only those
-# left), starts OUT/.progress, then each finished step prints [k/N] and the time left. Under
+# the steps it will run, per stage (the `scripts/step` lines of its dry run: when resuming, only
+# those left), starts OUT/.progress, then each finished step prints [k/N] and the time left
+# (each stage's steps left × its mean time so far, over JOBS jobs). Under
 # `make -n` it only prints the sub-make's plan. With JOBS > 1 the commands' own progress bars
 # are off (PRUNEKIT_PROGRESS=0): several at once only garble each other.
 DRYRUN = $(findstring n,$(firstword -$(MAKEFLAGS)))
 GRID_ENV = OMP_NUM_THREADS=$(GRID_THREADS)$(if $(filter-out 1,$(JOBS)), PRUNEKIT_PROGRESS=0)
 grid = $(if $(DRYRUN),$(GRID_ENV) $(MAKE) --no-print-directory -j$(JOBS) $(2),$\
-  total=$$($(MAKE) --no-print-directory -n $(2) 2>/dev/null | grep -c '^$(STEP) '); \
-  $(STEP) --start $(1)/.progress $$total "under $(1) with JOBS=$(JOBS)" && \
-  $(GRID_ENV) STEP_PROGRESS=$(1)/.progress STEP_TOTAL=$$total \
+  { $(MAKE) --no-print-directory -n $(2) 2>/dev/null || true; } \
+  | $(STEP) --start $(1)/.progress - "under $(1) with JOBS=$(JOBS)" && \
+  $(GRID_ENV) STEP_PROGRESS=$(1)/.progress STEP_JOBS=$(JOBS) \
   $(MAKE) --no-print-directory -j$(JOBS) $(2))
 
 all-scenarios: | $(STAMP)

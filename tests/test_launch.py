@@ -243,3 +243,19 @@ def test_progress_bar_is_off_when_asked(monkeypatch):
 def test_bad_usage(argv):
     run = subprocess.run([str(STEP), *argv], capture_output=True, text=True)
     assert run.returncode == 2 and "usage:" in run.stderr
+
+
+def test_time_left_costs_each_stage_at_its_own_mean():
+    step = _step_module()
+    state = {"total": 10, "done": 3, "plan": {"baseline": 1, "robust": 2, "cell": 7},
+             "timed": {"baseline": (1, 800.0), "robust": (2, 20.0)}}
+    # The cells, not timed yet, cost the repeated stages' mean (10 s), not the baseline's 800 s.
+    assert step.time_left(state, 1) == pytest.approx(70.0)
+    assert step.time_left(state, 2) == pytest.approx(35.0)
+    state["timed"]["cell"] = (2, 60.0)
+    state["done"] = 5
+    assert step.time_left(state, 1) == pytest.approx(5 * 30.0)
+    # Only a one-off step timed: no estimate yet rather than a wrong one.
+    state = {"total": 3, "done": 1, "plan": {"baseline": 1, "cell": 2},
+             "timed": {"baseline": (1, 800.0)}}
+    assert step.time_left(state, 2) is None
