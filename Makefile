@@ -55,7 +55,7 @@ test-fast: $(STAMP)
 
 # Style (ruff) and the layering (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check prunekit tests benchmarks examples
+	$(BIN)/ruff check prunekit tests benchmarks examples scripts/step
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
