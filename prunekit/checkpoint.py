@@ -268,8 +268,10 @@ def _verify_digest(data: bytes, name: str) -> None:
     recorded = meta.get("digest") if isinstance(meta, dict) else None
     if recorded is None:
         return  # written before digests were recorded
-    if not isinstance(recorded, str) or \
-            _content_crc(header, memoryview(data)[8 + n:]) != recorded:
+    if not isinstance(recorded, str) or not recorded.startswith("crc32x16m:"):
+        raise CheckpointError(f"{name} records a digest prunekit does not know ({recorded!r}); "
+                              f"write it again, or upgrade prunekit if a newer one wrote it")
+    if _content_crc(header, memoryview(data)[8 + n:]) != recorded:
         raise CheckpointError(f"{name} is damaged: its bytes no longer match the checksum "
                               f"written with them ({recorded}); restore it from a copy or "
                               f"write it again")
@@ -302,11 +304,46 @@ def _check_container(data: bytes, name: str) -> None:
                               f"is it the right file?") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{name} is not a safetensors file (its header is not a table)")
-    end = max((v["data_offsets"][1] for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    spans = [v.get("data_offsets") for k, v in header.items()
+             if k != "__metadata__" and isinstance(v, dict)]
+    if not all(isinstance(s, list) and len(s) == 2 and all(type(o) is int and o >= 0 for o in s)
+               for s in spans):
+        raise CheckpointError(f"{name} is a corrupt safetensors file (a tensor's data offsets "
+                              f"are not two byte positions); write it again")
+    end = max((s[1] for s in spans), default=0)
     if 8 + n + end > len(data):
         raise CheckpointError(f"{name} is truncated: expected {8 + n + end:,} bytes, found "
                               f"{len(data):,}; write it again")
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _unpack_layout(raw: dict[str, Tensor], layout: Any,
+                   name: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """The masks and the sparsely stored tensors ``layout`` describes (taken out of ``raw``)."""
+    masks: dict[str, Tensor] = {}
+    for pname, shape in layout.get("masks", {}).items():
+        masks[pname] = _unpack(raw.pop(f"masks.{pname}"), shape, name)
+    state: dict[str, Tensor] = {}
+    for pname, info in layout.get("sparse", {}).items():
+        values = raw.pop(f"sparse.{pname}")
+        shape = info["shape"]
+        bitmap = masks[pname] if info["bitmap"] == "mask" else \
+            _unpack(raw.pop(f"nonzero.{pname}"), shape, name)
+        if list(bitmap.shape) != list(shape):  # before allocating what the layout claims
+            raise CheckpointError(f"{name}: sparse tensor {pname!r} has shape {shape} but its "
+                                  f"bitmap {list(bitmap.shape)}; the file is corrupt")
+        if int(bitmap.sum()) != values.numel():
+            raise CheckpointError(f"{name}: sparse tensor {pname!r} has {values.numel()} values "
+                                  f"for {int(bitmap.sum())} places; the file is corrupt")
+        dense = torch.zeros(shape, dtype=values.dtype)
+        dense.view(-1)[bitmap.reshape(-1)] = values
+        state[pname] = dense
+    return masks, state
 
 
 def _layer_order(name: str) -> tuple[tuple[int, int | str], ...]:
@@ -348,8 +385,8 @@ def _decode(data: bytes, name: str) -> Checkpoint:
         n = struct.unpack("<Q", data[:8])[0]
         meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
     except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{name} is a corrupt safetensors file ({e}); write it again") \
-            from None
+        raise CheckpointError(f"{name} is a corrupt safetensors file ({_one_line(e)}); write it "
+                              f"again") from None
     if "prunekit" not in meta:
         raise CheckpointError(f"{name} is safetensors but not a prunekit checkpoint (no "
                               f"'prunekit' metadata); create one with `prunekit init`")
@@ -365,21 +402,13 @@ def _decode(data: bytes, name: str) -> Checkpoint:
     except (KeyError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{name}: metadata {e} is missing or not JSON; the file is "
                               f"corrupt") from None
-    masks: dict[str, Tensor] = {}
-    for pname, shape in layout.get("masks", {}).items():
-        masks[pname] = _unpack(raw.pop(f"masks.{pname}"), shape, name)
-    state: dict[str, Tensor] = {}
-    for pname, info in layout.get("sparse", {}).items():
-        values = raw.pop(f"sparse.{pname}")
-        shape = info["shape"]
-        bitmap = masks[pname] if info["bitmap"] == "mask" else \
-            _unpack(raw.pop(f"nonzero.{pname}"), shape, name)
-        if int(bitmap.sum()) != values.numel():
-            raise CheckpointError(f"{name}: sparse tensor {pname!r} has {values.numel()} values "
-                                  f"for {int(bitmap.sum())} places; the file is corrupt")
-        dense = torch.zeros(shape, dtype=values.dtype)
-        dense.view(-1)[bitmap.reshape(-1)] = values
-        state[pname] = dense
+    try:
+        masks, state = _unpack_layout(raw, layout, name)
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        raise CheckpointError(f"{name}: its layout metadata is corrupt ({type(e).__name__}: "
+                              f"{_one_line(e)}); write it again") from None
     scores = {}
     for key in list(raw):
         if key.startswith("scores."):

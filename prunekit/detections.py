@@ -238,7 +238,7 @@ def _validated(frame: pd.DataFrame, name: str, where: Callable[[int], str]) -> p
                             f"{','.join(COLUMNS)} (any order, extra columns allowed)")
     for column in (*_INT_COLUMNS, *_FLOAT_COLUMNS):
         raw = frame[column]
-        if column in _INT_COLUMNS and pd.api.types.is_integer_dtype(raw):
+        if column in _INT_COLUMNS and pd.api.types.is_signed_integer_dtype(raw):
             frame[column] = raw.astype(np.int64)  # the usual case; no trip through float
             continue
         if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
@@ -248,7 +248,8 @@ def _validated(frame: pd.DataFrame, name: str, where: Callable[[int], str]) -> p
                 dtype=np.float64, na_value=np.nan)
         bad = ~np.isfinite(values)
         if column in _INT_COLUMNS:
-            bad |= values != np.round(values)
+            # Beyond int64 a cast would wrap or saturate: a different id, silently.
+            bad |= (values != np.round(values)) | (values >= 2.0**63) | (values < -2.0**63)
         elif column in ("w", "h"):
             bad |= values < 0
         if bad.any():
@@ -257,8 +258,8 @@ def _validated(frame: pd.DataFrame, name: str, where: Callable[[int], str]) -> p
             found = "empty" if pd.isna(value) or not str(value).strip() else repr(str(value))
             expected = {"w": "a width ≥ 0 (boxes are x, y, w, h: corner and size)",
                         "h": "a height ≥ 0 (boxes are x, y, w, h: corner and size)",
-                        "image_id": "an integer COCO image id",
-                        "category_id": "an integer COCO category id"}.get(column,
+                        "image_id": "an integer COCO image id (64-bit)",
+                        "category_id": "an integer COCO category id (64-bit)"}.get(column,
                                                                           "a finite number")
             raise DataError(f"{name}, {where(row)}: {column} is {found}; expected {expected}")
         frame[column] = values.astype(np.int64) if column in _INT_COLUMNS else values

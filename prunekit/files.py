@@ -4,6 +4,7 @@ beside its destination and renamed into place when complete."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -36,6 +37,11 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise PrunekitError(f"cannot write {path}: {e.strerror or e} (nothing was written); "
+                            f"free some space or choose another place, then run again") from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -55,6 +61,12 @@ def folder_atomically(out: str | os.PathLike) -> Iterator[Path]:
         if target.exists():
             target.rmdir()  # empty; a rename cannot replace a folder on every platform
         os.replace(tmp, target)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            raise  # not about space: e.g. an input that cannot be read
+        raise PrunekitError(f"cannot write {target}: {e.strerror} (nothing was written); "
+                            f"free some space or choose another place, then run again") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

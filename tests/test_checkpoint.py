@@ -11,6 +11,7 @@ import torch
 
 from prunekit import checkpoint, load_model, save_model
 from prunekit.cli import app
+from prunekit.errors import PrunekitError
 from tests.conftest import tiny_checkpoint, yolo
 
 
@@ -184,6 +185,7 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.os, "fsync", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(PrunekitError, match=r"cannot write .*out\.st: No space left on device "
+                                            r"\(nothing was written\); free some space"):
         checkpoint.save(tiny_checkpoint(), path)
     assert list(tmp_path.iterdir()) == []

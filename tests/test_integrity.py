@@ -113,3 +113,41 @@ def test_the_same_command_writes_the_same_bytes_under_source_date_epoch(tmp_path
                                  str(tmp_path / "x.st")])
     assert result.exit_code == 1 and "SOURCE_DATE_EPOCH" in result.output
     assert not (tmp_path / "x.st").exists()
+
+
+def test_training_data_and_detections_repeat_byte_for_byte(tmp_path, runner, monkeypatch):
+    """data synth, data kitti, finetune, detect and evaluate twice: the same bytes (the grid
+    cell's result.json holds measured latencies and times, which cannot repeat)."""
+    from prunekit.cli import app
+
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    import shutil
+
+    runs = []
+    d = tmp_path / "run"  # the same paths both times: files record where their inputs were
+    for _ in range(2):
+        shutil.rmtree(d, ignore_errors=True)
+        steps = [
+            ["data", "synth", str(d / "data"), "--train", "12", "--val", "4", "--size", "64",
+             "--seed", "2"],
+            ["data", "synth", str(d / "kitti"), "--layout", "kitti", "--images", "10",
+             "--width", "128", "--height", "64", "--seed", "2"],
+            ["data", "kitti", str(d / "kitti"), str(d / "kc"), "--val-fraction", "0.3",
+             "--seed", "2"],
+            ["init", "yolov3-small", "--dataset", str(d / "data" / "train.json"), "--img-size",
+             "64", "--width", "0.125", "--seed", "1", "-o", str(d / "m.st")],
+            ["finetune", str(d / "m.st"), "--data", str(d / "data" / "train.json"), "--steps",
+             "3", "--batch-size", "4", "--workers", "0", "--bn-batches", "1", "--device", "cpu",
+             "--seed", "1", "-o", str(d / "t.st")],
+            ["detect", str(d / "t.st"), "--data", str(d / "data" / "val.json"), "--conf",
+             "0.001", "--device", "cpu", "-o", str(d / "dets.csv")],
+            ["evaluate", str(d / "dets.csv"), "--gt", str(d / "data" / "val.json"), "-o",
+             str(d / "metrics.json")],
+        ]
+        for args in steps:
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, (args, result.output)
+        runs.append({str(p.relative_to(d)): p.read_bytes()
+                     for p in sorted(d.rglob("*")) if p.is_file()})
+    assert runs[0].keys() == runs[1].keys() and len(runs[0]) > 20
+    assert [k for k in runs[0] if runs[0][k] != runs[1][k]] == []

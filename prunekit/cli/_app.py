@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import typer
@@ -31,9 +32,23 @@ class _Group(TyperGroup):
 
 
 def _fail(message: str, code: int = 1) -> None:
-    line = " ".join(message.split())
+    line = " ".join(_unwrap_worker(message).split())
     typer.echo(f"error: {line}", err=True)
     raise SystemExit(code)
+
+
+def _unwrap_worker(message: str) -> str:
+    """The original message of an error a DataLoader worker raised: torch re-raises it in the
+    main process with the worker's whole traceback as its message ("Caught DataError in
+    DataLoader worker process 0. Original Traceback ... prunekit.errors.DataError: ...")."""
+    if not (message.startswith("Caught ") and "Original Traceback" in message):
+        return message
+    lines = message.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        match = re.match(r"[\w.]+: ", lines[i])
+        if match:
+            return "\n".join([lines[i][match.end():], *lines[i + 1:]])
+    return message
 
 
 HELP = """Make object detectors small, fast and adversarially robust, and measure the trade-off.

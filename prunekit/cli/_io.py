@@ -29,6 +29,23 @@ def write_checkpoint(ck: Checkpoint, output: Path | None) -> None:
     console.print(f"wrote {output} ({size:,} bytes)", highlight=False)
 
 
+def check_output(output: Path | None, *, what: str | None = None) -> None:
+    """Refuse a bad output path before any work, with the message writing it would give: a
+    folder, or a file in a folder that does not exist. With ``what`` (e.g. "a checkpoint"), no
+    output path means stdout, which must not be a terminal."""
+    if output is None or str(output) == "-":
+        if what is not None:
+            refuse_terminal(what)
+        return
+    path = Path(output)
+    if path.is_dir():
+        raise PrunekitError(f"{path} is a directory; give a file name for the output")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
+                            f"first")
+
+
 def refuse_terminal(what: str) -> None:
     if sys.stdout.isatty():
         raise PrunekitError(f"refusing to write {what} to a terminal; give -o PATH or pipe the "
@@ -57,8 +74,20 @@ def progress_bar(description: str):
         TimeRemainingColumn,
     )
 
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=console, redirect_stdout=False,
-                    redirect_stderr=False, transient=False,
-                    disable=os.environ.get("PRUNEKIT_PROGRESS", "1").strip() == "0")
+    class _Lazy(Progress):
+        """Shown from the first update on, so a command that fails on its arguments prints
+        its error line alone, without a bar above it."""
+
+        def __enter__(self) -> _Lazy:
+            return self
+
+        def update(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (rich's signature)
+            if not self.live.is_started:
+                self.start()
+            super().update(*args, **kwargs)
+
+    return _Lazy(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                 TimeRemainingColumn(), console=console, redirect_stdout=False,
+                 redirect_stderr=False, transient=False,
+                 disable=os.environ.get("PRUNEKIT_PROGRESS", "1").strip() == "0")

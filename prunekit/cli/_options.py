@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from prunekit.errors import PrunekitError
+
+
+def _workers(value: int) -> int:
+    if value < 0:
+        raise PrunekitError(f"--workers must be at least 0 (0 loads data in the main process), "
+                            f"got {value}")
+    return value
+
+
 CheckpointArg = Annotated[
     str | None,
     typer.Argument(help="Checkpoint path; `-` or omitted reads stdin.", show_default=False),
@@ -30,7 +40,8 @@ EpsOpt = Annotated[float, typer.Option("--eps", help="Attack radius (L∞, image
 AlphaOpt = Annotated[float, typer.Option("--alpha", help="Attack (PGD) step size.")]
 # PGD steps: `--steps` where the command has no training steps, `--attack-steps` where it has.
 AttackStepsOpt = Annotated[int, typer.Option("--attack-steps", help="PGD steps.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.",
+                                         callback=_workers)]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads (default: torch's).", show_default=False),

@@ -43,7 +43,10 @@ def attack_cmd(
 ) -> None:
     """Attack every image of a dataset; write PNGs and a COCO JSON with the same ids."""
     from prunekit.attack import AttackConfig, attack_dataset
+    from prunekit.errors import PrunekitError
 
+    if batch_size < 1:
+        raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
     ck = read_checkpoint(model)
     config = AttackConfig(method=method, eps=eps, alpha=alpha, steps=steps, loss=loss).check()
     with progress_bar("attack") as bar:

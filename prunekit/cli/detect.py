@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, progress_bar, read_checkpoint
+from prunekit.cli._io import check_output, console, progress_bar, read_checkpoint
 from prunekit.cli._options import (
     AlphaOpt,
     CheckpointArg,
@@ -61,6 +61,7 @@ def detect_cmd(
     from prunekit.detect import detect_dataset
     from prunekit.detections import DetectionWriter
 
+    check_output(output)
     ck = read_checkpoint(model)
     config = None
     if attack is not None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, write_text
+from prunekit.cli._io import check_output, console, write_text
 from prunekit.cli._options import OutputOpt
 
 EXAMPLE = """Examples:
@@ -51,6 +51,7 @@ def evaluate_cmd(
     """
     from prunekit.evaluate import evaluate, format_csv_row
 
+    check_output(output)
     with console.status("evaluating", spinner="dots"):
         metrics = evaluate(detections, gt, per_class=per_class, difficulty=difficulty)
     text = format_csv_row(metrics) if fmt is Format.csv else json.dumps(metrics, indent=2) + "\n"

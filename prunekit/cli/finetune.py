@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, progress_bar, read_checkpoint, write_checkpoint
+from prunekit.cli._io import (
+    check_output,
+    console,
+    progress_bar,
+    read_checkpoint,
+    write_checkpoint,
+)
 from prunekit.cli._options import (
     AlphaOpt,
     CheckpointArg,
@@ -95,6 +101,7 @@ def finetune_cmd(
         if s.distributed and (model is None or str(model) == "-"):
             raise PrunekitError("under torchrun, give the checkpoint as a file: standard input "
                                 "reaches one process only")
+        check_output(output, what="a checkpoint" if s.main else None)  # rank 0 writes
         ck = read_checkpoint(model)
         state = None
         if output is not None and str(output) != "-":

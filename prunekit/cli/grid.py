@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, write_text
+from prunekit.cli._io import check_output, console, write_text
 from prunekit.cli._options import AlphaOpt, AttackStepsOpt, EpsOpt
 
 grid_app = typer.Typer(
@@ -69,8 +69,11 @@ def cell_cmd(
                                                show_default=False)] = None,
 ) -> None:
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
+    from prunekit.errors import PrunekitError
     from prunekit.grid import cell
 
+    if threads < 1:
+        raise PrunekitError(f"--threads must be at least 1, got {threads}")
     row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
                granularity=granularity, steps=steps, batch_size=batch_size, lr=lr,
                weight_decay=weight_decay, adv=adv, eps=eps, alpha=alpha,
@@ -93,6 +96,7 @@ def collect_cmd(
     """Gather every cell's result.json into one long-format CSV."""
     from prunekit.grid import collect
 
+    check_output(output)
     df = collect(root)
     write_text(df.to_csv(index=False), output)
     console.print(f"{len(df)} cells", highlight=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import write_checkpoint
+from prunekit.cli._io import check_output, write_checkpoint
 from prunekit.cli._options import ImgSizeOpt, OutputOpt, SeedOpt
 
 EXAMPLE = """Examples:
@@ -58,9 +58,14 @@ def init_cmd(
     HF Deformable DETR folder. Class names come from --names, --dataset, or the imported files.
     --img-size is YOLOv3's square side, or Deformable DETR's canvas height (the width keeps the
     member's aspect)."""
+    from prunekit.errors import PrunekitError
     from prunekit.init import init
 
+    check_output(output, what="a checkpoint")
     name_list = [n.strip() for n in names.split(",")] if names else None
+    if name_list is not None and not all(name_list):
+        raise PrunekitError(f"--names {names!r} has an empty name; give one name per class, "
+                            f"separated by commas (e.g. --names car,person)")
     ck = init(arch, classes=classes, names=name_list, dataset=dataset, img_size=img_size,
               grey=grey, width=width, depth=depth, cfg=cfg, weights=weights, hf=hf, seed=seed)
     write_checkpoint(ck, output)

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, read_checkpoint, write_checkpoint
+from prunekit.cli._io import check_output, console, read_checkpoint, write_checkpoint
 from prunekit.cli._options import CheckpointArg, OutputOpt
 
 EXAMPLE = """Examples:
@@ -42,6 +42,7 @@ def mask_cmd(
     if structured and granularity not in (None, "filter"):
         raise PrunekitError(f"--structured means --granularity filter, not {granularity}")
     gran = "filter" if structured else (granularity or "weight")
+    check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     out = mask(ck, ratio, granularity=gran, scope=scope, compact=compact)
     entry = next(h for h in reversed(out.history) if h["command"] == "mask")["args"]

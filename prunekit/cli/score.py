@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import progress_bar, read_checkpoint, write_checkpoint
+from prunekit.cli._io import check_output, progress_bar, read_checkpoint, write_checkpoint
 from prunekit.cli._options import (
     AlphaOpt,
     AttackStepsOpt,
@@ -65,6 +65,7 @@ def score_cmd(
     """Add scores.<param> for every conv and linear weight to the checkpoint."""
     from prunekit.score import score
 
+    check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     with progress_bar("score") as bar:
         task = bar.add_task(f"score {method}", total=None, info="")

@@ -63,10 +63,61 @@ def read_json(path: str | Path) -> dict[str, Any]:
     for img in data["images"]:
         if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
             raise DataError(f"{path}: every image needs an 'id' and a 'file_name'")
+        _check_id(img["id"], "image id", path)
+        if not isinstance(img["file_name"], str):
+            raise DataError(f"{path}: image {img['id']}'s file_name {img['file_name']!r} is not "
+                            f"text; give the image's path relative to the image root")
     for cat in data["categories"]:
         if not isinstance(cat, dict) or "id" not in cat or "name" not in cat:
             raise DataError(f"{path}: every category needs an 'id' and a 'name'")
+        _check_id(cat["id"], "category id", path)
+        if not isinstance(cat["name"], str):
+            raise DataError(f"{path}: category {cat['id']}'s name {cat['name']!r} is not text; "
+                            f"give every category a name")
+    for number, ann in enumerate(data["annotations"], start=1):
+        _check_annotation(ann, number, path)
     return data
+
+
+def _check_id(value: Any, what: str, path: Path) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not -2**63 <= value < 2**63:
+        raise DataError(f"{path}: {what} {value!r} is not an integer; prunekit needs COCO's "
+                        f"integer ids (64-bit)")
+
+
+def _number(value: Any) -> bool:
+    """A finite JSON number (not a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return np.isfinite(float(value))
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
+def _check_annotation(ann: Any, number: int, path: Path) -> None:
+    """An annotation's fields that training and evaluation use, checked for type."""
+    if not isinstance(ann, dict):
+        raise DataError(f"{path}: annotation {number} is {type(ann).__name__}, not an object "
+                        f"with 'image_id', 'category_id' and 'bbox'")
+    name = f"{path}: annotation {ann.get('id', number)!r}"
+    for key in ("image_id", "category_id"):
+        if key not in ann:
+            raise DataError(f"{name} has no '{key}'; every annotation needs 'image_id', "
+                            f"'category_id' and 'bbox'")
+        _check_id(ann[key], key.replace("_", " "), path)
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+        raise DataError(f"{name} has bbox {bbox!r}; expected [x, y, w, h]: four finite "
+                        f"numbers")
+    if "area" in ann and not _number(ann["area"]):
+        raise DataError(f"{name} has area {ann['area']!r}; expected a finite number (or no "
+                        f"'area': it defaults to w·h)")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        raise DataError(f"{name} has iscrowd {ann['iscrowd']!r}; expected 0 or 1")
+    if not isinstance(ann.get("difficulty", ""), str):
+        raise DataError(f"{name} has difficulty {ann['difficulty']!r}; expected easy, moderate, "
+                        f"hard or none")
 
 
 def read_categories(path: str | Path) -> list[dict[str, Any]]:

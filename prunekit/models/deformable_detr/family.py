@@ -141,17 +141,48 @@ def _read_config(folder: Path) -> dict[str, Any]:
         raise ModelError(f"{folder} holds a {kind!r} model, not Deformable DETR "
                          f"(model_type 'deformable_detr'); prunekit imports Deformable DETR")
     backbone = config.get("backbone_config") or {}
-    if backbone.get("model_type") != "resnet":
+    if not isinstance(backbone, dict) or backbone.get("model_type") != "resnet":
+        backbone = backbone if isinstance(backbone, dict) else {}
         kind = config.get("backbone") or backbone.get("model_type")
         raise ModelError(f"{folder}'s backbone is {kind!r}, which needs timm or a download; "
                          f"prunekit builds HF's own ResNet backbone only (a backbone_config of "
                          f"model_type 'resnet')")
+    _check_sizes(config, folder)
     if not (folder / "model.safetensors").exists():
         other = [p.name for p in folder.iterdir() if p.name != "config.json"]
         has = f" (it has {', '.join(sorted(other))})" if other else ""
         raise ModelError(f"{folder} has no model.safetensors{has}; prunekit reads single-file "
                          f"safetensors weights only (it never unpickles)")
     return config
+
+
+# config.json fields that size tensors: each a whole number, at least 1.
+_SIZES = ("d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "decoder_ffn_dim",
+          "encoder_attention_heads", "decoder_attention_heads", "num_queries",
+          "num_feature_levels", "encoder_n_points", "decoder_n_points", "num_labels")
+# More than this is a typo in config.json (the reference model has 40 million parameters), and
+# building it would exhaust memory before anything could say so.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _check_sizes(config: dict[str, Any], folder: Path) -> None:
+    """The sizes in config.json whole and positive, and the transformer they describe of a
+    size that can be built (a rough count: attention, feed-forward and query weights)."""
+    sizes = {}
+    for key in _SIZES:
+        value = config.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelError(f"{folder}/config.json: {key} is {value!r}; expected a whole "
+                             f"number of at least 1; give the folder `save_pretrained` wrote")
+        sizes[key] = value
+    d = sizes["d_model"]
+    rough = (sizes["encoder_layers"] * (4 * d * d + 2 * d * sizes["encoder_ffn_dim"])
+             + sizes["decoder_layers"] * (8 * d * d + 2 * d * sizes["decoder_ffn_dim"])
+             + 2 * d * sizes["num_queries"] + d * sizes["num_labels"])
+    if rough > MAX_PARAMETERS:
+        raise ModelError(f"{folder}/config.json describes about {rough:,} weights, more than "
+                         f"{MAX_PARAMETERS:,}; check d_model, the layer counts, the "
+                         f"feed-forward sizes and num_queries")
 
 
 def _from_pretrained(folder: Path, config: dict[str, Any]):
@@ -166,7 +197,7 @@ def _from_pretrained(folder: Path, config: dict[str, Any]):
             hf, info = DeformableDetrForObjectDetection.from_pretrained(
                 folder, config=DeformableDetrConfig.from_dict(config), local_files_only=True,
                 output_loading_info=True, use_safetensors=True)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001  HF's checks of a config raise errors of any type
         if "mismatched_sizes" in str(e):  # HF refuses tensors of other shapes
             raise ModelError(f"{folder}: the weights do not fit config.json (tensor shapes "
                              f"differ from what it builds); give the folder `save_pretrained` "

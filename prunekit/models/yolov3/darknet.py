@@ -69,7 +69,10 @@ def parse_cfg(source: str | Path, *, text: str | None = None) -> tuple[dict[str,
     sections = _sections(text, name)
     if not sections or sections[0][0] != "net":
         raise ModelError(f"{name}: a Darknet .cfg starts with a [net] section; this one does not")
-    size = _input_size(sections[0][1], name)
+    try:
+        size = _input_size(sections[0][1], name)
+    except ValueError as e:
+        raise ModelError(f"{name}:{sections[0][2]}: bad number in [net]: {e}") from None
     layers: list[dict[str, Any]] = []
     heads: list[tuple[list[list[float]], int]] = []
     for kind, options, lineno in sections[1:]:
@@ -86,10 +89,49 @@ def parse_cfg(source: str | Path, *, text: str | None = None) -> tuple[dict[str,
     if not heads:
         raise ModelError(f"{name}: no [yolo] layer; prunekit imports YOLO detectors only")
     anchors, num_classes = heads[0]
+    _check_sizes(name, sections[1:], layers, anchors, size)
     arch = {"name": Path(name).stem, "num_classes": num_classes,
             "anchors": [[int(a) if a == int(a) else a for a in p] for p in anchors],
             "layers": layers}
     return arch, size
+
+
+# More weights than this is a typo in a filters= or size= (yolov3.cfg has 62 million), and
+# building it would exhaust memory before anything could say so.
+MAX_PARAMETERS = 2_000_000_000
+
+
+def _check_sizes(name: str, sections: list[tuple[str, dict[str, str], int]],
+                 layers: list[dict[str, Any]], anchors: list[list[float]], size: int) -> None:
+    """Every count, kernel, stride and mask index in range, and the weights a sane number,
+    before any tensor is built."""
+    channels: list[int] = []
+    c, total = 3, 0
+    for i, ((kind, _, lineno), layer) in enumerate(zip(sections, layers, strict=True)):
+        where = f"{name}:{lineno}"
+        for key, most in (("filters", 65536), ("size", size), ("stride", size)):
+            if key in layer and not 1 <= layer[key] <= max(most, 1):
+                raise ModelError(f"{where}: [{kind}] {key}={layer[key]} is out of range; give "
+                                 f"a whole number from 1 to {max(most, 1)}")
+        if layer.get("pad", 0) < 0:
+            raise ModelError(f"{where}: [{kind}] padding={layer['pad']} is negative; give 0 or "
+                             f"more")
+        if kind == "convolutional":
+            total += layer["filters"] * (c * layer["size"] ** 2 + 4)
+            c = layer["filters"]
+        elif kind == "route":
+            refs = [j for j in layer["layers"] if 0 <= j < i]
+            c = sum(channels[j] for j in refs) if len(refs) == len(layer["layers"]) else c
+        elif kind == "yolo":
+            bad = [k for k in layer["mask"] if not 0 <= k < len(anchors)]
+            if bad:
+                raise ModelError(f"{where}: [yolo] mask index {bad[0]} has no anchor (there are "
+                                 f"{len(anchors)}); give indices 0 to {len(anchors) - 1}")
+        if total > MAX_PARAMETERS:
+            raise ModelError(f"{where}: the layers so far hold {total:,} weights, more than "
+                             f"{MAX_PARAMETERS:,} (yolov3.cfg has 62 million); check filters= "
+                             f"and size=")
+        channels.append(c)
 
 
 def _input_size(net: dict[str, str], name: str) -> int:
@@ -136,6 +178,14 @@ def _head(o: dict[str, str], earlier: list[tuple[list[list[float]], int]],
     flat = [float(v) for v in o["anchors"].replace(" ", "").split(",") if v]
     anchors = [[flat[k], flat[k + 1]] for k in range(0, len(flat) - 1, 2)]
     classes = int(o.get("classes", 80))
+    if not (anchors and all(0 < a < float("inf") for pair in anchors for a in pair)):
+        raise ModelError(f"{where}: [yolo] anchors={o['anchors']!r}; give positive width,height "
+                         f"pairs in pixels")
+    if len(flat) % 2:
+        raise ModelError(f"{where}: [yolo] has {len(flat)} anchor numbers; give width,height "
+                         f"pairs (an even count)")
+    if not 1 <= classes <= 100_000:
+        raise ModelError(f"{where}: [yolo] classes={classes} is out of range; give at least 1")
     if earlier and anchors != earlier[0][0]:
         raise ModelError(f"{where}: every [yolo] must share the same anchors")
     if earlier and classes != earlier[0][1]:
@@ -174,6 +224,9 @@ def load_weights(model: nn.Module, data: bytes, name: str = "weights") -> dict[s
         raise ModelError(f"{name} has {len(data):,} bytes, too short for a Darknet header")
     major, minor, revision = struct.unpack_from("<3i", data, 0)
     wide = major * 10 + minor >= 2
+    if wide and len(data) < 20:
+        raise ModelError(f"{name} has {len(data):,} bytes, too short for a Darknet header of "
+                         f"version {major}.{minor} (20 bytes)")
     seen = struct.unpack_from("<q" if wide else "<i", data, 12)[0]
     expected = expected_weights_bytes(model, major, minor)
     if len(data) != expected:
