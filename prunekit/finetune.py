@@ -400,6 +400,8 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         session = Session(device=from_environment(device).device)
     _check(batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix, resume=resume,
            state_file=state_file, world=session.world)
+    if adv != "none" and adv_steps < 1:
+        raise PrunekitError(f"--attack-steps must be at least 1, got {adv_steps}")
     set_threads(threads)
     run = _setup(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,
@@ -464,6 +466,8 @@ def _setup(ck: Checkpoint, data: str | Path, *, epochs: float | None, steps: int
     if len(dataset) < batch_size:
         raise PrunekitError(f"{data} has {len(dataset)} images, fewer than --batch-size "
                             f"{batch_size}; lower the batch size")
+    if epochs is not None and steps is None and not epochs > 0:
+        raise PrunekitError(f"--epochs must be positive, got {epochs}")
     if steps is None:
         if epochs is None:
             raise PrunekitError("how long? give --epochs E or --steps S")

@@ -254,6 +254,12 @@ def collect(root: str | Path) -> pd.DataFrame:
         except json.JSONDecodeError as e:
             raise PrunekitError(f"{f} is not valid JSON ({e.msg}); delete it and run the grid "
                                 f"again") from None
+    for f, row in zip(files, rows, strict=True):
+        missing = [k for k in ("scenario", "run", "ratio") if not isinstance(row, dict) or
+                   k not in row]
+        if missing:
+            raise PrunekitError(f"{f} has no {', '.join(missing)}: it is not a cell result; "
+                                f"delete it and run the grid again")
     df = pd.DataFrame(rows)
     lead = ["scenario", "run", "ratio", "granularity", "method", "colour"]
     cols = [c for c in lead if c in df.columns] + sorted(c for c in df.columns if c not in lead)
@@ -265,6 +271,8 @@ def subset(src: str | Path, dest: str | Path, images: int) -> int:
     stay relative to the same folder, so ``dest`` must sit beside ``src``."""
     from prunekit.data.coco import read_json
 
+    if images < 1:
+        raise PrunekitError(f"--images must be at least 1, got {images}")
     data = read_json(src)
     keep = sorted(data["images"], key=lambda im: im["id"])[:images]
     ids = {im["id"] for im in keep}

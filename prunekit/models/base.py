@@ -44,6 +44,11 @@ def default_names(n: int) -> list[str]:
     return [f"class{i}" for i in range(n)]
 
 
+# The largest input side any family accepts: 4096 pixels is ten times YOLOv3-416's side (a
+# hundred times its MACs) and over twice the full KITTI width; a larger one is a typo, and its
+# first forward pass would try to allocate terabytes.
+MAX_INPUT_SIDE = 4096
+
 # ------------------------------------------------------------------------------ geometry
 
 

@@ -11,7 +11,7 @@ import torch
 
 from prunekit.errors import ModelError
 from prunekit.files import folder_atomically
-from prunekit.models.base import COLOURS, Detector, Family
+from prunekit.models.base import COLOURS, MAX_INPUT_SIDE, Detector, Family
 from prunekit.models.deformable_detr.config import MEMBERS, config_dict, member_arch, offline
 from prunekit.models.deformable_detr.detector import DeformableDETR
 
@@ -82,6 +82,9 @@ class DeformableDETRFamily(Family):
             if len(size) != 2 or any(int(s) != s or s < 32 for s in size):
                 raise ModelError(f"input size {size} must be two whole numbers of pixels, at "
                                  f"least 32 (height, width)")
+            if max(size) > MAX_INPUT_SIDE:
+                raise ModelError(f"input size {size} is too large: each side at most "
+                                 f"{MAX_INPUT_SIDE} pixels (--img-size is the height)")
             spec["size"] = [int(s) for s in size]
         return spec
 

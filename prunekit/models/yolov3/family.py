@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 
 from prunekit.errors import ModelError
-from prunekit.models.base import COLOURS, Detector, Family, default_names
+from prunekit.models.base import COLOURS, MAX_INPUT_SIDE, Detector, Family, default_names
 from prunekit.models.yolov3 import darknet
 from prunekit.models.yolov3.arch import (
     MEMBERS,
@@ -41,7 +41,7 @@ class YOLOv3Family(Family):
             raise ModelError(f"{member} has no option {unknown[0]!r}; YOLOv3 members take "
                              f"{' and '.join(self.options)}")
         arch = build_arch(member, len(classes), **options)
-        size = img_size or default_img_size(member)
+        size = default_img_size(member) if img_size is None else img_size
         if member == "yolov3-small":
             # The small member is made for small inputs: its anchors are the standard ones in
             # proportion to the image (yolov3 and tiny keep Darknet's, whatever the size).
@@ -62,7 +62,8 @@ class YOLOv3Family(Family):
         if classes is not None and len(classes) != n:
             raise ModelError(f"{cfg} defines {n} classes but {len(classes)} were given; edit "
                              f"the [yolo] sections or give one name per class")
-        spec = self.input_spec(size=img_size or cfg_size, colour="grey" if grey else "rgb")
+        spec = self.input_spec(size=cfg_size if img_size is None else img_size,
+                               colour="grey" if grey else "rgb")
         model = YOLOv3(arch, spec, classes or default_names(n))
         if "weights" in files:
             path = Path(files["weights"])
@@ -87,6 +88,9 @@ class YOLOv3Family(Family):
         if size is not None:
             if size < 32 or size % 32:
                 raise ModelError(f"--img-size must be a positive multiple of 32, got {size}")
+            if size > MAX_INPUT_SIDE:
+                raise ModelError(f"--img-size {size} is too large: at most {MAX_INPUT_SIDE} "
+                                 f"pixels")
             spec["size"] = size
         return spec
 
