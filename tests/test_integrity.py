@@ -116,8 +116,9 @@ def test_the_same_command_writes_the_same_bytes_under_source_date_epoch(tmp_path
 
 
 def test_training_data_and_detections_repeat_byte_for_byte(tmp_path, runner, monkeypatch):
-    """data synth, data kitti, finetune, detect and evaluate twice: the same bytes (the grid
-    cell's result.json holds measured latencies and times, which cannot repeat)."""
+    """data synth, data kitti, init (both families, and from an HF folder), finetune, detect,
+    evaluate, grid subset and export twice: the same bytes. (`bench`, a grid cell's
+    result.json and the tables built from them hold measured times, which cannot repeat.)"""
     from prunekit.cli import app
 
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
@@ -143,6 +144,12 @@ def test_training_data_and_detections_repeat_byte_for_byte(tmp_path, runner, mon
              "0.001", "--device", "cpu", "-o", str(d / "dets.csv")],
             ["evaluate", str(d / "dets.csv"), "--gt", str(d / "data" / "val.json"), "-o",
              str(d / "metrics.json")],
+            ["grid", "subset", str(d / "data" / "val.json"), str(d / "data" / "val-sub.json"),
+             "--images", "2"],
+            ["init", "deformable-detr-small", "--dataset", str(d / "kc" / "train.json"),
+             "--img-size", "64", "--seed", "1", "-o", str(d / "detr.st")],
+            ["export", str(d / "detr.st"), "--hf", str(d / "detr-hf")],
+            ["init", "--hf", str(d / "detr-hf"), "-o", str(d / "detr-back.st")],
         ]
         for args in steps:
             result = runner.invoke(app, args)
