@@ -110,6 +110,9 @@ def _check_annotation(ann: Any, number: int, path: Path) -> None:
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_number(v) for v in bbox)):
         raise DataError(f"{name} has bbox {bbox!r}; expected [x, y, w, h]: four finite "
                         f"numbers")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise DataError(f"{name} has bbox {bbox!r} with a negative width or height; boxes are "
+                        f"[x, y, w, h] with w and h at least 0")
     if "area" in ann and not _number(ann["area"]):
         raise DataError(f"{name} has area {ann['area']!r}; expected a finite number (or no "
                         f"'area': it defaults to w·h)")
