@@ -402,6 +402,10 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
            state_file=state_file, world=session.world)
     if adv != "none" and adv_steps < 1:
         raise PrunekitError(f"--attack-steps must be at least 1, got {adv_steps}")
+    if val is not None:  # a bad validation file would otherwise surface after the training
+        from prunekit.data.coco import read_json
+
+        read_json(val)
     set_threads(threads)
     run = _setup(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
                  weight_decay=weight_decay, warmup=warmup, workers=workers, images=images,

@@ -121,7 +121,17 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
 
     from prunekit.bench import resolve_runtime
     from prunekit.device import resolve_device
+    from prunekit.score import METHODS
 
+    # The scenario is a label the Makefile chooses (the first study's five, the second study's
+    # `<model>.<granularity>.<state>`): any folder-safe name; what it implies is checked below.
+    if not scenario or "/" in scenario or scenario.startswith("."):
+        raise PrunekitError(f"--scenario {scenario!r} is not a usable name; give a label "
+                            f"without '/' such as structured-deeplift")
+    if run < 1:
+        raise PrunekitError(f"--run must be at least 1, got {run}")
+    if method is not None and method not in METHODS:
+        raise PrunekitError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
     torch.set_num_threads(threads)
     resolve_runtime(runtime, resolve_device(device))  # a bad --runtime fails before the work
     out = Path(out)

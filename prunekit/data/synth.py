@@ -167,6 +167,8 @@ def _check_args(out: Path, *, train: int, val: int, size: int, seed: int) -> Non
         raise DataError(f"--val {val} is negative; give 0 or more validation images")
     if size < 32:
         raise DataError(f"--size {size} is too small; give an image side of at least 32 pixels")
+    if size > 4096:
+        raise DataError(f"--size {size} is too large; give an image side of at most 4096 pixels")
     if seed < 0:
         raise DataError(f"--seed {seed} is negative; give a seed of 0 or more")
     if out.is_file() or (out.is_dir() and any(out.iterdir())):

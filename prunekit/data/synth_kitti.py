@@ -101,6 +101,9 @@ def _check_args(out: Path, *, images: int, width: int, height: int, seed: int) -
         raise DataError(f"--images {images} is too small; give at least 1 image")
     if width < 64 or height < 32:
         raise DataError(f"--width {width} --height {height} is too small; give at least 64 × 32")
+    if width > 4096 or height > 4096:
+        raise DataError(f"--width {width} --height {height} is too large; give at most 4096 "
+                        f"pixels a side (KITTI's own images are 1242 × 375)")
     if seed < 0:
         raise DataError(f"--seed {seed} is negative; give a seed of 0 or more")
     if out.is_file() or (out.is_dir() and any(out.iterdir())):
