@@ -347,6 +347,26 @@ def test_cli_writes_the_report(paper_csv: Path, tmp_path: Path) -> None:
     assert (out / "report.md").exists() and (out / "figures" / "fig1a_map.png").exists()
 
 
+
+def test_the_report_repeats_byte_for_byte(paper_csv: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same results.csv gives the same report, tables and figures, byte for byte."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
+    runs = []
+    for _ in range(2):
+        out = tmp_path / "report"
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        result = CliRunner().invoke(app, ["stats", str(paper_csv), "-o", str(out)])
+        assert result.exit_code == 0, result.stderr
+        runs.append({str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+                     if p.is_file()})
+    assert len(runs[0]) > 20 and runs[0].keys() == runs[1].keys()
+    assert [k for k in runs[0] if runs[0][k] != runs[1][k]] == []
+
+
 @pytest.mark.parametrize("content", [None, ""])
 def test_cli_bad_input_is_one_line_error(tmp_path: Path, content: str | None) -> None:
     path = tmp_path / "results.csv"
