@@ -14,15 +14,22 @@ from pathlib import Path
 from prunekit.errors import PrunekitError
 
 
-def temporary_beside(path: Path) -> tuple[int, str]:
-    """An open temporary file (descriptor, name) in ``path``'s folder, for a rename onto
-    ``path``; the folder must exist and ``path`` must not be one."""
+def writable_folder(path: Path) -> Path:
+    """The folder ``path`` will be written into; an error when ``path`` is a folder itself or
+    its folder does not exist (checked before any work by commands, again when writing)."""
     if path.is_dir():
         raise PrunekitError(f"{path} is a directory; give a file name for the output")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.exists():
+    if not parent.is_dir():
         raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
                             f"first")
+    return parent
+
+
+def temporary_beside(path: Path) -> tuple[int, str]:
+    """An open temporary file (descriptor, name) in ``path``'s folder, for a rename onto
+    ``path``; the folder must exist and ``path`` must not be one."""
+    parent = writable_folder(path)
     return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
 
 

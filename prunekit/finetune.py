@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from prunekit import checkpoint
 from prunekit.checkpoint import Checkpoint
-from prunekit.device import set_threads
+from prunekit.device import resolve_device, set_threads
 from prunekit.distributed import Session, checksum, wrap
 from prunekit.errors import PrunekitError
 from prunekit.models import registry
@@ -395,9 +395,7 @@ def finetune(ck: Checkpoint, data: str | Path, *, epochs: float | None = None,
         progress: ``progress(step, total, metrics)`` callback (called on rank 0 only).
     """
     if session is None:
-        from prunekit.distributed import from_environment
-
-        session = Session(device=from_environment(device).device)
+        session = Session(device=resolve_device(device))
     _check(batch_size=batch_size, lr=lr, adv=adv, adv_mix=adv_mix, resume=resume,
            state_file=state_file, world=session.world)
     if adv != "none" and adv_steps < 1:

@@ -11,6 +11,7 @@ from rich.console import Console
 from prunekit import checkpoint
 from prunekit.checkpoint import Checkpoint
 from prunekit.errors import PrunekitError
+from prunekit.files import writable_folder
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -37,13 +38,7 @@ def check_output(output: Path | None, *, what: str | None = None) -> None:
         if what is not None:
             refuse_terminal(what)
         return
-    path = Path(output)
-    if path.is_dir():
-        raise PrunekitError(f"{path} is a directory; give a file name for the output")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise PrunekitError(f"cannot write {path}: folder {parent} does not exist; create it "
-                            f"first")
+    writable_folder(Path(output))
 
 
 def refuse_terminal(what: str) -> None:
