@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from prunekit.cli import app
 from prunekit.detections import DetectionWriter, read_detections
-from prunekit.errors import DataError
+from prunekit.errors import DataError, PrunekitError
 from prunekit.evaluate import METRICS, evaluate, format_csv_row
 from tests.conftest import fixture_path
 
@@ -89,7 +89,7 @@ def test_reproduces_pycocotools_published_stats_through_the_csv(coco100, tmp_pat
     order = np.lexsort(([r["score"] for r in results], [r["image_id"] for r in results]))
     assert np.array_equal(frame[["x", "y", "w", "h"]].to_numpy(), boxes[order])
 
-    metrics = evaluate(csv_path, gt_path)
+    metrics = evaluate(csv_path, gt_path, backend="pycocotools")
     for key, value in PUBLISHED.items():
         assert metrics[key] == pytest.approx(value, abs=1e-9), key
     assert metrics["images"] == 100 and metrics["detections"] == 734 == len(results)
@@ -105,6 +105,10 @@ def test_reproduces_pycocotools_published_stats_through_the_csv(coco100, tmp_pat
         assert metrics["per_class_ap50"][name] == pytest.approx(alone[1], abs=1e-12)
     assert np.array_equal(_pycocotools_stats(gt, results),
                           np.array([metrics[k] for k in METRICS]))
+
+
+# Scores from a few values too, so that ties (broken by pycocotools' stable sort) happen.
+_SCORES = st.one_of(st.sampled_from((0.25, 0.5, 0.75)), st.floats(0.01, 1.0))
 
 
 @st.composite
@@ -136,7 +140,7 @@ def _scenes(draw):
             else:
                 box = [draw(coord), draw(coord), draw(size), draw(size)]
             results.append({"image_id": image_id, "category_id": draw(st.sampled_from(cat_ids)),
-                            "bbox": box, "score": draw(st.floats(0.01, 1.0))})
+                            "bbox": box, "score": draw(_SCORES)})
     categories = [{"id": c, "name": f"class{c}"} for c in cat_ids]
     return {"images": images, "annotations": anns, "categories": categories}, results
 
@@ -253,10 +257,12 @@ def test_cli_prints_only_json(runner, coco100, tmp_path):
     result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(gt_path)])
     assert result.exit_code == 0, result.stderr
     metrics = json.loads(result.stdout)
-    assert metrics["map"] == PUBLISHED["map"] and len(metrics["per_class"]) == 70
+    assert metrics["map"] == pytest.approx(PUBLISHED["map"], abs=1e-12)
+    assert len(metrics["per_class"]) == 70 and metrics["backend"] == "faster-coco-eval"
 
-    result = runner.invoke(app, ["evaluate", "-", "--gt", str(gt_path), "--format", "csv"],
-                           input=dets.read_text())
+    # The CSV row holds pycocotools' numbers to the last digit, and no backend column.
+    result = runner.invoke(app, ["evaluate", "-", "--gt", str(gt_path), "--format", "csv",
+                                 "--backend", "pycocotools"], input=dets.read_text())
     assert result.exit_code == 0, result.stderr
     header, row, *rest = csv.reader(io.StringIO(result.stdout))
     assert not rest and len(header) == len(row) == 14 + 2 * 70
@@ -338,3 +344,170 @@ def test_kitti_difficulty_needs_converted_ground_truth():
     del gt["annotations"][1]["difficulty"]
     with pytest.raises(DataError, match="converted by `prunekit data kitti`"):
         evaluate(_dets([10, 10, 50, 50]), gt, difficulty="easy")
+
+
+# --- backends ------------------------------------------------------------------------------------
+
+def _assert_same_metrics(faster: dict, reference: dict) -> None:
+    """faster-coco-eval's metrics are pycocotools': every number to 1e-12, nulls alike."""
+    assert faster["backend"] == "faster-coco-eval" and reference["backend"] == "pycocotools"
+    assert faster.keys() == reference.keys()
+    for key in METRICS:
+        if reference[key] is None:
+            assert faster[key] is None, key
+        else:
+            assert faster[key] == pytest.approx(reference[key], abs=1e-12), key
+    assert (faster["images"], faster["detections"]) == (reference["images"],
+                                                        reference["detections"])
+    for key in ("per_class", "per_class_ap50"):
+        if key in reference:
+            assert list(faster[key]) == list(reference[key]), key
+            assert faster[key] == pytest.approx(reference[key], abs=1e-12), key
+
+
+def _both(detections, gt, **kwargs) -> tuple[dict, dict]:
+    return (evaluate(detections, gt, backend="faster-coco-eval", **kwargs),
+            evaluate(detections, gt, backend="pycocotools", **kwargs))
+
+
+@pytest.fixture
+def fresh_self_check():
+    """auto's self-check run again in this test, and again after it."""
+    from prunekit.evaluate import _faster_passes_self_check
+
+    _faster_passes_self_check.cache_clear()
+    yield
+    _faster_passes_self_check.cache_clear()
+
+
+def test_backends_agree_on_the_published_fixture(coco100, tmp_path):
+    gt_path, results = coco100
+    dets = tmp_path / "dets.csv"
+    dets.write_text(_to_csv(results, _names(json.loads(gt_path.read_text()))))
+    faster, reference = _both(dets, gt_path)
+    _assert_same_metrics(faster, reference)
+    assert len(faster["per_class"]) == 70
+    for key, value in PUBLISHED.items():
+        assert faster[key] == pytest.approx(value, abs=1e-12), key
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_scenes())
+def test_backends_agree_on_random_scenes(scene):
+    gt, results = scene
+    frame = read_detections(io.StringIO(_to_csv(results, _names(gt)))) if results else \
+        pd.DataFrame(columns=["image_id", "category_id", "score", "x", "y", "w", "h"])
+    _assert_same_metrics(*_both(frame, gt))
+
+
+def test_backends_agree_on_no_detections_unknown_ids_and_kitti_levels():
+    empty = pd.DataFrame(columns=["image_id", "category_id", "score", "x", "y", "w", "h"])
+    faster, reference = _both(empty, _small_gt())
+    _assert_same_metrics(faster, reference)
+    assert faster["per_class"] == {"circle": 0.0, "square": 0.0}
+    assert faster["map_small"] is None and faster["map"] == 0.0
+
+    bad = pd.DataFrame({"image_id": [1], "category_id": [4], "score": [0.5], "x": [1.0],
+                        "y": [2.0], "w": [3.0], "h": [4.0]})
+    with pytest.raises(DataError, match="category_id 4 is not a category in"):
+        evaluate(bad, _small_gt(), backend="faster-coco-eval")
+
+    gt = _kitti_gt()
+    dets = _dets([10, 10, 50, 50], [200, 12, 30, 25], [98, 10, 40, 31], [300, 50, 20, 20])
+    for level in (None, "easy", "moderate", "hard"):
+        _assert_same_metrics(*_both(dets, gt, difficulty=level))
+    assert evaluate(_dets([10, 10, 50, 50], [200, 10, 30, 26]), gt, difficulty="easy",
+                    backend="faster-coco-eval")["map50"] == pytest.approx(1.0)
+    assert gt == _kitti_gt()  # neither backend touched the caller's ground truth
+
+
+def test_faster_backend_prints_nothing(capfd):
+    evaluate(_dets([10, 10, 50, 50]), _kitti_gt(), backend="faster-coco-eval")
+    out, _ = capfd.readouterr()
+    assert out == ""
+
+
+def test_auto_uses_faster_coco_eval_when_its_self_check_passes(fresh_self_check):
+    from prunekit.evaluate import resolve_backend
+
+    assert resolve_backend("auto") == "faster-coco-eval"
+    assert evaluate(_dets([10, 10, 50, 50]), _kitti_gt())["backend"] == "faster-coco-eval"
+
+
+def _crowd_counted(gt, dt):
+    """A wrong evaluator: crowd regions count as ordinary objects."""
+    for ann in gt.dataset["annotations"]:
+        ann["iscrowd"] = 0
+    return _faster_eval(gt, dt)
+
+
+def _iou_shifted(gt, dt):
+    """A wrong evaluator: IoU thresholds 0.51 to 0.96."""
+    coco_eval = _faster_eval(gt, dt)
+    coco_eval.params.iouThrs = coco_eval.params.iouThrs + 0.01
+    return coco_eval
+
+
+def _fewer_dets(gt, dt):
+    """A wrong evaluator: AR at 5 detections per image where pycocotools has 10."""
+    coco_eval = _faster_eval(gt, dt)
+    coco_eval.params.maxDets = [1, 5, 100]
+    return coco_eval
+
+
+def _faster_eval(gt, dt):
+    from faster_coco_eval import COCOeval_faster
+
+    return COCOeval_faster(gt, dt, "bbox", print_function=lambda *a: None)
+
+
+@pytest.mark.parametrize("wrong", [_crowd_counted, _iou_shifted, _fewer_dets])
+def test_auto_falls_back_to_pycocotools_when_the_self_check_fails(monkeypatch, fresh_self_check,
+                                                                   wrong):
+    from prunekit import evaluate as module
+
+    real = module._faster_coco_eval()
+    monkeypatch.setitem(module._LIBRARIES, "faster-coco-eval",
+                        lambda: module._Library(real.coco, wrong))
+    assert module.resolve_backend("auto") == "pycocotools"
+    assert evaluate(_dets([10, 10, 50, 50]), _kitti_gt())["backend"] == "pycocotools"
+
+
+def _not_installed():
+    raise ModuleNotFoundError("No module named 'faster_coco_eval'")
+
+
+def test_missing_faster_coco_eval(monkeypatch, fresh_self_check, runner, tmp_path):
+    from prunekit import evaluate as module
+
+    monkeypatch.setitem(module._LIBRARIES, "faster-coco-eval", _not_installed)
+    assert evaluate(_dets([10, 10, 50, 50]), _kitti_gt())["backend"] == "pycocotools"
+    dets = tmp_path / "dets.csv"
+    dets.write_text("image_id,category_id,score,x,y,w,h\n1,3,0.5,1,2,3,4\n")
+    result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(_gt_file(tmp_path)),
+                                 "--backend", "faster-coco-eval"])
+    assert result.exit_code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "install faster-coco-eval" in lines[0]
+    assert "--backend pycocotools" in lines[0]
+
+
+def test_unknown_backend_is_one_line_naming_the_choices(runner, tmp_path):
+    with pytest.raises(PrunekitError, match="backend 'fast' is not a COCO evaluation backend; "
+                                            "use one of auto, pycocotools, faster-coco-eval"):
+        evaluate(_dets([10, 10, 50, 50]), _kitti_gt(), backend="fast")
+    result = runner.invoke(app, ["evaluate", "dets.csv", "--gt", str(_gt_file(tmp_path)),
+                                 "--backend", "fast"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "'fast' is not one of 'auto', 'pycocotools', 'faster-coco-eval'" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_cli_backend_option(runner, tmp_path, backend):
+    dets = tmp_path / "dets.csv"
+    dets.write_text("image_id,category_id,score,x,y,w,h\n1,3,0.9,10,10,50,50\n")
+    result = runner.invoke(app, ["evaluate", str(dets), "--gt", str(_gt_file(tmp_path)),
+                                 "--backend", backend])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert metrics["backend"] == backend and metrics["per_class"]["circle"] == pytest.approx(1)
