@@ -23,6 +23,10 @@ figures):
   dense).
 - ``eager``: PyTorch eager mode, LeakyReLU in place, channels-last on CPU (oneDNN picks its
   fastest convolution layout); the only runtime on CUDA.
+- ``onnxruntime`` (CPU, chosen explicitly): the file ``prunekit export -o model.onnx`` writes
+  (:mod:`prunekit.onnx`: the same deployment form, exported with a fixed batch), run by an
+  onnxruntime session on the CPU execution provider with ``threads`` intra-op threads,
+  sequential execution and full graph optimisation: what a deployment outside PyTorch runs.
 """
 
 from __future__ import annotations
@@ -80,19 +84,24 @@ def count_macs(model: Detector, batch: int = 1) -> tuple[int, int, int, str]:
     return dense, dense - zeroed, extra, what
 
 
-RUNTIMES = ("auto", "onednn-graph", "eager")
+RUNTIMES = ("auto", "onednn-graph", "eager", "onnxruntime")
 
 
 def resolve_runtime(runtime: str, device: torch.device,
-                    supported: tuple[str, ...] = ("onednn-graph", "eager")) -> str:
-    """``auto`` → the first runtime of ``supported`` (a model's ``runtimes``) this device has:
-    ``onednn-graph`` on CPU when PyTorch has oneDNN, else ``eager``."""
+                    supported: tuple[str, ...] = ("onednn-graph", "eager", "onnxruntime")) -> str:
+    """``auto`` → the first PyTorch runtime of ``supported`` (a model's ``runtimes``) this
+    device has: ``onednn-graph`` on CPU when PyTorch has oneDNN, else ``eager``
+    (``onnxruntime`` only when asked for)."""
     if runtime not in RUNTIMES:
         raise PrunekitError(f"--runtime {runtime!r} is unknown; use {', '.join(RUNTIMES)}")
     cpu_graph = (device.type == "cpu" and torch.backends.mkldnn.is_available()
                  and hasattr(torch.jit, "enable_onednn_fusion"))
     if runtime == "auto":
-        return next(r for r in supported if r == "eager" or cpu_graph)
+        return next(r for r in supported if r == "eager" or (r == "onednn-graph" and cpu_graph))
+    if runtime == "onnxruntime" and device.type != "cpu":
+        raise PrunekitError(f"--runtime onnxruntime runs on the CPU here (the onnxruntime "
+                            f"package has no {device.type} provider); use --device cpu, or "
+                            f"--runtime eager")
     if runtime not in supported:
         raise PrunekitError(f"--runtime {runtime} cannot run this model; it runs in "
                             f"{', '.join(supported)}")
@@ -147,6 +156,21 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _onnxruntime_step(model: Detector, x: torch.Tensor, threads: int) -> Any:
+    """One forward pass of ``model``'s ONNX export on ``x`` in an onnxruntime session."""
+    from prunekit import onnx
+
+    exported = onnx.export(model, batch=x.shape[0], verify=False)
+    session = onnx.session(exported.data, threads=threads)
+    # The images, and ones for any other input (Deformable DETR's pixel mask: no padding, as
+    # the PyTorch runtimes run it).
+    extra = model.graph_inputs(x.shape[0], torch.Generator().manual_seed(0))[1:]
+    feeds = dict(zip(exported.graph.inputs, [x.cpu().numpy(),
+                                             *(torch.ones_like(t).numpy() for t in extra)],
+                     strict=True))
+    return lambda: session.run(None, feeds)
+
+
 class Latency:
     """A model prepared for a runtime and warmed up once, then timed as often as wanted.
 
@@ -179,7 +203,11 @@ class Latency:
 
     def _prepare(self, model: nn.Module, x: torch.Tensor) -> None:
         with self._context():
-            self._model, self._x = inference_form(model, x, self.runtime)
+            if self.runtime == "onnxruntime":
+                self._step = _onnxruntime_step(model, x, self.threads)
+                self._x = x
+            else:
+                self._model, self._x = inference_form(model, x, self.runtime)
             self._warm_up()
 
     @contextlib.contextmanager
@@ -188,7 +216,7 @@ class Latency:
         with _threads(self.threads), fusion:
             yield
 
-    def _step(self) -> None:
+    def _step(self) -> None:  # replaced by the onnxruntime session's run for that runtime
         with torch.inference_mode():
             self._model(self._x)
 
@@ -221,7 +249,8 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
         threads: CPU threads for the timed runs (default: torch's current setting).
         latency: time the model; ``False`` reports only the static figures.
         min_run_time: seconds of timed runs to collect.
-        runtime: ``auto``, ``onednn-graph`` (CPU) or ``eager`` (see the module docstring);
+        runtime: ``auto``, ``onednn-graph`` (CPU), ``eager`` or ``onnxruntime`` (CPU; see the
+            module docstring);
             ``auto`` falls back to eager for a model oneDNN Graph cannot run, and
             ``runtime_fallback`` in the figures says why.
 

@@ -1,10 +1,12 @@
-"""Export a checkpoint in a format another tool loads: Hugging Face ``save_pretrained`` folders
-(Deformable DETR), through the family that knows the format."""
+"""Export a checkpoint in a format another tool loads: ONNX, for every family
+(:mod:`prunekit.onnx`), and Hugging Face ``save_pretrained`` folders (Deformable DETR), through
+the family that knows the format."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from prunekit import onnx
 from prunekit.checkpoint import Checkpoint
 from prunekit.errors import PrunekitError
 from prunekit.models import registry
@@ -28,3 +30,35 @@ def export(ck: Checkpoint, out: str | Path, *, fmt: str = "hf") -> Path:
                             f"{', '.join(formats) or 'no other format'}, not {fmt}")
     family.export(ck.build(), fmt, Path(out))
     return Path(out)
+
+
+def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
+                opset: int = onnx.DEFAULT_OPSET, decode: bool = False,
+                verify: bool = True) -> onnx.Exported:
+    """Write ``ck``'s deployment graph to ``out`` as ONNX, checked and (with ``verify``)
+    compared with PyTorch through onnxruntime; nothing is written when either fails.
+
+    Args:
+        ck: the checkpoint. One with scores and no masks is refused: it is a dense model
+            scored for pruning, not a pruned one (``prunekit mask`` comes first).
+        out: the ``.onnx`` file.
+        batch: a fixed batch size, or None for a dynamic batch dimension.
+        opset: the ONNX opset.
+        decode: decoded boxes and scores instead of the raw outputs.
+        verify: run the file with onnxruntime and compare its outputs with PyTorch's.
+
+    Returns:
+        What was exported and measured.
+    """
+    if ck.scores and not ck.masks:
+        raise PrunekitError(f"{ck.name} holds importance scores but no masks: it is the dense "
+                            f"model, scored for pruning; prune it first (prunekit mask "
+                            f"--ratio R), then export the result")
+    model = ck.build()
+    for name, keep in ck.masks.items():  # the state holds zeros there already; make sure
+        tensor = model.get_parameter(name)
+        tensor.data.mul_(keep.to(tensor.dtype))
+    exported = onnx.export(model, batch=batch, opset=opset, decode=decode, verify=verify,
+                           name=ck.name)
+    onnx.write(exported, out)
+    return exported

@@ -19,6 +19,8 @@ EXAMPLE = """Examples:
 
   prunekit bench pruned.st --runtime eager
 
+  prunekit bench pruned.st --runtime onnxruntime --threads 2
+
   prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
 """
 
@@ -34,7 +36,8 @@ def bench_cmd(
     min_time: Annotated[float, typer.Option(help="Seconds of timed runs.")] = 2.0,
     runtime: Annotated[str, typer.Option(
         help="auto (onednn-graph on CPU, eager on CUDA), onednn-graph (TorchScript with "
-             "conv, bias, LeakyReLU and residual add fused by oneDNN) or eager.")] = "auto",
+             "conv, bias, LeakyReLU and residual add fused by oneDNN), eager, or onnxruntime "
+             "(CPU: the model's ONNX export in an onnxruntime session).")] = "auto",
 ) -> None:
     """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON."""
     from prunekit.bench import bench

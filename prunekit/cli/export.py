@@ -8,30 +8,72 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, read_checkpoint
-from prunekit.cli._options import CheckpointArg
+from prunekit.cli._io import check_output, console, read_checkpoint
+from prunekit.cli._options import CheckpointArg, OutputOpt
 
 EXAMPLE = """Examples:
 
-  prunekit export detr.st --hf detr-hf/
+  prunekit export pruned.st -o pruned.onnx
 
-  prunekit score --method magnitude detr.st | prunekit mask --ratio 0.5 | prunekit export --hf detr-sparse/
+  prunekit export pruned.st -o pruned-b1.onnx --batch 1 --decode
+
+  prunekit score --method l1-filter model.st | prunekit mask --ratio 0.5 --granularity filter --compact | prunekit export -o small.onnx
+
+  prunekit export detr.st --hf detr-hf/
 """
+
+
+def _batch(value: str) -> str:
+    from prunekit.errors import PrunekitError
+
+    if value != "dynamic" and not (value.isdigit() and int(value) >= 1):
+        raise PrunekitError(f"--batch must be 'dynamic' or a whole number of at least 1, got "
+                            f"{value!r}")
+    return value
 
 
 @app.command("export", epilog=EXAMPLE)
 def export_cmd(
     model: CheckpointArg = None,
+    output: OutputOpt = None,
+    batch: Annotated[str, typer.Option("--batch", help="ONNX: 'dynamic' (any batch size) or a "
+                                       "fixed batch size.", callback=_batch)] = "dynamic",
+    opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (18 up to the newest "
+                                              "onnxruntime runs; default 18).",
+                                              show_default=False)] = None,
+    decode: Annotated[bool, typer.Option("--decode", help="ONNX: output decoded boxes (x1 y1 x2 "
+                                         "y2, input pixels) and class scores instead of the raw "
+                                         "outputs; no threshold, no NMS.")] = False,
+    verify: Annotated[bool, typer.Option("--verify/--no-verify", help="ONNX: run the file with "
+                                         "onnxruntime and refuse to write it when its outputs "
+                                         "differ from PyTorch's by more than 1e-4.")] = True,
     hf: Annotated[Path | None, typer.Option("--hf", help="Write a Hugging Face save_pretrained "
                                             "folder (Deformable DETR; not for compacted "
                                             "models).", show_default=False)] = None,
 ) -> None:
-    """Export a checkpoint: a Hugging Face save_pretrained folder (--hf DIR)."""
+    """Export a checkpoint: ONNX (-o FILE.onnx), the deployment form with the input pipeline
+    inside, checked against PyTorch with onnxruntime; or a Hugging Face save_pretrained
+    folder (--hf DIR)."""
     from prunekit.errors import PrunekitError
-    from prunekit.export import export
+    from prunekit.export import export, export_onnx
+    from prunekit.onnx import DEFAULT_OPSET, check_opset
 
-    if hf is None:
-        raise PrunekitError("which format? give --hf DIR (a save_pretrained folder)")
+    if (hf is None) == (output is None or str(output) == "-"):
+        raise PrunekitError("which format? give -o FILE.onnx (ONNX) or --hf DIR (a "
+                            "save_pretrained folder), one of them")
+    if hf is not None:
+        ck = read_checkpoint(model)
+        out = export(ck, hf, fmt="hf")
+        console.print(f"wrote {out}", highlight=False)
+        return
+    check_output(output)
+    check_opset(opset if opset is not None else DEFAULT_OPSET)
     ck = read_checkpoint(model)
-    out = export(ck, hf, fmt="hf")
-    console.print(f"wrote {out}", highlight=False)
+    with console.status("exporting to ONNX", spinner="dots"):
+        done = export_onnx(ck, output, batch=None if batch == "dynamic" else int(batch),
+                           opset=opset if opset is not None else DEFAULT_OPSET, decode=decode,
+                           verify=verify)
+    checked = (f"onnxruntime = PyTorch within {max(done.max_error.values()):.1e} at batch "
+               f"{done.verified_batch}" if done.verified_batch else "not verified")
+    console.print(f"wrote {output} ({len(done.data):,} bytes, opset {done.opset}, batch "
+                  f"{done.batch}; {checked})", highlight=False)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -337,8 +337,41 @@ class Detector(nn.Module, ABC):
 
     def deployed(self, runtime: str = "eager") -> nn.Module:
         """A copy in the form a deployment runs (what ``bench`` times), for ``runtime``
-        (``eager`` or ``onednn-graph``); same outputs to float rounding."""
+        (``eager``, ``onednn-graph`` or ``onnxruntime``); same outputs to float rounding."""
         return copy.deepcopy(self).eval()
+
+    @abstractmethod
+    def graph(self, *, decode: bool = False, deployed: bool = True) -> Graph:
+        """The graph ONNX export writes: ``images`` (N×3×H×W in [0, 1] at the input size, the
+        colour conversion and normalisation inside) and whatever else the family needs, to its
+        raw outputs, or with ``decode`` to ``boxes`` (N×K×4, x1 y1 x2 y2 in input pixels) and
+        ``scores`` (N×K×C). ``deployed``: built on :meth:`deployed` (what is exported), or on
+        the model as it is (the reference the export is checked against)."""
+
+    def graph_inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """Seeded inputs for :meth:`graph`: ``batch`` random images."""
+        return (torch.rand(batch, *self.input_shape, generator=generator),)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """What ONNX export traces (:mod:`prunekit.onnx`): a module whose forward takes the named
+    inputs, batch first, and returns the named outputs, with what each holds (written into the
+    file's metadata).
+
+    Attributes:
+        module: the traced module, in eval mode.
+        inputs: the inputs' names, in the forward's order.
+        outputs: the outputs' names, in the forward's order.
+        meaning: input or output name → what it holds.
+        metadata: more metadata the outputs need to be read (e.g. YOLOv3's anchors).
+    """
+
+    module: nn.Module
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    meaning: dict[str, str]
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 class Family(ABC):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import batched_nms, box_convert
 
 from prunekit.models.base import Detections, Geometry, Target
@@ -67,6 +67,25 @@ def predictions(outputs: Sequence[Tensor], anchors: Sequence[Tensor], img_size: 
         decoded.append(torch.cat((xy, wh, p[..., 4:].sigmoid()), -1)
                        .reshape(n, -1, 5 + num_classes))
     return torch.cat(decoded, 1)
+
+
+class Decoded(nn.Module):
+    """A network followed by the decoding: images → ``boxes`` (N×P×4 xyxy in input pixels) and
+    ``scores`` (N×P×C, objectness × class probability), every prediction, before thresholds
+    and NMS: the decoded outputs ONNX export writes."""
+
+    def __init__(self, net: nn.Module, anchors: Sequence[Tensor], img_size: int,
+                 num_classes: int) -> None:
+        super().__init__()
+        self.net = net
+        self.anchors = [a.clone() for a in anchors]
+        self.img_size, self.num_classes = img_size, num_classes
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        pred = predictions(self.net(images), self.anchors, self.img_size, self.num_classes)
+        obj = pred[..., 4:5]
+        scores = obj * pred[..., 5:] if pred.shape[-1] > 5 else obj
+        return box_convert(pred[..., :4], "cxcywh", "xyxy"), scores
 
 
 def postprocess(decoded: Tensor, geometries: Sequence[Geometry], *, conf: float, iou: float,

@@ -8,6 +8,7 @@ family's loss, decoder, evidence, channel groups and deployment modules.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any, ClassVar
 
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from prunekit.models.base import (
     Detections,
     Detector,
     Geometry,
+    Graph,
     Grey,
     InputTransform,
     Outputs,
@@ -30,6 +32,9 @@ from prunekit.models.yolov3.layers import ConvBlock, MaxPool, Route, Shortcut, Y
 from prunekit.models.yolov3.loss import target_rows, yolo_loss
 from prunekit.models.yolov3.transform import Letterbox
 
+_IMAGES = ("N x 3 x H x W floats in [0, 1], RGB, letterboxed to the input size (grey 114 "
+           "padding); a grey model converts to grey inside the graph")
+
 
 class YOLOv3(Detector):
     """A YOLOv3-family detector built from an ``arch`` layer list.
@@ -40,7 +45,7 @@ class YOLOv3(Detector):
 
     family: ClassVar[str] = "yolov3"
     loss_sums_batch: ClassVar[bool] = True  # the mean times the batch size (see loss.py)
-    runtimes: ClassVar[tuple[str, ...]] = ("onednn-graph", "eager")
+    runtimes: ClassVar[tuple[str, ...]] = ("onednn-graph", "eager", "onnxruntime")
 
     def __init__(self, arch: dict[str, Any], input_spec: dict[str, Any],
                  classes: list[str]) -> None:
@@ -162,3 +167,24 @@ class YOLOv3(Detector):
 
     def deployed(self, runtime: str = "eager") -> nn.Module:
         return deploy.deployed(self, runtime)
+
+    def graph(self, *, decode: bool = False, deployed: bool = True) -> Graph:
+        net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
+        c = 5 + self.num_classes
+        if decode:
+            return Graph(boxes.Decoded(net, self.anchors(), self.img_size, self.num_classes),
+                         ("images",), ("boxes", "scores"), {
+                             "images": _IMAGES,
+                             "boxes": "N x P x 4: every prediction of every head and anchor, "
+                                      "x1 y1 x2 y2 in input pixels",
+                             "scores": f"N x P x {self.num_classes}: objectness x class "
+                                       f"probability; no threshold, no NMS (prunekit detect "
+                                       f"keeps scores above --conf, then class-wise NMS)"})
+        names = tuple(f"stride{s}" for s in head_strides(self.arch))
+        return Graph(net, ("images",), names, {"images": _IMAGES, **{
+            n: f"N x {len(h.anchors)}*{c} x H/{s} x W/{s}: raw head outputs, per anchor t_x "
+               f"t_y t_w t_h, objectness logit, {self.num_classes} class logits (YOLOv3 "
+               f"decoding; anchors in the metadata)"
+            for n, s, h in zip(names, head_strides(self.arch), self.heads(), strict=True)}},
+            {"anchors": json.dumps({n: h.anchors.tolist() for n, h in
+                                    zip(names, self.heads(), strict=True)})})
