@@ -2,7 +2,7 @@
 
 import logging
 
-__version__ = "0.1.0"
+from prunekit._version import __version__
 
 # torch.utils.benchmark imports cpp_extension, which warns about CUDA_HOME on CPU-only machines.
 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

@@ -33,7 +33,7 @@ def export(ck: Checkpoint, out: str | Path, *, fmt: str = "hf") -> Path:
 
 
 def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
-                opset: int = onnx.DEFAULT_OPSET, decode: bool = False,
+                opset: int = onnx.DEFAULT_OPSET, decoded: bool = False,
                 verify: bool = True) -> onnx.Exported:
     """Write ``ck``'s deployment graph to ``out`` as ONNX, checked and (with ``verify``)
     compared with PyTorch through onnxruntime; nothing is written when either fails.
@@ -44,7 +44,7 @@ def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
         out: the ``.onnx`` file.
         batch: a fixed batch size, or None for a dynamic batch dimension.
         opset: the ONNX opset.
-        decode: decoded boxes and scores instead of the raw outputs.
+        decoded: decoded boxes and scores instead of the raw outputs.
         verify: run the file with onnxruntime and compare its outputs with PyTorch's.
 
     Returns:
@@ -58,7 +58,7 @@ def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
     for name, keep in ck.masks.items():  # the state holds zeros there already; make sure
         tensor = model.get_parameter(name)
         tensor.data.mul_(keep.to(tensor.dtype))
-    exported = onnx.export(model, batch=batch, opset=opset, decode=decode, verify=verify,
+    exported = onnx.export(model, batch=batch, opset=opset, decoded=decoded, verify=verify,
                            name=ck.name)
     onnx.write(exported, out)
     return exported

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prunekit import __version__
+from prunekit._version import __version__
 from prunekit.errors import PrunekitError
 from prunekit.files import write_atomic
 from prunekit.models.base import Detector, Graph
@@ -95,14 +95,14 @@ def check_opset(opset: int) -> None:
 
 
 def export(model: Detector, *, batch: int | None = None, opset: int = DEFAULT_OPSET,
-           decode: bool = False, verify: bool = True, name: str = "model") -> Exported:
+           decoded: bool = False, verify: bool = True, name: str = "model") -> Exported:
     """The ONNX model of ``model``'s deployment graph (see the module docstring).
 
     Args:
         model: the detector (masks applied).
         batch: a fixed batch size, or None for a dynamic batch dimension.
         opset: the ONNX opset.
-        decode: decoded boxes and scores instead of the raw outputs.
+        decoded: decoded boxes and scores instead of the raw outputs.
         verify: compare onnxruntime's outputs with PyTorch's and refuse a mismatch.
         name: the model's name, for messages and the metadata.
     """
@@ -110,7 +110,7 @@ def export(model: Detector, *, batch: int | None = None, opset: int = DEFAULT_OP
     if batch is not None and batch < 1:
         raise PrunekitError(f"--batch must be 'dynamic' or at least 1, got {batch}")
     model = model.float().cpu().eval()
-    graph = model.graph(decode=decode)
+    graph = model.graph(decoded=decoded)
     capture = batch or _CAPTURE_BATCH
     inputs = model.graph_inputs(capture, torch.Generator().manual_seed(0))
     proto = _capture(graph, inputs, dynamic=batch is None, opset=opset, name=name)
@@ -121,7 +121,7 @@ def export(model: Detector, *, batch: int | None = None, opset: int = DEFAULT_OP
     verified = None
     if verify:
         verified = batch or capture + 1
-        errors = _verify(data, model, graph, decode, verified, name)
+        errors = _verify(data, model, graph, decoded, verified, name)
     return Exported(data, graph, batch or "dynamic", opset, errors, verified)
 
 
@@ -235,7 +235,7 @@ def session(data: bytes, *, threads: int) -> Any:
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def _verify(data: bytes, model: Detector, graph: Graph, decode: bool, batch: int,
+def _verify(data: bytes, model: Detector, graph: Graph, decoded: bool, batch: int,
             name: str) -> dict[str, float]:
     """Largest scaled difference per output between onnxruntime and PyTorch; an error when
     any exceeds the tolerance."""
@@ -244,7 +244,7 @@ def _verify(data: bytes, model: Detector, graph: Graph, decode: bool, batch: int
     got = run.run(list(graph.outputs), {k: v.numpy() for k, v in
                                         zip(graph.inputs, inputs, strict=True)})
     with torch.no_grad():
-        expected = model.graph(decode=decode, deployed=False).module(*inputs)
+        expected = model.graph(decoded=decoded, deployed=False).module(*inputs)
     errors = {}
     for out, a, b in zip(graph.outputs, got, expected, strict=True):
         b = b.numpy()

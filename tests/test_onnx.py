@@ -96,7 +96,7 @@ def test_yolov3_onnx_equals_pytorch_at_another_batch(yolo_models, variant, tmp_p
 def test_yolov3_decoded_boxes_and_scores(yolo_models, tmp_path):
     ck = yolo_models["filter-50-compact"]
     path = tmp_path / "yd.onnx"
-    export_onnx(ck, path, batch=1, decode=True)
+    export_onnx(ck, path, batch=1, decoded=True)
     model = ck.build()
     x = torch.rand(1, *model.input_shape, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -149,7 +149,7 @@ def test_deformable_detr_onnx_equals_pytorch_at_another_batch(detr_models, varia
 def test_deformable_detr_decoded(detr_models, tmp_path):
     ck = detr_models["dense"]
     path = tmp_path / "dd.onnx"
-    export_onnx(ck, path, batch=2, decode=True)
+    export_onnx(ck, path, batch=2, decoded=True)
     model = ck.build()
     images, pixel_mask = model.graph_inputs(2, torch.Generator().manual_seed(2))
     with torch.no_grad():

@@ -41,7 +41,7 @@ def export_cmd(
     opset: Annotated[int | None, typer.Option("--opset", help="ONNX opset (18 up to the newest "
                                               "onnxruntime runs; default 18).",
                                               show_default=False)] = None,
-    decode: Annotated[bool, typer.Option("--decode", help="ONNX: output decoded boxes (x1 y1 x2 "
+    decoded: Annotated[bool, typer.Option("--decode", help="ONNX: output decoded boxes (x1 y1 x2 "
                                          "y2, input pixels) and class scores instead of the raw "
                                          "outputs; no threshold, no NMS.")] = False,
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="ONNX: run the file with "
@@ -71,7 +71,7 @@ def export_cmd(
     ck = read_checkpoint(model)
     with console.status("exporting to ONNX", spinner="dots"):
         done = export_onnx(ck, output, batch=None if batch == "dynamic" else int(batch),
-                           opset=opset if opset is not None else DEFAULT_OPSET, decode=decode,
+                           opset=opset if opset is not None else DEFAULT_OPSET, decoded=decoded,
                            verify=verify)
     checked = (f"onnxruntime = PyTorch within {max(done.max_error.values()):.1e} at batch "
                f"{done.verified_batch}" if done.verified_batch else "not verified")

@@ -341,10 +341,10 @@ class Detector(nn.Module, ABC):
         return copy.deepcopy(self).eval()
 
     @abstractmethod
-    def graph(self, *, decode: bool = False, deployed: bool = True) -> Graph:
+    def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         """The graph ONNX export writes: ``images`` (N×3×H×W in [0, 1] at the input size, the
         colour conversion and normalisation inside) and whatever else the family needs, to its
-        raw outputs, or with ``decode`` to ``boxes`` (N×K×4, x1 y1 x2 y2 in input pixels) and
+        raw outputs, or with ``decoded`` to ``boxes`` (N×K×4, x1 y1 x2 y2 in input pixels) and
         ``scores`` (N×K×C). ``deployed``: built on :meth:`deployed` (what is exported), or on
         the model as it is (the reference the export is checked against)."""
 
@@ -364,7 +364,7 @@ class Graph:
         inputs: the inputs' names, in the forward's order.
         outputs: the outputs' names, in the forward's order.
         meaning: input or output name → what it holds.
-        metadata: more metadata the outputs need to be read (e.g. YOLOv3's anchors).
+        metadata: more metadata the outputs need to be read (e.g. a family's box priors).
     """
 
     module: nn.Module

@@ -280,7 +280,7 @@ class DeformableDETR(Detector):
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
         return model if runtime == "onnxruntime" else lean_sampling(model)
 
-    def graph(self, *, decode: bool = False, deployed: bool = True) -> Graph:
+    def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
         c, q = self.num_classes, self.config.num_queries
         meaning = {
@@ -289,7 +289,7 @@ class DeformableDETR(Detector):
                       "(ImageNet normalisation, and grey conversion for a grey model, inside)",
             "pixel_mask": "N x H x W int64: 1 where the image covers the canvas, 0 on the "
                           "padding"}
-        if decode:
+        if decoded:
             meaning.update(
                 boxes=f"N x {q} x 4: one box per query, x1 y1 x2 y2 in input pixels",
                 scores=f"N x {q} x {c}: sigmoid of the class logits; no threshold, no NMS "

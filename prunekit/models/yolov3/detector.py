@@ -168,10 +168,10 @@ class YOLOv3(Detector):
     def deployed(self, runtime: str = "eager") -> nn.Module:
         return deploy.deployed(self, runtime)
 
-    def graph(self, *, decode: bool = False, deployed: bool = True) -> Graph:
+    def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
         c = 5 + self.num_classes
-        if decode:
+        if decoded:
             return Graph(boxes.Decoded(net, self.anchors(), self.img_size, self.num_classes),
                          ("images",), ("boxes", "scores"), {
                              "images": _IMAGES,
