@@ -97,7 +97,7 @@ baseline: $(BASE)/metrics.json
 # DETR_BASE/{model,robust}-{clean,pgd}.json.
 KITTI_SYNTH    ?= data/kitti-synth
 DETR_BASE      ?= runs/detr-baseline
-DETR_STEPS     ?= 1100
+DETR_STEPS     ?= 1150
 DETR_ADV_STEPS ?= 300
 DETR_THREADS   ?= 2
 DETR_TRAIN     := $(KITTI_SYNTH)/coco/train.json
@@ -115,7 +115,7 @@ $(DETR_BASE)/model.st: $(DETR_TRAIN)
 	$(Q)mkdir -p $(DETR_BASE)
 	$(call step,baseline,$(PK) init deformable-detr-small --dataset $(DETR_TRAIN) --seed 0 \
 	  | $(PK) finetune --data $(DETR_TRAIN) $(DETR_IMAGES) --val $(DETR_VAL) \
-	      --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 --weight-decay 1e-4 --eval-every 200 \
+	      --steps $(DETR_STEPS) --batch-size 16 --lr 1e-3 --weight-decay 1e-4 --eval-every 200 \
 	      --threads $(DETR_THREADS) --device cpu -o $@,$(if $(filter kitti,$(STUDY)),$(OUT),$(DETR_BASE)))
 
 $(DETR_BASE)/robust.st: $(DETR_BASE)/model.st
@@ -382,7 +382,7 @@ else
   K_RUNS      := $(if $(filter command line environment,$(origin RUNS)),$(RUNS),3)
   K_INIT_deformable-detr-small := deformable-detr-small
   K_INIT_yolov3-small := yolov3-small --img-size 256
-  K_TRAIN_deformable-detr-small := --steps $(DETR_STEPS) --batch-size 16 --lr 5e-4 \
+  K_TRAIN_deformable-detr-small := --steps $(DETR_STEPS) --batch-size 16 --lr 1e-3 \
                                    --weight-decay 1e-4 --eval-every 200
   K_TRAIN_yolov3-small := --steps $(K_YOLO_STEPS) --batch-size 16 --lr 2e-3 --eval-every 200
   K_FT_STEPS  := $(K_FT_STEPS_DEFAULT)
