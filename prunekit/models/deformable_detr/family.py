@@ -121,7 +121,8 @@ def _init_transformer(detr: torch.nn.Module) -> None:
     embeddings N(0, 1), Xavier reference points, and PyTorch's default for the heads' layers.
     From scratch on the synthetic KITTI scenes (1,100 steps, lr 5e-4, one thread) this lifted
     validation mAP50 from 0.40 to 0.67 (0.20 instead of 0.04 after 200 steps); with it, lr 1e-3
-    trains faster still (0.70 after 1,100 steps), which ``make detr-baseline`` now uses."""
+    trains faster still (0.696 after 1,100 steps on one thread, 0.684 after 1,150 on two in
+    ``make detr-baseline``: float sums differ with the thread count)."""
     from torch.nn import init
     from transformers.models.deformable_detr.modeling_deformable_detr import (
         DeformableDetrMultiscaleDeformableAttention,
