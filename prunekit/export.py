@@ -54,11 +54,8 @@ def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
         raise PrunekitError(f"{ck.name} holds importance scores but no masks: it is the dense "
                             f"model, scored for pruning; prune it first (prunekit mask "
                             f"--ratio R), then export the result")
-    model = ck.build()
-    for name, keep in ck.masks.items():  # the state holds zeros there already; make sure
-        tensor = model.get_parameter(name)
-        tensor.data.mul_(keep.to(tensor.dtype))
-    exported = onnx.export(model, batch=batch, opset=opset, decoded=decoded, verify=verify,
+    # A checkpoint's state holds its masks' zeros (mask writes them, finetune keeps them).
+    exported = onnx.export(ck.build(), batch=batch, opset=opset, decoded=decoded, verify=verify,
                            name=ck.name)
     onnx.write(exported, out)
     return exported
