@@ -77,8 +77,10 @@ class DeformableDETR(Detector):
         self.input_spec = dict(input_spec)
         self.classes = list(classes)
         self.config = hf_config(arch, classes)
+        from prunekit.models.deformable_detr.kernel import install
+
         with offline():
-            self.detr = DeformableDetrForObjectDetection(self.config)
+            self.detr = install(DeformableDetrForObjectDetection(self.config))
         if arch.get("batchnorm", "trainable") == "trainable":
             _trainable_backbone(self.detr)
         self._configured = groups.configured_widths(self.detr)
@@ -276,9 +278,10 @@ class DeformableDETR(Detector):
             inplace_relu,
             lean_sampling,
         )
+        from prunekit.models.deformable_detr.kernel import install
 
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
-        return model if runtime == "onnxruntime" else lean_sampling(model)
+        return install(model, kernel=False) if runtime == "onnxruntime" else lean_sampling(model)
 
     def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()

@@ -1,0 +1,363 @@
+"""Multi-scale deformable sampling on the CPU as one fused loop, forward and backward.
+
+HF's pure-PyTorch path samples each level with ``grid_sample``, stacks the samples of every
+level and point (batch · heads × head width × queries × levels · points floats, 67 MB per
+encoder layer of deformable-detr-small at batch 16), multiplies them by the attention weights
+and sums; autograd keeps that tensor and builds two more of its size going back. Profiled on a
+training step of deformable-detr-small (two threads), that stacking, weighting and summing plus
+``grid_sample`` forward and backward took about half of the step, against a few per cent of its
+multiply–accumulates. The loop here visits the four bilinear corners of each sampling point
+once and never builds anything of that size: forward, the attention-weighted corners are summed
+into the output row; backward, the gradients of the value map (scattered), of the sampling
+locations and of the attention weights come from one more visit.
+
+It is the arithmetic of ``grid_sample`` (bilinear, zero padding, ``align_corners=False``) and
+its gradients, which the tests compare with HF's path in double precision. The C++ source below
+is compiled once per machine with the system's C++ compiler into prunekit's cache
+(``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``) and loaded with ctypes: no PyTorch headers, so
+it builds in about a second. Without a compiler, on CUDA, under ``torch.compile`` or
+``torch.export`` tracing, and for dtypes other than float32 and float64, HF's own path runs.
+Threads are the process's PyTorch threads (``torch.get_num_threads``); the forward splits the
+(batch, query, head) rows between them, the backward the (batch, head) pairs, so that no two
+threads ever add into the same value gradient.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+SOURCE = r"""
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+namespace {
+
+template <typename F>
+void parallel(int64_t n, int64_t threads, const F& f) {
+  threads = std::max<int64_t>(1, std::min<int64_t>(threads, n));
+  const int64_t chunk = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t lo = t * chunk, hi = std::min(n, lo + chunk);
+    if (lo < hi) pool.emplace_back([&f, lo, hi] { f(lo, hi); });
+  }
+  f(0, std::min(n, chunk));
+  for (auto& th : pool) th.join();
+}
+
+// One sampling point: its top-left corner, fractions, and whether it touches the map at all.
+template <typename T>
+struct Point {
+  int64_t x0, y0;
+  T fx, fy;
+  bool inside;
+  Point(T lx, T ly, int64_t w, int64_t h) {
+    const T x = lx * w - T(0.5), y = ly * h - T(0.5);  // grid_sample, align_corners=False
+    inside = x > T(-1) && x < T(w) && y > T(-1) && y < T(h);
+    const T fx0 = inside ? std::floor(x) : T(0), fy0 = inside ? std::floor(y) : T(0);
+    x0 = static_cast<int64_t>(fx0);
+    y0 = static_cast<int64_t>(fy0);
+    fx = x - fx0;
+    fy = y - fy0;
+  }
+};
+
+template <typename T>
+void forward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc,
+             const T* attn, T* out, int64_t B, int64_t S, int64_t H, int64_t D, int64_t Q,
+             int64_t L, int64_t P, int64_t threads) {
+  const int64_t row = H * D;
+  parallel(B * Q * H, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t b = i / (Q * H), h = i % H;
+      T* o = out + i * D;
+      std::fill(o, o + D, T(0));
+      const T* lp = loc + i * L * P * 2;
+      const T* ap = attn + i * L * P;
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t hl = shapes[2 * l], wl = shapes[2 * l + 1];
+        const T* v = value + (b * S + starts[l]) * row + h * D;
+        for (int64_t p = 0; p < P; ++p, lp += 2, ++ap) {
+          const Point<T> pt(lp[0], lp[1], wl, hl);
+          if (!pt.inside) continue;
+          const T w[4] = {(1 - pt.fx) * (1 - pt.fy), pt.fx * (1 - pt.fy),
+                          (1 - pt.fx) * pt.fy, pt.fx * pt.fy};
+          for (int c = 0; c < 4; ++c) {
+            const int64_t xx = pt.x0 + (c & 1), yy = pt.y0 + (c >> 1);
+            if (xx < 0 || xx >= wl || yy < 0 || yy >= hl) continue;
+            const T s = *ap * w[c];
+            const T* vc = v + (yy * wl + xx) * row;
+            for (int64_t d = 0; d < D; ++d) o[d] += s * vc[d];
+          }
+        }
+      }
+    }
+  });
+}
+
+// gvalue, gloc and gattn arrive zeroed.
+template <typename T>
+void backward(const T* value, const int64_t* shapes, const int64_t* starts, const T* loc,
+              const T* attn, const T* grad, T* gvalue, T* gloc, T* gattn, int64_t B,
+              int64_t S, int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P,
+              int64_t threads) {
+  const int64_t row = H * D;
+  parallel(B * H, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t bh = lo; bh < hi; ++bh) {
+      const int64_t b = bh / H, h = bh % H;
+      for (int64_t q = 0; q < Q; ++q) {
+        const int64_t i = (b * Q + q) * H + h;
+        const T* g = grad + i * D;
+        const T* lp = loc + i * L * P * 2;
+        const T* ap = attn + i * L * P;
+        T* glp = gloc + i * L * P * 2;
+        T* gap = gattn + i * L * P;
+        for (int64_t l = 0; l < L; ++l) {
+          const int64_t hl = shapes[2 * l], wl = shapes[2 * l + 1];
+          const int64_t base = (b * S + starts[l]) * row + h * D;
+          const T* v = value + base;
+          T* gv = gvalue + base;
+          for (int64_t p = 0; p < P; ++p, lp += 2, glp += 2, ++ap, ++gap) {
+            const Point<T> pt(lp[0], lp[1], wl, hl);
+            if (!pt.inside) continue;
+            const T fx = pt.fx, fy = pt.fy, a = *ap;
+            const T w[4] = {(1 - fx) * (1 - fy), fx * (1 - fy), (1 - fx) * fy, fx * fy};
+            const T wx[4] = {-(1 - fy), 1 - fy, -fy, fy};  // d w / d x
+            const T wy[4] = {-(1 - fx), -fx, 1 - fx, fx};  // d w / d y
+            T s = 0, dx = 0, dy = 0;
+            for (int c = 0; c < 4; ++c) {
+              const int64_t xx = pt.x0 + (c & 1), yy = pt.y0 + (c >> 1);
+              if (xx < 0 || xx >= wl || yy < 0 || yy >= hl) continue;
+              const int64_t off = (yy * wl + xx) * row;
+              const T* vc = v + off;
+              T* gvc = gv + off;
+              const T k = a * w[c];
+              T dot = 0;
+              for (int64_t d = 0; d < D; ++d) {
+                dot += vc[d] * g[d];
+                gvc[d] += k * g[d];
+              }
+              s += w[c] * dot;
+              dx += wx[c] * dot;
+              dy += wy[c] * dot;
+            }
+            *gap = s;
+            glp[0] = a * dx * T(wl);
+            glp[1] = a * dy * T(hl);
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+#define PRUNEKIT_MSDA(T, NAME)                                                              \
+  extern "C" void NAME##_forward(const T* value, const int64_t* shapes,                     \
+                                 const int64_t* starts, const T* loc, const T* attn, T* out, \
+                                 int64_t B, int64_t S, int64_t H, int64_t D, int64_t Q,      \
+                                 int64_t L, int64_t P, int64_t threads) {                   \
+    forward<T>(value, shapes, starts, loc, attn, out, B, S, H, D, Q, L, P, threads);        \
+  }                                                                                         \
+  extern "C" void NAME##_backward(const T* value, const int64_t* shapes,                    \
+                                  const int64_t* starts, const T* loc, const T* attn,       \
+                                  const T* grad, T* gvalue, T* gloc, T* gattn, int64_t B,   \
+                                  int64_t S, int64_t H, int64_t D, int64_t Q, int64_t L,    \
+                                  int64_t P, int64_t threads) {                             \
+    backward<T>(value, shapes, starts, loc, attn, grad, gvalue, gloc, gattn, B, S, H, D, Q, \
+                L, P, threads);                                                             \
+  }
+
+PRUNEKIT_MSDA(float, msda_f32)
+PRUNEKIT_MSDA(double, msda_f64)
+"""
+
+_FLAGS = ["-O3", "-std=c++17", "-shared", "-fPIC", "-pthread"]
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL | None] = {}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PRUNEKIT_CACHE") or Path.home() / ".cache" / "prunekit")
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") \
+        or shutil.which("clang++")
+
+
+def _build(cxx: str, target: Path) -> None:
+    """Compile into a temporary file beside ``target`` and rename it into place, so that
+    processes building at once (torchrun's ranks, ``make -j``) never load half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        src = Path(tmp) / "msda.cpp"
+        src.write_text(SOURCE)
+        out = Path(tmp) / target.name
+        subprocess.run([cxx, *_FLAGS, str(src), "-o", str(out)], check=True,
+                       capture_output=True, text=True, timeout=300)
+        os.replace(out, target)
+
+
+def library() -> ctypes.CDLL | None:
+    """The compiled kernel, built on first use; None (after one line on stderr) when it
+    cannot be built, and HF's path runs instead."""
+    cxx = _compiler()
+    key = cxx or ""
+    with _lock:
+        if key in _loaded:
+            return _loaded[key]
+        lib = None
+        if cxx is None:
+            print("prunekit: no C++ compiler (g++) for the deformable-sampling kernel; "
+                  "Deformable DETR runs HF's slower grid_sample path (install g++ to speed "
+                  "it up)", file=sys.stderr)
+        else:
+            digest = hashlib.sha256("\0".join([SOURCE, cxx, *_FLAGS]).encode()).hexdigest()
+            target = cache_dir() / f"msda-{digest[:16]}.so"
+            try:
+                if not target.exists():
+                    _build(cxx, target)
+                lib = ctypes.CDLL(str(target))
+                _declare(lib)
+            except (OSError, subprocess.SubprocessError) as e:
+                detail = getattr(e, "stderr", None) or str(e)
+                print(f"prunekit: the deformable-sampling kernel did not build ({cxx}: "
+                      f"{detail.strip().splitlines()[-1] if detail.strip() else e}); "
+                      f"Deformable DETR runs HF's slower grid_sample path", file=sys.stderr)
+                lib = None
+        _loaded[key] = lib
+        return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    p, i = ctypes.c_void_p, ctypes.c_int64
+    for name in ("msda_f32", "msda_f64"):
+        getattr(lib, f"{name}_forward").argtypes = [p] * 6 + [i] * 8
+        getattr(lib, f"{name}_forward").restype = None
+        getattr(lib, f"{name}_backward").argtypes = [p] * 9 + [i] * 8
+        getattr(lib, f"{name}_backward").restype = None
+
+
+_PREFIX = {torch.float32: "msda_f32", torch.float64: "msda_f64"}
+
+
+def usable(*tensors: Tensor) -> bool:
+    """Whether the kernel can run on these tensors here (CPU, float32 or float64 alike,
+    plain tensors, no compiler tracing)."""
+    t0 = tensors[0]
+    if t0.device.type != "cpu" or t0.dtype not in _PREFIX:
+        return False
+    if any(type(t) is not Tensor and not isinstance(t, torch.nn.Parameter) for t in tensors):
+        return False  # fake or functional tensors of a tracer
+    if any(t.device != t0.device or t.dtype != t0.dtype for t in tensors):
+        return False
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    return library() is not None
+
+
+def _ptr(t: Tensor) -> int:
+    return t.data_ptr()
+
+
+class _Sample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value: Tensor, loc: Tensor, attn: Tensor,  # type: ignore[override]
+                shapes: tuple[tuple[int, int], ...]) -> Tensor:
+        value, loc, attn = value.contiguous(), loc.contiguous(), attn.contiguous()
+        b, s, h, d = value.shape
+        q, levels, points = loc.shape[1], loc.shape[3], loc.shape[4]
+        sizes = torch.tensor(shapes, dtype=torch.int64)
+        starts = torch.zeros(levels, dtype=torch.int64)
+        starts[1:] = (sizes[:, 0] * sizes[:, 1]).cumsum(0)[:-1]
+        out = value.new_empty(b, q, h, d)
+        fn = getattr(library(), _PREFIX[value.dtype] + "_forward")
+        fn(_ptr(value), _ptr(sizes), _ptr(starts), _ptr(loc), _ptr(attn), _ptr(out),
+           b, s, h, d, q, levels, points, torch.get_num_threads())
+        ctx.save_for_backward(value, loc, attn, sizes, starts)
+        return out.view(b, q, h * d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        value, loc, attn, sizes, starts = ctx.saved_tensors
+        b, s, h, d = value.shape
+        q, levels, points = loc.shape[1], loc.shape[3], loc.shape[4]
+        grad = grad.contiguous()
+        g_value, g_loc, g_attn = (torch.zeros_like(t) for t in (value, loc, attn))
+        fn = getattr(library(), _PREFIX[value.dtype] + "_backward")
+        fn(_ptr(value), _ptr(sizes), _ptr(starts), _ptr(loc), _ptr(attn), _ptr(grad),
+           _ptr(g_value), _ptr(g_loc), _ptr(g_attn), b, s, h, d, q, levels, points,
+           torch.get_num_threads())
+        return g_value, g_loc, g_attn, None
+
+
+def sample(value: Tensor, shapes: list[tuple[int, int]], locations: Tensor,
+           weights: Tensor) -> Tensor:
+    """HF's ``multi_scale_deformable_attention`` through the kernel (call :func:`usable`
+    first).
+
+    Args:
+        value: batch × positions × heads × width, every level's map flattened and concatenated.
+        shapes: each level's (height, width).
+        locations: batch × queries × heads × levels × points × 2, (x, y) as fractions of each
+            level's map.
+        weights: attention weights, batch × queries × heads × levels × points.
+
+    Returns:
+        batch × queries × (heads · width).
+    """
+    return _Sample.apply(value, locations, weights, tuple((int(h), int(w)) for h, w in shapes))
+
+
+def _hf_sampling() -> type:
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        MultiScaleDeformableAttention,
+    )
+
+    return MultiScaleDeformableAttention
+
+
+class KernelSampling(_hf_sampling()):
+    """HF's ``MultiScaleDeformableAttention`` (same arguments, same outputs) through the kernel
+    where it can run (:func:`usable`), HF's own path elsewhere. A subclass, so that whatever
+    looks for HF's module (the MACs formula of the sampling) still finds it."""
+
+    def forward(self, value: Tensor, value_spatial_shapes: Tensor,
+                value_spatial_shapes_list: list[tuple[int, int]], level_start_index: Tensor,
+                sampling_locations: Tensor, attention_weights: Tensor,
+                im2col_step: int = 64) -> Tensor:
+        if usable(value, sampling_locations, attention_weights):
+            return sample(value, value_spatial_shapes_list, sampling_locations,
+                          attention_weights)
+        return super().forward(value, value_spatial_shapes, value_spatial_shapes_list,
+                               level_start_index, sampling_locations, attention_weights,
+                               im2col_step)
+
+
+def install(model: torch.nn.Module, *, kernel: bool = True) -> torch.nn.Module:
+    """``model`` with every HF deformable sampling module run through the kernel
+    (``kernel=False``: back to HF's own module, as an exporter must trace it)."""
+    hf = _hf_sampling()
+    for m in model.modules():
+        attn = getattr(m, "attn", None)
+        if isinstance(attn, hf):
+            m.attn = KernelSampling() if kernel else hf()
+    return model

@@ -1,0 +1,123 @@
+"""The compiled deformable-sampling kernel against HF's grid_sample path: values and all three
+gradients, in double precision (where both are exact arithmetic on the same formula) and in
+float; the model through it; and HF's path when no compiler is there."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prunekit.init import init
+from prunekit.models.deformable_detr import kernel
+
+CLASSES = ["Car", "Pedestrian", "Cyclist"]
+
+
+def _hf():
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        MultiScaleDeformableAttention,
+    )
+
+    return MultiScaleDeformableAttention()
+
+
+def _inputs(dtype, *, batch=3, heads=2, width=8, queries=29, points=3,
+            shapes=((9, 14), (5, 7), (3, 4), (1, 2))):
+    g = torch.Generator().manual_seed(0)
+    positions = sum(h * w for h, w in shapes)
+    value = torch.randn(batch, positions, heads, width, generator=g, dtype=dtype)
+    # Locations from a little before the maps to a little past them: corners off the map
+    # (zero padding) and points wholly outside are both exercised.
+    loc = torch.rand(batch, queries, heads, len(shapes), points, 2, generator=g,
+                     dtype=dtype) * 1.4 - 0.2
+    attn = torch.rand(batch, queries, heads, len(shapes), points, generator=g, dtype=dtype)
+    return value, list(shapes), loc, attn
+
+
+def _run(fn, value, shapes, loc, attn, grad):
+    value, loc, attn = (t.clone().requires_grad_() for t in (value, loc, attn))
+    out = fn(value, shapes, loc, attn)
+    grads = torch.autograd.grad((out * grad).sum(), (value, loc, attn))
+    return out, grads
+
+
+def _hf_sample(value, shapes, loc, attn):
+    starts = torch.tensor([0] + [h * w for h, w in shapes]).cumsum(0)[:-1]
+    return _hf()(value, torch.tensor(shapes), shapes, starts, loc, attn, 64)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_kernel_equals_hfs_grid_sample_path_with_gradients(dtype, tol):
+    value, shapes, loc, attn = _inputs(dtype)
+    assert kernel.usable(value, loc, attn)
+    b, q, h = loc.shape[:3]
+    grad = torch.randn(b, q, h * value.shape[-1], dtype=dtype,
+                       generator=torch.Generator().manual_seed(1))
+    ref, ref_grads = _run(_hf_sample, value, shapes, loc, attn, grad)
+    out, grads = _run(kernel.sample, value, shapes, loc, attn, grad)
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+    for name, a, r in zip(("value", "locations", "weights"), grads, ref_grads, strict=True):
+        # Location gradients are in map pixels per unit fraction: scale the tolerance.
+        scale = max(1.0, float(r.abs().max()))
+        torch.testing.assert_close(a, r, atol=tol * scale, rtol=tol, msg=name)
+    # Points wholly off the map contribute nothing and get zero gradients.
+    outside = ((loc < -1 / 9) | (loc > 1 + 1 / 9)).any(-1)[:, :, :, 0]
+    assert outside.any()
+    assert (grads[2][:, :, :, 0][outside] == 0).all()
+
+
+def test_kernel_gradients_pass_gradcheck():
+    value, shapes, loc, attn = _inputs(torch.float64, batch=2, heads=2, width=3, queries=5,
+                                       points=2, shapes=((4, 5), (2, 3)))
+    value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
+    assert torch.autograd.gradcheck(lambda v, xy, a: kernel.sample(v, shapes, xy, a),
+                                    (value, loc, attn), eps=1e-6, atol=1e-5)
+
+
+def test_model_runs_the_kernel_and_matches_hfs_path():
+    """deformable-detr-small through the kernel: outputs and input gradients (what attacks
+    use) equal to the same model through HF's module."""
+    torch.manual_seed(0)
+    model = init("deformable-detr-small", names=CLASSES, img_size=96).build().eval()
+    assert sum(isinstance(m, kernel.KernelSampling) for m in model.modules()) == 4
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "sampling_offsets.weight" in name:  # offsets past the maps' edges
+                p.normal_(0, 0.2)
+    x = torch.rand(2, 3, *model.input_shape[1:], requires_grad=True)
+    out = model(x)
+    (gx,) = torch.autograd.grad(out[0].sum() + out[1].sum(), x)
+    kernel.install(model, kernel=False)
+    assert not any(isinstance(m, kernel.KernelSampling) for m in model.modules())
+    ref = model(x)
+    (ref_gx,) = torch.autograd.grad(ref[0].sum() + ref[1].sum(), x)
+    for a, r in zip(out, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, ref_gx, atol=1e-5, rtol=1e-4)
+
+
+def test_without_a_compiler_hfs_path_runs_after_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernel, "_loaded", {})
+    value, shapes, loc, attn = _inputs(torch.float32)
+    assert not kernel.usable(value, loc, attn)
+    assert not kernel.usable(value, loc, attn)  # decided once
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "did not build" in err[0] and "grid_sample" in err[0]
+    starts = torch.tensor([0] + [h * w for h, w in shapes]).cumsum(0)[:-1]
+    sampled = kernel.KernelSampling()(value, torch.tensor(shapes), shapes, starts, loc, attn)
+    torch.testing.assert_close(sampled, _hf_sample(value, shapes, loc, attn))
+    assert not list((tmp_path / "cache").glob("*.so"))
+
+
+def test_kernel_builds_into_the_cache_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernel, "_loaded", {})
+    assert kernel.library() is not None
+    built = list(tmp_path.glob("msda-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob("tmp*"))
+    mtime = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(kernel, "_loaded", {})
+    assert kernel.library() is not None
+    assert built[0].stat().st_mtime_ns == mtime
