@@ -504,7 +504,7 @@ kitti-study: | $(STAMP)
 	$(if $(filter full,$(SCALE)),$(if $(KITTI),,$(error SCALE=full runs on real KITTI: give KITTI=path/to/training (label_2/ and image_2/))))
 	$(Q)mkdir -p $(KOUT)
 	+$(Q)$(call grid,$(KOUT),kitti-report STUDY=kitti SCALE=$(SCALE) OUT=$(KOUT) RUNS=$(K_RUNS) \
-	  DETR_THREADS=$(GRID_THREADS) $(if $(KITTI),KITTI=$(KITTI)) $(if $(WEIGHTS),WEIGHTS=$(WEIGHTS)))
+	  DETR_PROCS=1 DETR_THREADS=$(GRID_THREADS) $(if $(KITTI),KITTI=$(KITTI)) $(if $(WEIGHTS),WEIGHTS=$(WEIGHTS)))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
