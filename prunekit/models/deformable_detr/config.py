@@ -30,8 +30,9 @@ _REFERENCE: dict[str, Any] = {
 # stem and one block per stage, d_model 64, 2 + 2 layers, 4 heads, 256 feed-forward units,
 # 50 queries, iterative box refinement, auxiliary losses (the original recipe). About 1.7 M
 # parameters; a training step on 16 images of 128 × 384 takes 0.38 s on two cores (two
-# processes of one thread, with prunekit's sampling kernel; 0.55 s on HF's grid_sample path). Two-stage is off: in HF's implementation its encoder proposal heads get no loss, and a
-# probe here trained no better with it.
+# processes of one thread, with prunekit's sampling kernel; 0.55 s on HF's grid_sample path).
+# Two-stage is off: in HF's implementation its encoder proposal heads get no loss, and a probe
+# here trained no better with it.
 _SMALL: dict[str, Any] = {
     "backbone": {"layer_type": "basic", "hidden_sizes": [32, 64, 128, 256],
                  "depths": [1, 1, 1, 1], "embedding_size": 32},

@@ -46,9 +46,10 @@ def _hf_sample(value, shapes, loc, attn):
     return _hf()(value, torch.tensor(shapes), shapes, starts, loc, attn, 64)
 
 
+@pytest.mark.parametrize("width", [8, 16, 32])  # the kernel's generic loop and its unrolled two
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_kernel_equals_hfs_grid_sample_path_with_gradients(dtype, tol):
-    value, shapes, loc, attn = _inputs(dtype)
+def test_kernel_equals_hfs_grid_sample_path_with_gradients(dtype, tol, width):
+    value, shapes, loc, attn = _inputs(dtype, width=width)
     assert kernel.usable(value, loc, attn)
     b, q, h = loc.shape[:3]
     grad = torch.randn(b, q, h * value.shape[-1], dtype=dtype,
@@ -72,6 +73,24 @@ def test_kernel_gradients_pass_gradcheck():
     value, loc, attn = (t.requires_grad_() for t in (value, loc, attn))
     assert torch.autograd.gradcheck(lambda v, xy, a: kernel.sample(v, shapes, xy, a),
                                     (value, loc, attn), eps=1e-6, atol=1e-5)
+
+
+def test_pixel_coordinates_give_the_same_samples_without_gradients():
+    value, shapes, loc, attn = _inputs(torch.float64)
+    size = torch.tensor(shapes, dtype=torch.float64).flip(-1).view(1, 1, 1, len(shapes), 1, 2)
+    pixels = loc * size - 0.5
+    with torch.no_grad():
+        torch.testing.assert_close(kernel.sample_pixels(value, shapes, pixels, attn),
+                                   kernel.sample(value, shapes, loc, attn), atol=1e-12,
+                                   rtol=1e-12)
+    with pytest.raises(RuntimeError, match="no backward"):
+        kernel.sample_pixels(value.requires_grad_(), shapes, pixels, attn)
+
+
+def test_wide_heads_take_hfs_path():
+    value, shapes, loc, attn = _inputs(torch.float32, width=kernel.MAX_WIDTH + 1, queries=2)
+    assert not kernel.usable(value, loc, attn)
+    assert kernel.usable(value[..., :kernel.MAX_WIDTH], loc, attn)
 
 
 def test_model_runs_the_kernel_and_matches_hfs_path():
