@@ -46,6 +46,7 @@ SOURCE = r"""
 #include <cmath>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -81,6 +82,19 @@ struct Point {
     fy = y - fy0;
   }
 };
+
+// Calls f with the head width as a compile-time constant for the common widths (16, 32), so
+// that a row's buffers live in registers; 0 stands for the width known at run time only.
+template <typename F>
+void by_width(int64_t D, const F& f) {
+  if (D == 16) {
+    f(std::integral_constant<int64_t, 16>{});
+  } else if (D == 32) {
+    f(std::integral_constant<int64_t, 32>{});
+  } else {
+    f(std::integral_constant<int64_t, 0>{});
+  }
+}
 
 // acc[0, D) += s * v[0, D), with the width known at compile time for the common head widths,
 // so that the accumulator stays in registers.
@@ -130,13 +144,10 @@ void forward(const T* value, const int64_t* shapes, const int64_t* starts, const
              const T* attn, T* out, int64_t B, int64_t S, int64_t H, int64_t D, int64_t Q,
              int64_t L, int64_t P, int64_t pixels, int64_t threads) {
   parallel(B * Q * H, threads, [&](int64_t lo, int64_t hi) {
-    if (D == 16) {
-      forward_rows<T, 16>(value, shapes, starts, loc, attn, out, S, H, D, Q, L, P, pixels, lo, hi);
-    } else if (D == 32) {
-      forward_rows<T, 32>(value, shapes, starts, loc, attn, out, S, H, D, Q, L, P, pixels, lo, hi);
-    } else {
-      forward_rows<T, 0>(value, shapes, starts, loc, attn, out, S, H, D, Q, L, P, pixels, lo, hi);
-    }
+    by_width(D, [&](auto w) {
+      forward_rows<T, decltype(w)::value>(value, shapes, starts, loc, attn, out, S, H, D, Q, L,
+                                          P, pixels, lo, hi);
+    });
   });
 }
 
@@ -201,16 +212,10 @@ void backward(const T* value, const int64_t* shapes, const int64_t* starts, cons
               int64_t S, int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P,
               int64_t threads) {
   parallel(B * H, threads, [&](int64_t lo, int64_t hi) {
-    if (D == 16) {
-      backward_pairs<T, 16>(value, shapes, starts, loc, attn, grad, gvalue, gloc, gattn, S, H,
-                            D, Q, L, P, lo, hi);
-    } else if (D == 32) {
-      backward_pairs<T, 32>(value, shapes, starts, loc, attn, grad, gvalue, gloc, gattn, S, H,
-                            D, Q, L, P, lo, hi);
-    } else {
-      backward_pairs<T, 0>(value, shapes, starts, loc, attn, grad, gvalue, gloc, gattn, S, H,
-                           D, Q, L, P, lo, hi);
-    }
+    by_width(D, [&](auto w) {
+      backward_pairs<T, decltype(w)::value>(value, shapes, starts, loc, attn, grad, gvalue,
+                                            gloc, gattn, S, H, D, Q, L, P, lo, hi);
+    });
   });
 }
 
@@ -277,12 +282,15 @@ def _build(cxx: str, target: Path) -> None:
 
 def library() -> ctypes.CDLL | None:
     """The compiled kernel, built on first use; None (after one line on stderr) when it
-    cannot be built, and HF's path runs instead."""
-    cxx = _compiler()
-    key = cxx or ""
+    cannot be built, and HF's path runs instead. Decided once per process (per ``$CXX``):
+    every sampling call asks."""
+    key = os.environ.get("CXX", "")
+    if key in _loaded:
+        return _loaded[key]
     with _lock:
         if key in _loaded:
             return _loaded[key]
+        cxx = _compiler()
         lib = None
         if cxx is None:
             print("prunekit: no C++ compiler (g++) for the deformable-sampling kernel; "
