@@ -303,7 +303,7 @@ RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$
 # Both studies write OUT/results.csv and OUT/report/report.md; STUDY says whose rules apply.
 ifneq ($(STUDY),kitti)
 $(OUT)/results.csv: $(CELLS)
-	$(call step,collect,$(PK) grid collect $(OUT) -o $@)
+	$(call step,collect,$(PK) grid collect $(OUT) --times $(OUT)/times.log -o $@)
 
 $(OUT)/report/report.md: $(OUT)/results.csv
 	$(call step,stats,$(PK) stats $< -o $(OUT)/report)
