@@ -168,9 +168,11 @@ class Part:
         if self.claim == "guard":
             return "pass" if v <= 0 else "fail"
         if self.claim == "greater":
-            if v > max(self.margin, 0.0):
+            # Exact values (zero spread) compare with a rounding allowance: a contrast of equal
+            # means comes out as ±1e-17, which is no effect.
+            if v > max(self.margin, _EPS):
                 return "pass"
-            return "opposite" if v < -max(self.margin, 0.0) else "fail"
+            return "opposite" if v < -max(self.margin, _EPS) else "fail"
         if self.opposite_above is not None and v > self.opposite_above:
             return "opposite"
         if self.opposite_below is not None and v < self.opposite_below:
