@@ -47,7 +47,7 @@ def _noise(name: str, path: str | None) -> Noise:
 def calibrate_study(name: str, noise: Noise, studies: int, runs: list[int],
                     power_runs: list[int]) -> tuple[dict, bool]:
     t = time.perf_counter()
-    table = rates(name, noise, sorted(set(runs) | set(power_runs)), studies)
+    table = rates(name, noise, runs, studies, true_runs=power_runs)
     ok = True
     out = {"runs": runs, "power_runs": power_runs, "studies": studies, "noise": noise.source,
            "noise_model": {k: {f"{r:g}": round(v, 6) for r, v in getattr(noise, k).items()}

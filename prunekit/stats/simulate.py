@@ -302,12 +302,14 @@ def calibrate(study: str, world: str, runs: int, studies: int, noise: Noise,
     return pd.DataFrame(counts).T.div(studies)
 
 
-def rates(study: str, noise: Noise, runs: Sequence[int], studies: int,
-          seed: int = 0) -> pd.DataFrame:
-    """One row per (finding, world, runs): the share of each verdict."""
+def rates(study: str, noise: Noise, runs: Sequence[int], studies: int, seed: int = 0,
+          true_runs: Sequence[int] = ()) -> pd.DataFrame:
+    """One row per (finding, world, runs): the share of each verdict. Every world at ``runs``;
+    the true world also at ``true_runs`` (to find the fewest runs that reproduce it)."""
     frames = []
     for world in WORLDS:
-        for n in runs:
+        counts = sorted(set(runs) | (set(true_runs) if world == TRUE_WORLD else set()))
+        for n in counts:
             t = calibrate(study, world, n, studies, noise, seed)
             frames.append(t.assign(world=world, runs=n).rename_axis("finding").reset_index())
     return pd.concat(frames, ignore_index=True)
