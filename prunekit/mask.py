@@ -18,6 +18,10 @@ Semantics (the usual complaint about pruning tools is that nobody can say what "
   when the earlier mask had removed more.
 * The output carries masks (applied: masked weights are exactly zero) and no scores; making the
   pruning physical is the separate step :func:`compact_checkpoint`.
+* Per-set ratios (``ratios``, ``scope="layer"``): each set of units (a prunable weight, or a
+  channel group for filters; :attr:`Units.labels` names them) may get its own ratio, e.g. the
+  ratios ``mask --ratios-from`` allocates from a sensitivity analysis, or one group alone
+  (``prunekit sensitivity``); the sets not named get ``ratio``.
 
 :class:`Units` is the one ranking of units into keep-masks, shared with HYDRA's differentiable
 masks (:mod:`prunekit.hydra`).
@@ -26,7 +30,7 @@ masks (:mod:`prunekit.hydra`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -101,18 +105,26 @@ class Units:
         else:
             self.groups = []
             self.sets = [(n,) for n in self.names]
+        # Each set's name: its channel group's, or its weight's.
+        self.labels = [g.name for g in self.groups] if self.groups else [s[0] for s in self.sets]
 
     def scores(self, per_weight: Mapping[str, Tensor]) -> list[Tensor]:
         """Each set's unit scores from per-weight unit scores (:func:`unit_scores`)."""
         return [per_weight[s[0]] if len(s) == 1 else torch.stack([per_weight[n] for n in s])
                 .mean(0) for s in self.sets]
 
-    def select(self, scores: list[Tensor], ratio: float, scope: str,
+    def select(self, scores: list[Tensor], ratio: float | Sequence[float], scope: str,
                keep_top: KeepTop) -> list[Tensor]:
-        """Each set's keep-mask: the highest ``1 − ratio`` of its units (``layer``), or of all
-        units together (``global``, where every set still keeps its best unit)."""
+        """Each set's keep-mask: the highest ``1 − ratio`` of its units (``layer``; ``ratio``
+        may be one per set), or of all units together (``global``, where every set still keeps
+        its best unit)."""
         if scope == "layer":
-            return [keep_top(u, u.numel() - removed_count(ratio, u.numel())) for u in scores]
+            each = [ratio] * len(scores) if isinstance(ratio, int | float) else list(ratio)
+            return [keep_top(u, u.numel() - removed_count(r, u.numel()))
+                    for u, r in zip(scores, each, strict=True)]
+        if not isinstance(ratio, int | float):
+            raise PrunekitError("a ratio per group needs --scope layer; global scope ranks all "
+                                "units by one threshold")
         flat = torch.cat([u.flatten() for u in scores])
         keep = keep_top(flat, flat.numel() - removed_count(ratio, flat.numel()))
         out, offset = [], 0
@@ -157,7 +169,8 @@ def _broadcast(keep: Tensor, shape: torch.Size, dim: int, offset: int) -> Tensor
 
 
 def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
-               scope: str = "layer") -> dict[str, Tensor]:
+               scope: str = "layer", ratios: Mapping[str, float] | None = None,
+               ) -> dict[str, Tensor]:
     """Keep-masks (True = kept) at ``ratio``, combined with the checkpoint's earlier masks.
 
     Args:
@@ -165,21 +178,47 @@ def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
         ratio: fraction of units removed, in [0, 1).
         granularity: ``weight``, ``kernel`` or ``filter``.
         scope: ``layer`` (the same ratio in every layer) or ``global``.
+        ratios: a ratio per set of units, by name (:attr:`Units.labels`: a weight's name, or a
+            channel group's for filters), for ``scope="layer"``; the sets not named get
+            ``ratio``.
     """
     check_granularity(granularity, scope)
-    if not 0 <= ratio < 1:
-        raise PrunekitError(f"--ratio must lie in [0, 1) (the fraction removed), got {ratio}")
+    _check_ratio(ratio)
     model = ck.skeleton()
     scores = _checked_scores(ck, model.prunable())
     units = Units(model, granularity)
+    each: float | list[float] = ratio
+    if ratios is not None:
+        each = _per_set(units, ratios, ratio, scope)
     per_weight = {n: _earlier(unit_scores(s, granularity), ck.masks.get(n), granularity)
                   for n, s in scores.items()}
-    keeps = units.select(units.scores(per_weight), ratio, scope, keep_highest)
+    keeps = units.select(units.scores(per_weight), each, scope, keep_highest)
     new = units.expand(keeps, {n: t.shape for n, t in ck.state.items()})
     combined = dict(ck.masks)
     for n, m in new.items():
         combined[n] = m & ck.masks[n] if n in ck.masks else m.clone()
     return combined
+
+
+def _check_ratio(ratio: float, what: str = "--ratio") -> None:
+    if not 0 <= ratio < 1:
+        raise PrunekitError(f"{what} must lie in [0, 1) (the fraction removed), got {ratio}")
+
+
+def _per_set(units: Units, ratios: Mapping[str, float], ratio: float, scope: str) -> list[float]:
+    """Each set's ratio: the one ``ratios`` names it with, else ``ratio``."""
+    if scope != "layer":
+        raise PrunekitError("a ratio per group needs --scope layer; global scope ranks all units "
+                            "by one threshold")
+    unknown = sorted(set(ratios) - set(units.labels))
+    if unknown:
+        kind = "channel group" if units.granularity == "filter" else "prunable weight"
+        raise PrunekitError(f"{unknown[0]!r} is not a prunable {kind} of this model "
+                            f"({units.granularity} granularity); use the names `prunekit "
+                            f"sensitivity` writes for this checkpoint")
+    for name, r in ratios.items():
+        _check_ratio(r, f"the ratio of {name!r}")
+    return [ratios.get(label, ratio) for label in units.labels]
 
 
 def _checked_scores(ck: Checkpoint, names: list[str]) -> dict[str, Tensor]:
@@ -216,7 +255,7 @@ def apply(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tenso
 
 
 def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: str = "layer",
-         compact: bool = False) -> Checkpoint:
+         compact: bool = False, ratios: Mapping[str, float] | None = None) -> Checkpoint:
     """Prune a scored checkpoint: masks at ``ratio``, applied; optionally compacted.
 
     Args:
@@ -226,19 +265,22 @@ def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: st
         scope: ``layer`` or ``global``.
         compact: physically remove the filters that are entirely zero (see
             :func:`compact_checkpoint`).
+        ratios: a ratio per set of units, by name (see :func:`make_masks`); recorded in the
+            history.
 
     Returns:
         The pruned checkpoint: masks, no scores.
     """
-    masks = make_masks(ck, ratio, granularity=granularity, scope=scope)
+    masks = make_masks(ck, ratio, granularity=granularity, scope=scope, ratios=ratios)
     out = copy.copy(ck)
     out.state = apply(ck.state, masks)
     out.masks = masks
     out.scores = {}
     out.history = list(ck.history)
     summary = sparsity_summary(out)
+    per_set = {"ratios": dict(ratios)} if ratios is not None else {}
     out.add_history("mask", {"ratio": ratio, "granularity": granularity, "scope": scope,
-                             "compact": compact, **summary})
+                             "compact": compact, **per_set, **summary})
     return compact_checkpoint(out) if compact else out
 
 

@@ -199,6 +199,57 @@ CASES = [
     case("mask {ys} --ratio 0.5 -o {out}", "is a directory; give a file name for the output"),
     case("mask {ds} --ratio 0.5 -o {out}/no/x.st", "does not exist; create it first"),
     case("mask {ys} --ratio half -o {out}/x.st", "Invalid value for '--ratio'", code=2),
+    # --- mask --ratios-from ----------------------------------------------------------------------
+    case("mask {ys} --ratios-from {sens_y} --target-macs 0.01 -o {out}/x.st",
+         "--target-macs 0.01 is below what the measured ratios reach"),
+    case("mask {ys} --ratios-from {sens_y} --target-macs 1.5 -o {out}/x.st",
+         "--target-macs must lie in (0, 1]"),
+    case("mask {ys} --ratios-from {sens_y} --target-params 0 -o {out}/x.st",
+         "--target-params must lie in (0, 1]"),
+    case("mask {ys} --ratios-from {sens_d} --target-macs 0.5 -o {out}/x.st",
+         "was measured on another model"),
+    case("mask {ys} --ratios-from {dets} --target-macs 0.5 -o {out}/x.st",
+         "is not a sensitivity CSV (no 'group' column)"),
+    case("mask {ys} --ratios-from {sens_bad} --target-macs 0.5 -o {out}/x.st",
+         "holds ratios outside (0, 1)"),
+    case("mask {ys} --ratios-from {out}/none.csv --target-macs 0.5 -o {out}/x.st",
+         "none.csv does not exist"),
+    case("mask {ys} --ratios-from {sens_y} -o {out}/x.st", "takes one of --target-macs"),
+    case("mask {ys} --ratios-from {sens_y} --target-macs 0.5 --ratio 0.5 -o {out}/x.st",
+         "without --ratio"),
+    case("mask {ys} -o {out}/x.st", "how much to prune? give --ratio R"),
+    case("mask {ys} --ratios-from {sens_y} --target-latency 5 -o {out}/x.st",
+         "--target-latency needs filter groups"),
+    case("mask {ys} --ratios-from {sens_y} --target-latency -5 -o {out}/x.st",
+         "--target-latency must be a positive number"),
+    case("mask {ys} --ratios-from {sens_y} --target-params 0.5 --structured -o {out}/x.st",
+         "was measured at weight granularity, not filter"),
+    case("mask {ys} --ratios-from {sens_y} --target-macs 0.5 --metric adv_map -o {out}/x.st",
+         "has no 'adv_map' values"),
+    # --- sensitivity --------------------------------------------------------------------------
+    case("sensitivity {ys} --data {val} --ratios 0,0.5 -o {out}/s.csv",
+         "--ratios must lie in (0, 1) (the fraction removed), got 0.0"),
+    case("sensitivity {ys} --data {val} --ratios 0.5,1 -o {out}/s.csv",
+         "--ratios must lie in (0, 1) (the fraction removed), got 1.0"),
+    case("sensitivity {ds} --data {val} --ratios 0.5,nan -o {out}/s.csv", "got nan"),
+    case("sensitivity {ys} --data {val} --ratios half -o {out}/s.csv",
+         "is not a comma-separated list of numbers"),
+    case("sensitivity {y} --data {val} -o {out}/s.csv", "has no scores; run `prunekit score`"),
+    case("sensitivity {ds} --data {val} --granularity channel -o {out}/s.csv",
+         "--granularity 'channel' is unknown"),
+    case("sensitivity {ys} --data {val} --group nope -o {out}/s.csv",
+         "--group 'nope' is not a group of"),
+    case("sensitivity {ys} --data {val} --jobs 0 -o {out}/s.csv", "--jobs must be at least 1"),
+    case("sensitivity {ys} --data {val} --adv cw -o {out}/s.csv", "--adv 'cw' is unknown"),
+    case("sensitivity {ys} --data {val} --adv pgd --eps 2 -o {out}/s.csv",
+         "--eps must lie in (0, 1]"),
+    case("sensitivity {ys} --data {val} --max-images 0 -o {out}/s.csv",
+         "--max-images must be at least 1, got 0"),
+    case("sensitivity {ys} --data {text} -o {out}/s.csv", "is not valid JSON"),
+    case("sensitivity {ys} --data {val} -o {out}/no/s.csv", "does not exist; create it first"),
+    case("sensitivity {ys} --data {val} -o {out}", "is a directory; give a file name"),
+    case("sensitivity {ys} --data {val} -o {sens_d}", "was measured with another model"),
+    case("sensitivity {ys} -o {out}/s.csv", "Missing option '--data'", code=2),
     # --- attack -------------------------------------------------------------------------------
     case("attack {y} --data {val} --method cw -o {out}/adv", "--method 'cw' is unknown"),
     case("attack {y} --data {val} --loss style -o {out}/adv", "--loss 'style' is unknown"),
@@ -338,6 +389,12 @@ def files(tmp_path_factory) -> dict[str, str]:
         f[key] = root / f"{key}.st"
         checkpoint.save(ck, f[key])
 
+    for key, ck in {"sens_y": ys, "sens_d": ds}.items():
+        f[key] = root / f"{key}.csv"
+        _sensitivity_csv(ck, f[key])
+    f["sens_bad"] = root / "sens_bad.csv"
+    f["sens_bad"].write_text(_with_ratio(f["sens_y"], 1.5))
+
     f["empty"] = root / "empty.st"
     f["empty"].write_bytes(b"")
     f["trunc"] = root / "trunc.st"
@@ -397,6 +454,27 @@ def files(tmp_path_factory) -> dict[str, str]:
     (f["gridbad"] / "s" / "run1" / "r0.5").mkdir(parents=True)
     (f["gridbad"] / "s" / "run1" / "r0.5" / "result.json").write_text('{"map": 0.5}')
     return {k: str(v) for k, v in f.items()}
+
+
+def _sensitivity_csv(ck, path: Path) -> None:
+    """A sensitivity CSV of ``ck`` (weight groups at 0.5 and 0.9) with made-up mAPs."""
+    from prunekit import sensitivity as sens
+
+    labels = sens.labels(ck, "weight")
+    rows = [{"group": sens.UNPRUNED, "members": "", "ratio": 0.0, "map": 0.5}]
+    rows += [{"group": g, "members": g, "ratio": r, "map": 0.5 - r * (k % 3 + 1) / 10}
+             for k, g in enumerate(labels) for r in (0.5, 0.9)]
+    gt = {"images": [], "annotations": [], "categories": []}
+    sens.write(sens.table(rows, labels, sens.settings(ck, gt, sens.SensitivityConfig())), path)
+
+
+def _with_ratio(path: Path, ratio: float) -> str:
+    """The CSV at ``path`` with its first group row's ratio changed."""
+    import pandas as pd
+
+    frame = pd.read_csv(path, keep_default_na=False)
+    frame.loc[1, "ratio"] = ratio
+    return frame.to_csv(index=False)
 
 
 def _argv(argv: list[str], files: dict[str, str], out: Path) -> list[str]:

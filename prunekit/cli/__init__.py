@@ -13,6 +13,7 @@ from prunekit.cli import (  # noqa: F401  (each module registers its command)
     init,
     mask,
     score,
+    sensitivity,
     stats,
 )
 from prunekit.cli._app import app
