@@ -416,8 +416,9 @@ def _decode(data: bytes, name: str) -> Checkpoint:
     state.update(raw)
     family = meta.get("family", registry.LEGACY_FAMILY)
     if family not in registry.names():
-        raise CheckpointError(f"{name} holds a {family!r} model, a family this prunekit does "
-                              f"not know ({', '.join(registry.names())}); upgrade prunekit")
+        raise CheckpointError(f"{name} holds a {family!r} model, a family that is not "
+                              f"installed (installed: {', '.join(registry.names())}); install "
+                              f"the package that provides it, or upgrade prunekit")
     return Checkpoint(state=_in_layer_order(state), arch=arch, classes=classes,
                       input=input_spec, history=history, masks=_in_layer_order(masks),
                       scores=_in_layer_order(scores), family=family, name=name,

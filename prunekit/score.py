@@ -135,8 +135,9 @@ def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str |
     if steps < 1 or batches < 1 or batch_size < 1:
         raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
     skeleton = ck.skeleton()
-    if method in skeleton.unsupported_scores:
-        raise PrunekitError(f"--method {method}: {skeleton.unsupported_scores[method]}")
+    refused = skeleton.refused_scores()
+    if method in refused:
+        raise PrunekitError(f"--method {method}: {refused[method]}")
     set_threads(threads)
     args: dict[str, Any] = {"method": method, "data": data, "seed": seed}
     names = skeleton.prunable()

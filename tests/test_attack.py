@@ -22,7 +22,7 @@ def trained(synth_data):
     from prunekit.finetune import finetune
     from prunekit.init import init
 
-    ck = init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    ck = init("yolov3-small", dataset=synth_data / "train.json", img_size=64, options={"width": 0.125})
     return finetune(ck, synth_data / "train.json", steps=20, batch_size=8, lr=5e-3,
                     workers=0, device="cpu")
 

@@ -330,7 +330,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     (f["ks_bad"] / "label_2" / "000000.txt").write_text("Car 0 0 0 10 10 5 5 1 1 1 0 0 0 0\n")
 
     names = [c["name"] for c in json.loads(f["val"].read_text())["categories"]]
-    y = init("yolov3-small", names=names, img_size=64, width=0.125, seed=0)
+    y = init("yolov3-small", names=names, img_size=64, options={"width": 0.125}, seed=0)
     d = init("deformable-detr-small", names=names, img_size=64, seed=0)
     ys, ds = score(y, "magnitude"), score(d, "magnitude")
     for key, ck in {"y": y, "d": d, "ys": ys, "ds": ds, "ym": mask(ys, 0.5),

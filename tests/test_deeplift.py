@@ -86,7 +86,7 @@ def _small_with_bare_conv() -> Detector:
 
 
 def _tiny() -> Detector:
-    return _randomise(init("yolov3-tiny", classes=3, img_size=64, width=0.125).build())
+    return _randomise(init("yolov3-tiny", classes=3, img_size=64, options={"width": 0.125}).build())
 
 
 def _layer_deeplift(scalar_model, layer, x, b):

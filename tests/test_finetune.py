@@ -15,7 +15,7 @@ from tests.conftest import tiny_checkpoint
 def _ck(synth_data):
     from prunekit.init import init
 
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, options={"width": 0.125})
 
 
 def _masked(ck, keep=0.25):

@@ -638,7 +638,7 @@ def _mutated_cfg(draw) -> str:
 def _build_cfg(path: Path) -> None:
     from prunekit.init import init
 
-    init(cfg=path)
+    init(options={"cfg": path})
 
 
 @settings(max_examples=300, **FUZZ)

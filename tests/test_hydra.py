@@ -16,7 +16,7 @@ from prunekit.score import score
 
 
 def _ck(synth_data):
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, options={"width": 0.125})
 
 
 def test_scaled_initialisation_is_hydras():
@@ -34,7 +34,7 @@ def test_topk_mask_passes_the_gradient_straight_through():
 
 
 def test_hydra_filter_masks_respect_groups_and_heads():
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.25)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.25})
     masker = HydraMasker(ck.build(), 0.5, "filter", "layer")
     masks = masker.masks(scaled_init(ck.state, prunable(ck)))
     for i in head_conv_indices(ck.arch):
@@ -51,7 +51,7 @@ def test_hydra_and_mask_rank_units_alike():
     """The same scores give the same filters in HYDRA's mask and in `prunekit mask`."""
     from prunekit.mask import make_masks
 
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.25)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.25})
     s = scaled_init(ck.state, prunable(ck))
     ck.scores = {n: v.abs() for n, v in s.items()}
     for granularity, scope in (("filter", "layer"), ("weight", "global"), ("kernel", "layer")):

@@ -18,7 +18,7 @@ PAPER_RATIOS = [0.25, 0.5, 0.65, 0.75, 0.85, 0.9, 0.95, 0.99]
 
 
 def _scored(arch="yolov3-small", img=64, width=0.25, seed=0, classes=3):
-    ck = init(arch, classes=classes, img_size=img, width=width, seed=seed)
+    ck = init(arch, classes=classes, img_size=img, options={"width": width}, seed=seed)
     g = torch.Generator().manual_seed(seed)
     for name, t in ck.state.items():  # non-trivial BatchNorm so compaction is really tested
         if name.endswith("running_var"):
@@ -102,7 +102,7 @@ def test_a_new_mask_combines_with_the_earlier_one():
 
 
 def test_missing_scores_and_bad_ratio_are_refused():
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.125)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.125})
     with pytest.raises(PrunekitError, match="no scores for 'layers.0.conv.weight'.*prunekit "
                                             "score"):
         mask(ck, 0.5)

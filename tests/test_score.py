@@ -18,7 +18,7 @@ from prunekit.score import score
 def _ck(synth_data):
     from prunekit.init import init
 
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, options={"width": 0.125})
 
 
 @pytest.mark.parametrize("method", ["magnitude", "l1-filter", "random", "taylor", "hydra"])
