@@ -78,7 +78,8 @@ CASES = [
     case("init deformable-detr-small --classes 3 --img-size 0 -o {out}/x.st",
          "at least 32"),
     case("init deformable-detr-small --classes 3 --img-size 64 --width 0.5 -o {out}/x.st",
-         "deformable-detr-small has no option 'width'"),
+         "--width is an option of the yolov3 family; deformable-detr-small is a "
+         "deformable-detr member"),
     case("init deformable-detr-small --classes 3 --img-size " + HUGE + " -o {out}/x.st",
          "is too large: each side at most 4096 pixels"),
     # --- data synth ---------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     from prunekit.data.synth import synth
     from prunekit.data.synth_kitti import synth_kitti
     from prunekit.init import init
-    from prunekit.mask import mask
+    from prunekit.mask import PruneConfig, mask
     from prunekit.score import score
 
     root = tmp_path_factory.mktemp("bad-inputs")
@@ -333,8 +334,8 @@ def files(tmp_path_factory) -> dict[str, str]:
     y = init("yolov3-small", names=names, img_size=64, options={"width": 0.125}, seed=0)
     d = init("deformable-detr-small", names=names, img_size=64, seed=0)
     ys, ds = score(y, "magnitude"), score(d, "magnitude")
-    for key, ck in {"y": y, "d": d, "ys": ys, "ds": ds, "ym": mask(ys, 0.5),
-                    "dc": mask(ds, 0.5, granularity="filter", compact=True)}.items():
+    for key, ck in {"y": y, "d": d, "ys": ys, "ds": ds, "ym": mask(ys, PruneConfig(0.5)),
+                    "dc": mask(ds, PruneConfig(0.5, granularity="filter", compact=True))}.items():
         f[key] = root / f"{key}.st"
         checkpoint.save(ck, f[key])
 

@@ -9,14 +9,15 @@ import torch
 
 from prunekit.hydra import HydraMasker, _TopK, scaled_init
 from prunekit.init import init
-from prunekit.mask import prunable
+from prunekit.mask import PruneConfig, prunable
 from prunekit.models.yolov3.arch import head_conv_indices
 from prunekit.models.yolov3.groups import filter_groups
-from prunekit.score import score
+from prunekit.score import ScoreConfig, score
 
 
 def _ck(synth_data):
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, options={"width": 0.125})
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64,
+                options={"width": 0.125})
 
 
 def test_scaled_initialisation_is_hydras():
@@ -65,7 +66,8 @@ def test_hydra_and_mask_rank_units_alike():
 def test_hydra_moves_scores_and_lowers_the_masked_loss(synth_data):
     ck = _ck(synth_data)
     init_scores = scaled_init(ck.state, prunable(ck))
-    out = score(ck, "hydra", data=str(synth_data / "train.json"), ratio=0.9, steps=15,
-                batch_size=8, workers=0, device="cpu", lr=0.5)
+    out = score(ck, ScoreConfig("hydra", data=str(synth_data / "train.json"), steps=15,
+                                batch_size=8, workers=0, lr=0.5),
+                target=PruneConfig(0.9), device="cpu")
     moved = sum(int((out.scores[n] != init_scores[n].abs()).sum()) for n in init_scores)
     assert moved > 0.5 * sum(v.numel() for v in init_scores.values())

@@ -13,7 +13,7 @@ from prunekit.cli import app
 from prunekit.errors import PrunekitError
 from prunekit.export import export
 from prunekit.init import init
-from prunekit.mask import mask
+from prunekit.mask import PruneConfig, mask
 from prunekit.score import score
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
@@ -149,7 +149,7 @@ def test_bad_folders_get_one_line_errors_and_no_file(hf_folder, tmp_path, runner
 
 def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
     ck = score(init("deformable-detr-small", names=CLASSES, img_size=64), "l1-filter")
-    small = mask(ck, 0.5, granularity="filter", compact=True)
+    small = mask(ck, PruneConfig(0.5, granularity="filter", compact=True))
     widths = small.arch["widths"]
     assert widths and all(v < 256 for k, v in widths.items() if k.endswith(".mlp"))
     path = tmp_path / "small.st"
@@ -160,7 +160,7 @@ def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
     with pytest.raises(PrunekitError, match="compacted"):
         export(small, tmp_path / "hf", fmt="hf")
     assert not (tmp_path / "hf").exists()
-    masked = mask(ck, 0.5, granularity="filter")
+    masked = mask(ck, PruneConfig(0.5, granularity="filter"))
     export(masked, tmp_path / "hf-masked", fmt="hf")  # a masked model keeps HF's widths: it exports
     assert (tmp_path / "hf-masked" / "model.safetensors").exists()
 
@@ -190,8 +190,8 @@ def test_nothing_reaches_the_network(hf_folder, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_full_model_compacted_equals_masked_at_half():
     ck = score(init("deformable-detr", classes=3, img_size=256), "l1-filter")
-    masked = mask(ck, 0.5, granularity="filter")
-    small = mask(ck, 0.5, granularity="filter", compact=True)
+    masked = mask(ck, PruneConfig(0.5, granularity="filter"))
+    small = mask(ck, PruneConfig(0.5, granularity="filter", compact=True))
     m_masked, m_small = masked.build(), small.build()
     x = torch.rand(1, *m_masked.input_shape)
     with torch.no_grad():
