@@ -252,8 +252,9 @@ CASES = [
     case("bench {dc} --runtime onednn-graph --no-latency",
          "--runtime onednn-graph cannot run this model"),
     # --- export -------------------------------------------------------------------------------
-    case("export {y} --hf {out}/hf", "exports to no other format"),
-    case("export {d}", "which format? give -o FILE.onnx (ONNX) or --hf DIR"),
+    case("export {y} --hf {out}/hf", "exports to ONNX only; --hf is another family's format"),
+    case("export {d}", "which format? give -o FILE.onnx (ONNX) or one of the model families' "
+                       "own formats (--hf (deformable-detr)"),
     case("export {d} -o {out}/d.onnx --hf {out}/hf", "which format? give -o FILE.onnx"),
     case("export {ys} -o {out}/y.onnx", "holds importance scores but no masks"),
     case("export {y} -o {out}/y.onnx --opset 11", "--opset 11 is not supported"),

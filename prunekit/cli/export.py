@@ -59,8 +59,11 @@ def export_cmd(
     from prunekit.onnx import DEFAULT_OPSET, check_opset
 
     if bool(options) == (output is not None and str(output) != "-") or len(options) > 1:
-        raise PrunekitError("which format? give -o FILE.onnx (ONNX) or one family format "
-                            "(e.g. --hf DIR, a save_pretrained folder), one of them")
+        from prunekit.models import registry
+
+        flags = ", ".join(f"{o.flag} ({f.name})" for f, o in registry.options("export"))
+        raise PrunekitError(f"which format? give -o FILE.onnx (ONNX) or one of the model "
+                            f"families' own formats ({flags}), one of them")
     if options:
         ck = read_checkpoint(model)
         (fmt, dest), = options.items()
