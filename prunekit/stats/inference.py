@@ -98,6 +98,11 @@ def contrast(groups: Sequence[Group], weights: Sequence[float]) -> Estimate:
     return Estimate(value, math.sqrt(var), df, se1, n)
 
 
+def exact(value: float) -> Estimate:
+    """A value known exactly (MACs, bytes, a ratio of them): a point with no spread."""
+    return Estimate(value, 0.0, math.inf, 0.0, 1)
+
+
 def difference(a: Group, b: Group) -> Estimate:
     """``mean a − mean b``."""
     return contrast([a, b], [1.0, -1.0])
