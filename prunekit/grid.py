@@ -285,9 +285,17 @@ def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
             seconds = df["source"].map(lambda s: steps.get(_key(s)) if isinstance(s, str)
                                        else None)
             df["seconds_score"] = seconds.where(df["ratio"] > 0)
+    if "source" in df.columns:  # relative to the grid, so two runs of one grid compare equal
+        df["source"] = df["source"].map(lambda s: _below(s, root) if isinstance(s, str) else s)
     lead = ["scenario", "run", "ratio", "granularity", "method", "colour"]
     cols = [c for c in lead if c in df.columns] + sorted(c for c in df.columns if c not in lead)
     return df[cols].sort_values(["scenario", "run", "ratio"]).reset_index(drop=True)
+
+
+def _below(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it, else as it was recorded."""
+    rel = os.path.relpath(_key(path), _key(str(root)))
+    return path if rel.startswith("..") else rel
 
 
 def _key(path: str) -> str:
