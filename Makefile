@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml
 
 # The full suite, slow end-to-end tests included (CI runs this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)
