@@ -158,10 +158,12 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def runs_needed(e: Estimate, distance: float, level: float, power: float = POWER) -> float:
     """Runs per group at which a one-sided test at ``level`` has ``power`` against an effect
     ``distance`` away from the boundary, at the observed spread (normal approximation);
-    ``inf`` where the effect sits on the boundary, NaN for a point estimate."""
+    ``inf`` where the effect sits on the boundary, NaN for a point estimate. Never fewer than
+    one run more than the estimate has (``n``): a test undecided at ``n`` runs needs more, which
+    the normal approximation, optimistic at few runs, can understate."""
     if e.point or not math.isfinite(e.se1):
         return math.nan
     if distance <= 0:
         return math.inf
     z = float(_sp.ndtri(1 - level) + _sp.ndtri(power))
-    return max(2.0, math.ceil((z * e.se1 / distance) ** 2))
+    return max(2.0, e.n + 1.0, math.ceil((z * e.se1 / distance) ** 2))

@@ -20,6 +20,7 @@ state a threshold), with the paper's 0.5 judged the same way beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 
@@ -403,6 +404,18 @@ RULES: list[Rule] = [
          f"{MAP_MARGIN:.1%}", _GENERAL, _finding6, MAP_BESIDE,
          quote="Structured Filter Pruning → Poor trade-off"),
 ]
+
+#: Power notes (version 2.1), from the calibration at the spread of this project's default run
+#: (benchmarks/bench_calibration.py): why 10 runs per cell cannot decide these findings.
+POWER = {
+    "2b": "'minor' is a 90 % interval inside ×0.80–×1.25, and the default run's latency varies "
+          "by log-sd 0.35 between runs at 50 % (cells timed two at a time on a shared two-core "
+          "machine): about 50 runs per cell; far fewer on an idle machine",
+    "3b": "equivalence within ±5 % against the default run's timing spread (log-sd 0.23–0.48 "
+          "between runs): more than 50 runs per cell; it needs timing steadier than the margin, "
+          "which this machine under load does not give",
+}
+RULES = [dataclasses.replace(r, power=POWER.get(r.id, "")) for r in RULES]
 
 CLAIMS = {r.id: r.claim for r in RULES}
 
