@@ -99,6 +99,8 @@ def main() -> bool:
     parser.add_argument("--study", choices=["paper", "kitti"], action="append")
     parser.add_argument("--write", action="store_true", help=f"write {CALIBRATION.name}")
     args = parser.parse_args()
+    if args.studies < 1 or args.power_studies < 1:
+        parser.error("--studies and --power-studies must be at least 1")
     runs, power_runs = [3, 10], [2, 3, 5, 10, 20, 50]
     result = {"version": VERSION, "studies": {}}
     ok = True

@@ -141,9 +141,15 @@ def underpowered(s: Study, runs: int) -> str:
         return ""
     c = cal["studies"][s.name]
     most = max(c["power_runs"])
-    short = [f"{r.id} ({c['fewest_runs'][r.id]} runs)" if c["fewest_runs"].get(r.id)
-             else f"{r.id} (more than {most} runs)" for r in s.rules
-             if r.id in c["fewest_runs"] and not (c["fewest_runs"][r.id] or most + 1) <= runs]
+    short = []
+    for r in s.rules:
+        if r.id not in c["fewest_runs"]:
+            continue
+        fewest = c["fewest_runs"][r.id]  # None: not even at the most runs tried
+        if fewest is None:
+            short.append(f"{r.id} (more than {most} runs)")
+        elif fewest > runs:
+            short.append(f"{r.id} ({fewest} runs)")
     if not short:
         return ""
     return (f"Power at {runs} run{'s' if runs != 1 else ''} per cell: by the calibration below, "

@@ -20,7 +20,6 @@ state a threshold), with the paper's 0.5 judged the same way beside it.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import replace
 
@@ -415,7 +414,7 @@ POWER = {
           "between runs): more than 50 runs per cell; it needs timing steadier than the margin, "
           "which this machine under load does not give",
 }
-RULES = [dataclasses.replace(r, power=POWER.get(r.id, "")) for r in RULES]
+RULES = [replace(r, power=POWER.get(r.id, "")) for r in RULES]
 
 CLAIMS = {r.id: r.claim for r in RULES}
 
