@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml examples/family-plugin/pyproject.toml
 
 # The full suite, slow end-to-end tests included (CI runs this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)
@@ -306,7 +306,7 @@ RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$
 # Both studies write OUT/results.csv and OUT/report/report.md; STUDY says whose rules apply.
 ifneq ($(STUDY),kitti)
 $(OUT)/results.csv: $(CELLS)
-	$(call step,collect,$(PK) grid collect $(OUT) -o $@)
+	$(call step,collect,$(PK) grid collect $(OUT) --times $(OUT)/times.log -o $@)
 
 $(OUT)/report/report.md: $(OUT)/results.csv
 	$(call step,stats,$(PK) stats $< -o $(OUT)/report)

@@ -21,6 +21,7 @@ Thresholds: detections are made once at confidence 0.001 and evaluated twice, as
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,8 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
     labels = {"scenario": scenario, "run": run, "ratio": prune.ratio,
               **SCENARIOS.get(scenario, {"granularity": prune.granularity}),
               **({"method": method} if method else {}),
-              "finetune_steps": train.steps if train is not None else 0}
+              "finetune_steps": train.steps if train is not None else 0,
+              "source": str(model)}
     if reuse is not None:
         row = _reused(reuse, prune.ratio, labels)
     else:
@@ -250,9 +252,15 @@ def _measured(ck, measure: Measure, times: dict[str, float], *,
     return row
 
 
-def collect(root: str | Path) -> pd.DataFrame:
+def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
     """Every ``<scenario>/run<k>/r<ratio>/result.json`` under ``root`` as one long table,
-    sorted by scenario, run and ratio."""
+    sorted by scenario, run and ratio.
+
+    With ``times`` (the grid's ``times.log``: ``STAGE TARGET MILLISECONDS`` per step), each
+    pruned cell (ratio above 0) also gets ``seconds_score``: the time of the step that wrote the
+    checkpoint it started from (its ``source``, a score file in the grids), as the paper's
+    finding on the cost of DeepLIFT's scores needs.
+    """
     root = Path(root)
     files = sorted(root.glob("*/run*/r*/result.json"))
     if not files:
@@ -272,9 +280,44 @@ def collect(root: str | Path) -> pd.DataFrame:
             raise PrunekitError(f"{f} has no {', '.join(missing)}: it is not a cell result; "
                                 f"delete it and run the grid again")
     df = pd.DataFrame(rows)
+    if times is not None:
+        steps = _step_times(times)
+        if "source" in df.columns:
+            seconds = df["source"].map(lambda s: steps.get(_key(s)) if isinstance(s, str)
+                                       else None)
+            df["seconds_score"] = seconds.where(df["ratio"] > 0)
+    if "source" in df.columns:  # relative to the grid, so two runs of one grid compare equal
+        df["source"] = df["source"].map(lambda s: _below(s, root) if isinstance(s, str) else s)
     lead = ["scenario", "run", "ratio", "granularity", "method", "colour"]
     cols = [c for c in lead if c in df.columns] + sorted(c for c in df.columns if c not in lead)
     return df[cols].sort_values(["scenario", "run", "ratio"]).reset_index(drop=True)
+
+
+def _below(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it, else as it was recorded."""
+    rel = os.path.relpath(_key(path), _key(str(root)))
+    return path if rel.startswith("..") else rel
+
+
+def _key(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _step_times(path: str | Path) -> dict[str, float]:
+    """Seconds per target from a ``times.log`` (the last line of a target wins)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise PrunekitError(f"--times {path}: cannot read it ({e.strerror}); give the grid's "
+                            f"times.log") from None
+    out = {}
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise PrunekitError(f"{path}, line {n}: expected 'STAGE TARGET MILLISECONDS', got "
+                                f"{line[:60]!r}; give the times.log the grid's steps write")
+        out[_key(parts[1])] = int(parts[2]) / 1000
+    return out
 
 
 def subset(src: str | Path, dest: str | Path, images: int) -> int:

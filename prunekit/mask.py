@@ -204,14 +204,24 @@ def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
         raise PrunekitError(f"--ratio must lie in [0, 1) (the fraction removed), got {ratio}")
     model = ck.skeleton()
     scores = _checked_scores(ck, model.prunable())
+    return masks_from_scores(model, ck.state, scores, ratio, granularity=granularity,
+                             scope=scope, earlier=ck.masks)
+
+
+def masks_from_scores(model: Detector, state: Mapping[str, Tensor],
+                      scores: Mapping[str, Tensor], ratio: float, *, granularity: str,
+                      scope: str, earlier: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Keep-masks (on the CPU) at ``ratio`` from per-weight ``scores`` of ``model``'s prunable
+    weights, combined with the ``earlier`` masks, whose removed units rank first."""
     units = Units(model, granularity, scored=scores)
-    per_weight = {n: _earlier(unit_scores(s, granularity), ck.masks.get(n), granularity)
-                  for n, s in scores.items()}
+    old = {n: m.cpu() for n, m in earlier.items()}
+    per_weight = {n: _earlier(unit_scores(s.detach().float().cpu(), granularity), old.get(n),
+                              granularity) for n, s in scores.items()}
     keeps = units.select(units.scores(per_weight), ratio, scope, keep_highest)
-    new = units.expand(keeps, {n: t.shape for n, t in ck.state.items()})
-    combined = dict(ck.masks)
+    new = units.expand(keeps, {n: t.shape for n, t in state.items()})
+    combined = dict(old)
     for n, m in new.items():
-        combined[n] = m & ck.masks[n] if n in ck.masks else m.clone()
+        combined[n] = m & old[n] if n in old else m.clone()
     return combined
 
 

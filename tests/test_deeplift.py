@@ -382,8 +382,8 @@ def test_scores_are_the_mean_absolute_contribution_over_max_batches(synth_data, 
         c = contributions(evidence, images, make_baseline(images, "grey"), layers)
         for k, v in c.items():
             expected[k] = expected.get(k, 0) + v.abs() / 2
-    for k in scores:
-        torch.testing.assert_close(scores[k], expected[k])
+    for k in scores:  # float32 sums over passes of 3 + 1 against one of 4: a few ulps apart
+        torch.testing.assert_close(scores[k], expected[k], rtol=1e-5, atol=1e-5)
 
 
 def test_chunks_without_targets_are_skipped_and_chunks_add_up(monkeypatch):

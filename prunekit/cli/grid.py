@@ -99,18 +99,21 @@ def cell_cmd(
                   f"{row['latency_ms']:.1f} ms{seconds}", highlight=False)
 
 
-@grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid -o "
+@grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid --times runs/grid/times.log -o "
                                     "runs/grid/results.csv\n")
 def collect_cmd(
     root: Annotated[Path, typer.Argument(help="The grid's folder.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="CSV path (default: "
                                                 "stdout).", show_default=False)] = None,
+    times: Annotated[Path | None, typer.Option(
+        "--times", help="The grid's times.log: adds seconds_score, the time of the step that "
+        "wrote each pruned cell's score file.", show_default=False)] = None,
 ) -> None:
     """Gather every cell's result.json into one long-format CSV."""
     from prunekit.grid import collect
 
     check_output(output)
-    df = collect(root)
+    df = collect(root, times)
     write_text(df.to_csv(index=False), output)
     console.print(f"{len(df)} cells", highlight=False)
 
