@@ -69,8 +69,11 @@ class Cost:
 
 def _positions(model: nn.Module) -> dict[str, int]:
     """Conv and linear weights → how many times one forward pass applies each (positions for
-    a conv, tokens for a linear layer), as :func:`prunekit.bench.count_macs` counts them."""
+    a conv, tokens for a linear layer), as :func:`prunekit.bench.count_macs` counts them. A
+    weight shared by several modules (Deformable DETR's heads) counts every use, under its
+    first name, the one :meth:`~torch.nn.Module.named_parameters` and the masks use."""
     found: dict[str, int] = {}
+    first = {id(p): n for n, p in model.named_parameters()}
     hooks = []
 
     def hook(name: str) -> Callable[..., None]:
@@ -82,7 +85,8 @@ def _positions(model: nn.Module) -> dict[str, int]:
 
     for name, m in model.named_modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
-            hooks.append(m.register_forward_hook(hook(f"{name}.weight")))
+            hooks.append(m.register_forward_hook(hook(first.get(id(m.weight),
+                                                                 f"{name}.weight"))))
     param = next(model.parameters())
     try:
         with torch.no_grad():
@@ -367,7 +371,7 @@ def allocate_latency(costs: Costs, curves: Mapping[str, Curve], base_metric: flo
         time: a pruned checkpoint → its latency in milliseconds (``bench``'s).
         steps: bisection steps after the two ends.
     """
-    from prunekit.mask import compact_checkpoint, mask
+    from prunekit.mask import PruneConfig, compact_checkpoint, mask
 
     if costs.granularity != "filter":
         raise PrunekitError("--target-latency needs filter groups: unstructured masks do not "
@@ -380,7 +384,7 @@ def allocate_latency(costs: Costs, curves: Mapping[str, Curve], base_metric: flo
 
     def trial(fraction: float) -> tuple[Allocation, bool]:
         alloc = allocate(costs, curves, base_metric, target="macs", fraction=fraction)
-        pruned = mask(costs.ck, 0.0, granularity="filter", ratios=alloc.ratios)
+        pruned = mask(costs.ck, PruneConfig(0.0, "filter", ratios=alloc.ratios))
         ms = time(compact_checkpoint(pruned))
         timings.append((fraction, ms))
         return alloc, ms <= target_ms

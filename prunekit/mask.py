@@ -18,10 +18,10 @@ Semantics (the usual complaint about pruning tools is that nobody can say what "
   when the earlier mask had removed more.
 * The output carries masks (applied: masked weights are exactly zero) and no scores; making the
   pruning physical is the separate step :func:`compact_checkpoint`.
-* Per-set ratios (``ratios``, ``scope="layer"``): each set of units (a prunable weight, or a
-  channel group for filters; :attr:`Units.labels` names them) may get its own ratio, e.g. the
-  ratios ``mask --ratios-from`` allocates from a sensitivity analysis, or one group alone
-  (``prunekit sensitivity``); the sets not named get ``ratio``.
+* Per-set ratios (``PruneConfig.ratios``, ``scope="layer"``): each set of units (a prunable
+  weight, or a channel group for filters; :attr:`Units.labels` names them) may get its own
+  ratio, e.g. the ratios ``mask --ratios-from`` allocates from a sensitivity analysis, or one
+  group alone (``prunekit sensitivity``); the sets not named get ``ratio``.
 
 :class:`Units` is the one ranking of units into keep-masks, shared with HYDRA's differentiable
 masks (:mod:`prunekit.hydra`).
@@ -30,7 +30,8 @@ masks (:mod:`prunekit.hydra`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -53,6 +54,45 @@ def check_granularity(granularity: str, scope: str) -> None:
                             f"filter")
     if scope not in SCOPES:
         raise PrunekitError(f"--scope {scope!r} is unknown; use layer or global")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune, one value wherever pruning settings travel: ``prunekit mask``'s flags,
+    HYDRA's target (its ratio, granularity and scope), a grid cell's pruning; recorded whole in
+    the output's history.
+
+    Attributes:
+        ratio: fraction of units removed, in [0, 1).
+        granularity: ``weight``, ``kernel`` or ``filter``.
+        scope: ``layer`` (the same ratio in every layer) or ``global``.
+        compact: physically remove the pruned filters (:func:`compact_checkpoint`).
+        ratios: a ratio per set of units, by name (:attr:`Units.labels`: a weight's name, or a
+            channel group's for filters), for ``scope="layer"``; the sets not named get
+            ``ratio``.
+    """
+
+    ratio: float
+    granularity: str = "weight"
+    scope: str = "layer"
+    compact: bool = False
+    ratios: Mapping[str, float] | None = None
+
+    def check(self) -> PruneConfig:
+        check_granularity(self.granularity, self.scope)
+        check_ratio(self.ratio)
+        if self.ratios is not None:
+            if self.scope != "layer":
+                raise PrunekitError("a ratio per group needs --scope layer; global scope ranks "
+                                    "all units by one threshold")
+            for name, r in self.ratios.items():
+                check_ratio(r, f"the ratio of {name!r}")
+        return self
+
+
+def check_ratio(ratio: float, what: str = "--ratio") -> None:
+    if not 0 <= ratio < 1:
+        raise PrunekitError(f"{what} must lie in [0, 1) (the fraction removed), got {ratio}")
 
 
 def prunable(ck: Checkpoint) -> list[str]:
@@ -96,11 +136,17 @@ class Units:
     their filter scores.
     """
 
-    def __init__(self, model: Detector, granularity: str) -> None:
+    def __init__(self, model: Detector, granularity: str,
+                 scored: Collection[str] | None = None) -> None:
+        """``scored``: the weights that have scores (default: every prunable weight); units
+        of the others, and filter groups ranked by them, are left whole."""
         self.granularity = granularity
         self.names = model.prunable()
+        if scored is not None:
+            self.names = [n for n in self.names if n in scored]
         if granularity == "filter":
-            self.groups = [g for g in model.channel_groups() if g.prunable]
+            self.groups = [g for g in model.channel_groups()
+                           if g.prunable and all(n in self.names for n in g.scored)]
             self.sets = [g.scored for g in self.groups]
         else:
             self.groups = []
@@ -137,6 +183,16 @@ class Units:
                 k = torch.where(best.view(u.shape), torch.ones_like(k), k)
             out.append(k)
         return out
+
+    def per_set(self, ratios: Mapping[str, float], ratio: float) -> list[float]:
+        """Each set's ratio: the one ``ratios`` names it with, else ``ratio``."""
+        unknown = sorted(set(ratios) - set(self.labels))
+        if unknown:
+            kind = "channel group" if self.granularity == "filter" else "prunable weight"
+            raise PrunekitError(f"{unknown[0]!r} is not a prunable {kind} of this model "
+                                f"({self.granularity} granularity); use the names `prunekit "
+                                f"sensitivity` writes for this checkpoint")
+        return [ratios.get(label, ratio) for label in self.labels]
 
     def expand(self, keeps: list[Tensor], shapes: Mapping[str, torch.Size], *,
                producers: bool = True) -> dict[str, Tensor]:
@@ -178,56 +234,53 @@ def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
         ratio: fraction of units removed, in [0, 1).
         granularity: ``weight``, ``kernel`` or ``filter``.
         scope: ``layer`` (the same ratio in every layer) or ``global``.
-        ratios: a ratio per set of units, by name (:attr:`Units.labels`: a weight's name, or a
-            channel group's for filters), for ``scope="layer"``; the sets not named get
-            ``ratio``.
+        ratios: a ratio per set of units (see :class:`PruneConfig`).
     """
-    check_granularity(granularity, scope)
-    _check_ratio(ratio)
+    PruneConfig(ratio, granularity, scope, ratios=ratios).check()
     model = ck.skeleton()
     scores = _checked_scores(ck, model.prunable())
-    units = Units(model, granularity)
-    each: float | list[float] = ratio
-    if ratios is not None:
-        each = _per_set(units, ratios, ratio, scope)
-    per_weight = {n: _earlier(unit_scores(s, granularity), ck.masks.get(n), granularity)
-                  for n, s in scores.items()}
+    return masks_from_scores(model, ck.state, scores, ratio, granularity=granularity,
+                             scope=scope, earlier=ck.masks, ratios=ratios)
+
+
+def masks_from_scores(model: Detector, state: Mapping[str, Tensor],
+                      scores: Mapping[str, Tensor], ratio: float, *, granularity: str,
+                      scope: str, earlier: Mapping[str, Tensor],
+                      ratios: Mapping[str, float] | None = None) -> dict[str, Tensor]:
+    """Keep-masks (on the CPU) at ``ratio`` (or per set, ``ratios``) from per-weight ``scores``
+    of ``model``'s prunable weights, combined with the ``earlier`` masks, whose removed units
+    rank first."""
+    units = Units(model, granularity, scored=scores)
+    each: float | list[float] = ratio if ratios is None else units.per_set(ratios, ratio)
+    old = {n: m.cpu() for n, m in earlier.items()}
+    per_weight = {n: _earlier(unit_scores(s.detach().float().cpu(), granularity), old.get(n),
+                              granularity) for n, s in scores.items()}
     keeps = units.select(units.scores(per_weight), each, scope, keep_highest)
-    new = units.expand(keeps, {n: t.shape for n, t in ck.state.items()})
-    combined = dict(ck.masks)
+    new = units.expand(keeps, {n: t.shape for n, t in state.items()})
+    combined = dict(old)
     for n, m in new.items():
-        combined[n] = m & ck.masks[n] if n in ck.masks else m.clone()
+        combined[n] = m & old[n] if n in old else m.clone()
     return combined
 
 
-def _check_ratio(ratio: float, what: str = "--ratio") -> None:
-    if not 0 <= ratio < 1:
-        raise PrunekitError(f"{what} must lie in [0, 1) (the fraction removed), got {ratio}")
-
-
-def _per_set(units: Units, ratios: Mapping[str, float], ratio: float, scope: str) -> list[float]:
-    """Each set's ratio: the one ``ratios`` names it with, else ``ratio``."""
-    if scope != "layer":
-        raise PrunekitError("a ratio per group needs --scope layer; global scope ranks all units "
-                            "by one threshold")
-    unknown = sorted(set(ratios) - set(units.labels))
-    if unknown:
-        kind = "channel group" if units.granularity == "filter" else "prunable weight"
-        raise PrunekitError(f"{unknown[0]!r} is not a prunable {kind} of this model "
-                            f"({units.granularity} granularity); use the names `prunekit "
-                            f"sensitivity` writes for this checkpoint")
-    for name, r in ratios.items():
-        _check_ratio(r, f"the ratio of {name!r}")
-    return [ratios.get(label, ratio) for label in units.labels]
+def unscored(ck: Checkpoint) -> list[str]:
+    """The prunable weights the last ``score`` left without a score (no gradient): left
+    unpruned."""
+    entry = next((h for h in reversed(ck.history) if h.get("command") == "score"), None)
+    return list((entry or {}).get("args", {}).get("unscored") or []) if ck.scores else []
 
 
 def _checked_scores(ck: Checkpoint, names: list[str]) -> dict[str, Tensor]:
-    missing = [n for n in names if n not in ck.scores]
-    if missing:
-        raise PrunekitError(f"{ck.name} has no scores for {missing[0]!r}; run `prunekit score` "
+    """The scores of every prunable weight that has one: all of them, but those the last
+    ``score`` left unscored."""
+    left = set(unscored(ck))
+    missing = [n for n in names if n not in ck.scores and n not in left]
+    if missing or not ck.scores:
+        name = missing[0] if missing else names[0]
+        raise PrunekitError(f"{ck.name} has no scores for {name!r}; run `prunekit score` "
                             f"on this checkpoint first")
     scores = {}
-    for n in names:
+    for n in (n for n in names if n in ck.scores):
         s = ck.scores[n].float()
         if s.shape != ck.state[n].shape:
             raise PrunekitError(f"{ck.name}: scores for {n!r} have shape {list(s.shape)}, the "
@@ -254,34 +307,24 @@ def apply(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tenso
     return out
 
 
-def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: str = "layer",
-         compact: bool = False, ratios: Mapping[str, float] | None = None) -> Checkpoint:
-    """Prune a scored checkpoint: masks at ``ratio``, applied; optionally compacted.
-
-    Args:
-        ck: a checkpoint with scores.
-        ratio: fraction of units removed.
-        granularity: ``weight``, ``kernel`` or ``filter``.
-        scope: ``layer`` or ``global``.
-        compact: physically remove the filters that are entirely zero (see
-            :func:`compact_checkpoint`).
-        ratios: a ratio per set of units, by name (see :func:`make_masks`); recorded in the
-            history.
+def mask(ck: Checkpoint, config: PruneConfig) -> Checkpoint:
+    """Prune a scored checkpoint: masks at ``config.ratio``, applied; compacted when
+    ``config.compact`` (see :func:`compact_checkpoint`).
 
     Returns:
         The pruned checkpoint: masks, no scores.
     """
-    masks = make_masks(ck, ratio, granularity=granularity, scope=scope, ratios=ratios)
+    config.check()
+    masks = make_masks(ck, config.ratio, granularity=config.granularity, scope=config.scope,
+                       ratios=config.ratios)
     out = copy.copy(ck)
     out.state = apply(ck.state, masks)
     out.masks = masks
     out.scores = {}
     out.history = list(ck.history)
     summary = sparsity_summary(out)
-    per_set = {"ratios": dict(ratios)} if ratios is not None else {}
-    out.add_history("mask", {"ratio": ratio, "granularity": granularity, "scope": scope,
-                             "compact": compact, **per_set, **summary})
-    return compact_checkpoint(out) if compact else out
+    out.add_history("mask", {"prune": asdict(config), **summary, "unpruned": unscored(ck)})
+    return compact_checkpoint(out) if config.compact else out
 
 
 def compact_checkpoint(ck: Checkpoint) -> Checkpoint:

@@ -71,3 +71,22 @@ def test_true_findings_at_ten_runs() -> None:
         if not rule.power:
             assert t.loc[rule.id, REPRODUCED] >= 0.8, (rule.id, t.loc[rule.id].to_dict())
     assert np.isfinite(t.to_numpy()).all()
+
+
+def test_the_report_names_the_findings_its_run_count_cannot_decide(monkeypatch) -> None:
+    import pandas as pd
+
+    import prunekit.stats.verdicts as verdicts
+    from prunekit.stats.findings import VERSION
+
+    s = study("paper")
+    fewest = {r.id: 3 for r in s.rules} | {"5": None, "2": 10}
+    monkeypatch.setattr(verdicts, "calibration", lambda: {"version": VERSION, "studies": {
+        "paper": {"power_runs": [2, 3, 5, 10, 20, 50], "fewest_runs": fewest}}})
+    line = verdicts.underpowered(s, 3)
+    assert "Power at 3 runs per cell" in line
+    assert "2 (10 runs)" in line and "5 (more than 50 runs)" in line and "6a" not in line
+    assert verdicts.underpowered(s, 10).count(" runs)") == 1  # only 5 is left
+    table = pd.DataFrame({"scenario": ["a"] * 4 + ["b"], "ratio": [0.5] * 4 + [0.9],
+                          "run": [1, 2, 3, 3, 1]})
+    assert verdicts.most_runs(table) == 3 and verdicts.most_runs(table.iloc[:0]) is None

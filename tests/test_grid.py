@@ -79,3 +79,18 @@ def test_collect_joins_the_step_times(tmp_path):
     with pytest.raises(PrunekitError, match=r"times\.log, line 1: expected 'STAGE TARGET "
                                             r"MILLISECONDS'"):
         collect(tmp_path, times)
+
+
+def test_collect_names_sources_inside_the_grid_relative_to_it(tmp_path):
+    """Two runs of one grid in different folders give equal tables (the Slurm test compares
+    them): a source inside the grid is written relative to it, one outside as recorded."""
+    from prunekit.grid import collect
+
+    for run, source in ((1, str(tmp_path / "run1" / "hydra-weight-r0.9.st")),
+                        (2, "/elsewhere/model.st")):
+        cell = tmp_path / "unstructured-hydra" / f"run{run}" / "r0.9"
+        cell.mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps(
+            {"scenario": "unstructured-hydra", "run": run, "ratio": 0.9, "source": source}))
+    assert collect(tmp_path)["source"].tolist() == ["run1/hydra-weight-r0.9.st",
+                                                    "/elsewhere/model.st"]

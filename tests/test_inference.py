@@ -90,3 +90,4 @@ def test_runs_needed_follows_the_normal_approximation() -> None:
     z = 1.6448536269514722 + 0.8416212335729143
     assert runs_needed(e, 0.05, 0.05) == math.ceil((z * math.sqrt(0.02) / 0.05) ** 2)
     assert runs_needed(e, 0.0, 0.05) == math.inf
+    assert runs_needed(e, 10.0, 0.05) == e.n + 1 == 4  # undecided at 3 runs: at least 4

@@ -69,17 +69,30 @@ def cell_cmd(
                                                show_default=False)] = None,
 ) -> None:
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
+    from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
-    from prunekit.grid import cell
+    from prunekit.finetune import TrainConfig
+    from prunekit.grid import Measure, cell
+    from prunekit.mask import PruneConfig
 
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
-    row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
-               granularity=granularity, steps=steps, batch_size=batch_size, lr=lr,
-               weight_decay=weight_decay, adv=adv, eps=eps, alpha=alpha,
-               attack_steps=attack_steps, adv_eval=adv_eval, images=images, method=method,
-               seed=seed, threads=threads, device=device, bench_seconds=bench_seconds,
-               runtime=runtime, reuse=reuse)
+    if adv not in ("none", "pgd", "fgsm"):
+        raise PrunekitError(f"--adv {adv!r} is unknown; use fgsm, pgd or none")
+    root = str(images) if images else None
+    # Filter masks are compacted: the compacted model computes the same, faster.
+    prune = PruneConfig(ratio=ratio, granularity=granularity, compact=granularity == "filter")
+    train = TrainConfig(data=str(data), steps=steps, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, images=root, workers=0, seed=seed) \
+        if steps else None
+    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
+                                                     steps=attack_steps).check("--attack-steps")
+    evaluation = AttackConfig(method="pgd", eps=eps, alpha=alpha,
+                              steps=attack_steps).check("--attack-steps") if adv_eval else None
+    measure = Measure(val=str(val), images=root, attack=evaluation, bench_seconds=bench_seconds,
+                      runtime=runtime, threads=threads, seed=seed)
+    row = cell(model, out, scenario=scenario, run=run, prune=prune, train=train, attack=attack,
+               measure=measure, method=method, device=device, reuse=reuse)
     adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
     seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "

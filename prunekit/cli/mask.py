@@ -62,7 +62,7 @@ def mask_cmd(
 ) -> None:
     """Build masks from the scores, apply them, and drop the scores."""
     from prunekit.errors import PrunekitError
-    from prunekit.mask import mask
+    from prunekit.mask import PruneConfig, mask
 
     if structured and granularity not in (None, "filter"):
         raise PrunekitError(f"--structured means --granularity filter, not {granularity}")
@@ -77,17 +77,23 @@ def mask_cmd(
         raise PrunekitError("how much to prune? give --ratio R, or --ratios-from sens.csv "
                             "with --target-macs, --target-params or --target-latency")
     gran = "filter" if structured else (granularity or "weight")
+    config = PruneConfig(ratio=ratio or 0.0, granularity=gran, scope=scope,
+                         compact=compact).check()
     check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     if ratios_from is not None:
-        out = _mask_to_budget(ck, ratios_from, targets, granularity="filter" if structured else granularity,
+        out = _mask_to_budget(ck, ratios_from, targets,
+                              granularity="filter" if structured else granularity,
                               compact=compact, metric=metric, runtime=runtime,
                               threads=threads, device=device)
     else:
-        out = mask(ck, ratio, granularity=gran, scope=scope, compact=compact)
+        out = mask(ck, config)
         entry = next(h for h in reversed(out.history) if h["command"] == "mask")["args"]
+        left = f"; {len(entry['unpruned'])} weights without scores left unpruned" \
+            if entry.get("unpruned") else ""
         console.print(f"{gran} pruning at {ratio:g}: {entry['sparsity']:.1%} of prunable "
-                      f"weights zeroed" + (", compacted" if compact else ""), highlight=False)
+                      f"weights zeroed" + (", compacted" if compact else "") + left,
+                      highlight=False)
     write_checkpoint(out, output)
 
 
@@ -108,7 +114,7 @@ def _mask_to_budget(ck, source: Path, targets: dict[str, float], *,  # noqa: ANN
     """Allocate ratios from the sensitivity CSV, print them, record them, and mask."""
     from rich.table import Table
 
-    from prunekit.mask import mask
+    from prunekit.mask import PruneConfig, mask
     from prunekit.sensitivity import ratios_for_budget
 
     kind, value = next(iter(targets.items()))
@@ -134,5 +140,5 @@ def _mask_to_budget(ck, source: Path, targets: dict[str, float], *,  # noqa: ANN
     staged.history = list(ck.history)
     staged.add_history("allocate", {"sensitivity": str(source), "metric": metric,
                                     "granularity": gran, **alloc.record()})
-    return mask(staged, 0.0, granularity=gran, compact=compact,
-                ratios={g: r for g, r in alloc.ratios.items() if r > 0})
+    return mask(staged, PruneConfig(0.0, gran, compact=compact,
+                                    ratios={g: r for g, r in alloc.ratios.items() if r > 0}))

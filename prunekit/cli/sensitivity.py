@@ -127,7 +127,7 @@ def sensitivity_cmd(
                        f"{last['ratio']:g}")
     frame = sens.table(rows, order, setting)
     if output is None or str(output) == "-":
-        write_text(sens.to_csv(frame).decode(), None)
+        write_text(str(sens.to_csv(frame), "utf-8"), None)
     else:
         sens.write(frame, output)
         console.print(f"wrote {output} ({len(frame)} rows)", highlight=False)

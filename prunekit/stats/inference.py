@@ -98,6 +98,11 @@ def contrast(groups: Sequence[Group], weights: Sequence[float]) -> Estimate:
     return Estimate(value, math.sqrt(var), df, se1, n)
 
 
+def exact(value: float) -> Estimate:
+    """A value known exactly (MACs, bytes, a ratio of them): a point with no spread."""
+    return Estimate(value, 0.0, math.inf, 0.0, 1)
+
+
 def difference(a: Group, b: Group) -> Estimate:
     """``mean a − mean b``."""
     return contrast([a, b], [1.0, -1.0])
@@ -153,10 +158,12 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 def runs_needed(e: Estimate, distance: float, level: float, power: float = POWER) -> float:
     """Runs per group at which a one-sided test at ``level`` has ``power`` against an effect
     ``distance`` away from the boundary, at the observed spread (normal approximation);
-    ``inf`` where the effect sits on the boundary, NaN for a point estimate."""
+    ``inf`` where the effect sits on the boundary, NaN for a point estimate. Never fewer than
+    one run more than the estimate has (``n``): a test undecided at ``n`` runs needs more, which
+    the normal approximation, optimistic at few runs, can understate."""
     if e.point or not math.isfinite(e.se1):
         return math.nan
     if distance <= 0:
         return math.inf
     z = float(_sp.ndtri(1 - level) + _sp.ndtri(power))
-    return max(2.0, math.ceil((z * e.se1 / distance) ** 2))
+    return max(2.0, e.n + 1.0, math.ceil((z * e.se1 / distance) ** 2))

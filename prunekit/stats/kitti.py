@@ -35,7 +35,14 @@ from prunekit.stats.report import (
     _safe,
 )
 from prunekit.stats.tables import StdKind, _ddof, md_table, ratio_label, std_label
-from prunekit.stats.verdicts import findings_json, findings_markdown, judge, rules_markdown, study
+from prunekit.stats.verdicts import (
+    findings_json,
+    findings_markdown,
+    judge,
+    most_runs,
+    rules_markdown,
+    study,
+)
 
 OWNED = ("report.md", "findings.json", "tables", "figures")
 _METHODS = {"filter": "L1 filter pruning (compacted)", "weight": "magnitude weight pruning"}
@@ -236,7 +243,7 @@ def _markdown(df: pd.DataFrame, names: list[str], scenarios: list[str], std: Std
                      f"{steps} steps" if steps else "none", _runs_per_cell(df, s)])
     blocks.append(md_table(["scenario", "family", "pruning", "fine-tune", "runs per cell"],
                             rows, numeric=False))
-    blocks += findings_markdown(study("kitti"), found, seed)
+    blocks += findings_markdown(study("kitti"), found, seed, most_runs(df))
     if figs:
         blocks.append("## Figures")
         blocks += [f"![{_FIGURES[stem]}](figures/{stem}.png)" for stem in figs]

@@ -43,7 +43,14 @@ from prunekit.stats.tables import (
     std_label,
 )
 from prunekit.stats.tests import Anova, Comparison, _scenario_attributes, anova, comparisons
-from prunekit.stats.verdicts import findings_json, findings_markdown, judge, rules_markdown, study
+from prunekit.stats.verdicts import (
+    findings_json,
+    findings_markdown,
+    judge,
+    most_runs,
+    rules_markdown,
+    study,
+)
 
 _OWNED = ("report.md", "findings.json", "tables", "anova", "figures")
 
@@ -210,7 +217,7 @@ def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
           attrs[s]["colour"] or "?", _runs_per_cell(df, s)] for s in scenarios], numeric=False))
 
     rules = study("paper")
-    blocks += findings_markdown(rules, found, seed)
+    blocks += findings_markdown(rules, found, seed, most_runs(df))
 
     if figs:
         blocks.append("## Figures")

@@ -87,9 +87,11 @@ def findings_json(found: Sequence[Finding], seed: Sequence[Finding]) -> tuple[li
     return rows, (json.dumps(rows, indent=2, ensure_ascii=False) + "\n").encode()
 
 
-def findings_markdown(s: Study, found: Sequence[Finding], seed: Sequence[Finding]) -> list[str]:
+def findings_markdown(s: Study, found: Sequence[Finding], seed: Sequence[Finding],
+                      runs: int | None = None) -> list[str]:
     """The report's "Findings" section: the verdicts beside those on the seed's own numbers,
-    then each finding's evidence."""
+    then each finding's evidence; with ``runs`` (the table's runs per cell), the findings the
+    calibration says that many runs cannot decide."""
     by_id = {f.id: f for f in seed}
     beside = sorted({m for f in found for m in f.beside})
     header = ["#", "finding", "verdict", "cells passing",
@@ -111,6 +113,8 @@ def findings_markdown(s: Study, found: Sequence[Finding], seed: Sequence[Finding
         blocks.append("Inconclusive at these runs: " + "; ".join(
             f"{f.id} ({_runs(f) or 'not decidable by more runs'} runs per cell would decide "
             f"it)" for f in undecided) + ".")
+    if runs is not None and (line := underpowered(s, runs)):
+        blocks.append(line)
     for f in found:
         blocks.append(f"### {f.id}. {f.claim}: {f.verdict}")
         blocks.append("\n".join(f"- {line}" for line in f.evidence))
@@ -119,6 +123,39 @@ def findings_markdown(s: Study, found: Sequence[Finding], seed: Sequence[Finding
                           + "; ".join(by_id[f.id].evidence[:1] + by_id[f.id].evidence[-1:])
                           + ")")
     return blocks
+
+
+def most_runs(df: pd.DataFrame) -> int | None:
+    """The most runs any (scenario, ratio) cell of a results table has."""
+    if not {"scenario", "ratio", "run"} <= set(df.columns) or df.empty:
+        return None
+    return int(df.groupby(["scenario", "ratio"])["run"].nunique().max())
+
+
+def underpowered(s: Study, runs: int) -> str:
+    """One sentence naming the findings that, by the recorded calibration, ``runs`` runs per
+    cell do not reproduce in 80 % of simulated studies where they are true ("" if none, or no
+    calibration of this version)."""
+    cal = calibration()
+    if cal is None or cal.get("version") != VERSION or s.name not in cal.get("studies", {}):
+        return ""
+    c = cal["studies"][s.name]
+    most = max(c["power_runs"])
+    short = []
+    for r in s.rules:
+        if r.id not in c["fewest_runs"]:
+            continue
+        fewest = c["fewest_runs"][r.id]  # None: not even at the most runs tried
+        if fewest is None:
+            short.append(f"{r.id} (more than {most} runs)")
+        elif fewest > runs:
+            short.append(f"{r.id} ({fewest} runs)")
+    if not short:
+        return ""
+    return (f"Power at {runs} run{'s' if runs != 1 else ''} per cell: by the calibration below, "
+            f"even a true finding is reproduced in under 80 % of simulated studies at this run "
+            "count for " + "; ".join(short) + " (the runs per cell at which it is; the rules' "
+            "power notes say why).")
 
 
 def rules_markdown(s: Study) -> str:

@@ -318,6 +318,12 @@ class DeformableDETR(Detector):
             mask[i, :mh, :mw] = 1
         return images, mask
 
+    def neutral_inputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The images and a pixel mask of ones: no padding, as ``forward`` without
+        geometries."""
+        n, _, h, w = images.shape
+        return images, torch.ones(n, h, w, dtype=torch.long, device=images.device)
+
     def uncounted_macs(self, x: Tensor) -> tuple[int, str]:
         """Multiply–accumulates of the deformable sampling, which ``FlopCounterMode`` does not
         see (``grid_sample``): per sampled point and value channel, 4 for the bilinear

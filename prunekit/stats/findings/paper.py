@@ -15,6 +15,7 @@ V–XIV are mAP at 0.5 (:func:`prunekit.stats.seeds.paper_results`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -450,6 +451,40 @@ RULES: list[Rule] = [
          quote=("As the pruning rate increases, there is an increasing gap in the time needed for"
                 " the pruned models to evaluate an image")),
 ]
+
+#: Power notes (version 2.1), from the calibration at the spread of this project's default run
+#: (benchmarks/bench_calibration.py; runs at which a true finding is reproduced in 80 % of
+#: simulated studies): why 10 runs per cell are not enough, and how many are.
+POWER = {
+    "2": "the paper's DeepLIFT − HYDRA gaps are 3.7–9.6 % of the unpruned mAP; the default "
+         "run's standard deviation between runs is up to 7.6 % of it (at 50 %), so eight "
+         "Holm-corrected one-sided tests need about 50 runs per cell (20 at the paper's own "
+         "spread)",
+    "3": "the paper's unstructured − structured gaps at 25 % are 5.0 % and 5.9 % of the "
+         "unpruned mAP, about one run-to-run spread of the default run at 25 % (4.9 %): about "
+         "20 runs per cell (5 at the paper's own spread)",
+    "4": "the paper's own ratios at 65 % (0.603 and 0.611) lie within 4 % of the band's upper "
+         "edge (0.625); a 90 % interval that narrow needs steadier timing than the default "
+         "run's (log-sd 0.13–0.23 between runs): more than 50 runs per cell (5 at the paper's "
+         "own spread)",
+    "5": "the paper's DeepLIFT / HYDRA latency ratios reach 0.959–0.973 at 90–99 %, at the "
+         "edge of the ±5 % margin, and the default run's timing varies by log-sd 0.10–0.23 "
+         "between runs: equivalence needs more than 50 runs per cell, at the paper's own "
+         "spread too (on the paper's own data 12 of its 18 cells pass)",
+    "7": "a contrast of four mean latencies per scenario against the default run's timing "
+         "spread (log-sd 0.10–0.23 between runs): more than 50 runs per cell (20 at the "
+         "paper's own spread)",
+    "8": "the claimed gain is 1.2 % and 2.0 % (HYDRA / DeepLIFT at 50 %) against a timing "
+         "spread of log-sd 0.21 at 50 % in the default run: more than 50 runs per cell (10 at "
+         "the paper's own spread, log-sd 0.008 at 50 %)",
+    "10": "the claimed gain is 0.8–2.2 % (colour / greyscale at 0–65 %) against a timing "
+          "spread of log-sd 0.10–0.23 in the default run: more than 50 runs per cell (10 at "
+          "the paper's own spread)",
+    "11": "the gap widens by 5–6 % from 0 to 25 % in the paper (unstructured / structured 1.00 "
+          "to 1.05) against a timing spread of log-sd 0.10–0.23 in the default run: more than "
+          "50 runs per cell (2 at the paper's own spread)",
+}
+RULES = [dataclasses.replace(r, power=POWER.get(r.id, "")) for r in RULES]
 
 CLAIMS = {r.id: r.claim for r in RULES}
 
