@@ -70,6 +70,12 @@ class PruneConfig:
         ratios: a ratio per set of units, by name (:attr:`Units.labels`: a weight's name, or a
             channel group's for filters), for ``scope="layer"``; the sets not named get
             ``ratio``.
+        schedule: pruning while training (``finetune --prune-to``): ``one-shot``, ``linear``
+            or ``cubic``, with ``ratio`` the final sparsity (:class:`prunekit.schedule.Schedule`);
+            None: pruned once, here.
+        start: the schedule's first update (optimiser step; ``--prune-start``).
+        end: its last update, where the sparsity reaches ``ratio`` (``--prune-end``).
+        every: steps between updates (``--prune-every``).
     """
 
     ratio: float
@@ -77,10 +83,17 @@ class PruneConfig:
     scope: str = "layer"
     compact: bool = False
     ratios: Mapping[str, float] | None = None
+    schedule: str | None = None
+    start: int = 0
+    end: int = 0
+    every: int = 1
 
     def check(self) -> PruneConfig:
+        """The configuration, or a one-line error (a schedule's own values are checked by
+        :meth:`prunekit.schedule.Schedule.check`, which knows the run's length)."""
         check_granularity(self.granularity, self.scope)
-        check_ratio(self.ratio)
+        if self.schedule is None:
+            check_ratio(self.ratio)
         if self.ratios is not None:
             if self.scope != "layer":
                 raise PrunekitError("a ratio per group needs --scope layer; global scope ranks "

@@ -31,8 +31,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from prunekit.checkpoint import Checkpoint
 from prunekit.errors import PrunekitError
-from prunekit.mask import GRANULARITIES, SCOPES, masks_from_scores
+from prunekit.mask import GRANULARITIES, SCOPES, PruneConfig, masks_from_scores
 
 KINDS = ("one-shot", "linear", "cubic")
 #: Score methods recomputed from the weights (and gradients) at every update.
@@ -59,6 +60,14 @@ class Schedule:
     every: int = 1
     initial: float = 0.0
 
+    @classmethod
+    def of(cls, config: PruneConfig, initial: float = 0.0) -> Schedule:
+        """The schedule a pruning configuration with a ``schedule`` describes."""
+        if config.schedule is None:
+            raise PrunekitError("this pruning configuration has no schedule; give --schedule")
+        return cls(config.ratio, config.schedule, config.start, config.end,  # type: ignore[arg-type]
+                   config.every, initial)
+
     def check(self, steps: int | None = None) -> Schedule:
         """The schedule, or a one-line error naming the bad value and the fix."""
         if self.kind not in KINDS:
@@ -74,9 +83,10 @@ class Schedule:
                                 f"({self.start}); give an end at or after the start")
         if self.every < 1:
             raise PrunekitError(f"--prune-every must be at least 1, got {self.every}")
-        if steps is not None and self.end > steps:
-            raise PrunekitError(f"--prune-end ({self.end}) is after the last step ({steps}); "
-                                f"end the schedule within --steps")
+        if steps is not None and self.end >= steps:
+            # The update at step t comes before optimiser step t (0 … steps − 1).
+            raise PrunekitError(f"--prune-end ({self.end}) is not before the run's end ({steps} "
+                                f"steps); end the schedule within --steps")
         if self.initial > self.target:
             raise PrunekitError(f"the checkpoint is already {self.initial:.1%} sparse, more "
                                 f"than --prune-to {self.target:g}; prune to more than it has")
@@ -179,6 +189,24 @@ class Pruner:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         self.taylor = {k.removeprefix("taylor."): v for k, v in state.items()
                        if k.startswith("taylor.")}
+
+
+def score_method(ck: Checkpoint) -> str:
+    """The checkpoint's score method: the last ``score`` step's, or ``magnitude`` when it was
+    never scored."""
+    entry = next((h for h in reversed(ck.history) if h.get("command") == "score"), None)
+    return ((entry or {}).get("args", {}).get("score") or {}).get("method", "magnitude")
+
+
+def pruner_for(ck: Checkpoint, model, config: PruneConfig, steps: int) -> Pruner:
+    """The pruner of a run of ``steps`` optimiser steps that trains ``model`` (built from
+    ``ck``) under ``config``'s schedule, from the sparsity of ``ck``'s masks, ranking by
+    ``ck``'s score method (module docstring)."""
+    config.check()
+    initial = sparsity(ck.masks, model.prunable(), config.granularity) if ck.masks else 0.0
+    schedule = Schedule.of(config, 0.0 if math.isnan(initial) else initial).check(steps)
+    return Pruner(model, schedule, granularity=config.granularity, scope=config.scope,
+                  method=score_method(ck), scores=ck.scores)
 
 
 def sparsity(masks: dict[str, Tensor], names: list[str], granularity: str) -> float:

@@ -233,3 +233,27 @@ def test_checksum_sees_a_single_bit():
         w = a.weight.view(-1).view(torch.int32)
         w[5] ^= 1  # the lowest mantissa bit of one weight
     assert checksum(a) != before
+
+
+@pytest.mark.slow
+def test_two_ranks_prune_gradually_to_the_same_masks(models, tmp_path):
+    """--prune-to under torchrun: both ranks recompute the masks at every update from the same
+    weights (with --adv), and hold the same masks and weights after every step."""
+    src, data = models["yolov3"]  # already half pruned: the schedule starts at 0.5
+    log = tmp_path / "ddp.jsonl"
+    _run([*TORCHRUN, "--standalone", "-m", "prunekit",
+          *_args(src, data, tmp_path / "ddp.st", "--prune-to", "0.75", "--prune-end", "4",
+                 "--prune-every", "2", "--step-log", str(log))], cwd=tmp_path)
+    rows = _log(log)
+    for row in rows:
+        assert row["checksums"][0] == row["checksums"][1], row
+        assert row["mask_checksums"][0] == row["mask_checksums"][1], row
+        assert row["masked_nonzero"] == [0, 0], row
+    # Updates before steps 0, 2 and 4: the masks change after steps 1, 3 and 5 only.
+    masks = [r["mask_checksums"][0] for r in rows]
+    assert [a != b for a, b in zip(masks, masks[1:], strict=False)] == \
+        [False, True, False, True, False]
+    out = checkpoint.load(tmp_path / "ddp.st")
+    for name, m in out.masks.items():
+        assert (out.state[name][~m] == 0).all()
+        assert int((~m).sum()) == min(round(0.75 * m.numel()), m.numel() - 1), name

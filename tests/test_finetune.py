@@ -234,3 +234,149 @@ def test_a_training_state_with_one_flipped_bit_is_refused_on_resume(synth_data, 
            f"checksum written with them" in result.stderr
     assert "delete it and run without --resume to start again" in result.stderr
     assert not out.exists() and state.exists()
+
+
+# ------------------------------------------------------------------ gradual pruning (--prune-to)
+
+
+def _gradual(granularity="weight", kind="cubic", compact=False):
+    from prunekit.mask import PruneConfig
+
+    return PruneConfig(0.6, granularity, compact=compact, schedule=kind, start=1, end=7,
+                       every=3)
+
+
+def _scored(ck, method):
+    """``ck`` as if `score --method method` had scored it (the pruner re-ranks by the method)."""
+    return ck.add_history("score", {"score": {"method": method}})
+
+
+@pytest.mark.parametrize(("granularity", "method"), [("weight", "magnitude"),
+                                                     ("kernel", "taylor"),
+                                                     ("filter", "l1-filter")])
+def test_gradual_pruning_follows_the_schedule_and_holds_its_zeros(synth_data, monkeypatch,
+                                                                  granularity, method):
+    """At every update the sparsity is the formula's (per layer, rounded as `mask` rounds);
+    masks only shrink; pruned weights are exactly 0 after every optimiser step."""
+    from prunekit.finetune import loop
+    from prunekit.mask import Units, removed_count, unit_scores
+    from prunekit.schedule import Schedule
+
+    ck = _scored(_ck(synth_data), method)
+    prune = _gradual(granularity)
+    schedule = Schedule.of(prune)
+    units = Units(ck.skeleton(), granularity)
+    seen: list[dict] = []
+    real = loop.train_step
+
+    def step_and_check(model, *args, masks=None, **kw):
+        step = len(seen)
+        parts = real(model, *args, masks=masks, **kw)
+        state = model.state_dict()
+        for n, m in masks.items():
+            assert (state[n][~m.to(state[n].device)] == 0).all(), (step, n)
+        if seen:
+            for n, m in seen[-1].items():  # a weight once pruned stays pruned
+                assert not (masks[n] & ~m).any(), (step, n)
+        seen.append({n: m.clone() for n, m in masks.items()})
+        per = {n: unit_scores(masks[n].float(), granularity) for n in units.names
+               if n in masks}
+        removed = [int((u == 0).sum()) if per else 0 for u in units.scores(per)] \
+            if per else [0] * len(units.sets)
+        sizes = [u.numel() for u in units.scores(
+            {n: unit_scores(ck.state[n].float(), granularity) for n in units.names})]
+        ratio = schedule.sparsity(step)
+        assert removed == [removed_count(ratio, n) for n in sizes], (step, ratio)
+        return parts
+
+    monkeypatch.setattr(loop, "train_step", step_and_check)
+    out = finetune(ck, _train(synth_data, steps=10, batch_size=4, workers=0, bn_batches=1),
+                   device="cpu", prune=prune)
+    assert len(seen) == 10 and schedule.updates() == [1, 4, 7]
+    assert [round(schedule.sparsity(t), 6) for t in (0, 1, 4, 7)] == \
+        [0.0, 0.0, round(0.6 - 0.6 * (1 / 2) ** 3, 6), 0.6]
+    assert all(torch.equal(out.masks[n], seen[-1][n].cpu()) for n in seen[-1])
+    assert all((out.state[n][~m] == 0).all() for n, m in out.masks.items())
+    recorded = out.history[-1]["args"]["prune"]
+    assert recorded["schedule"] == "cubic" and recorded["ratio"] == 0.6
+
+
+def test_gradual_filter_pruning_compacts_at_the_end(synth_data):
+    ck = _scored(_ck(synth_data), "l1-filter")
+    out = finetune(ck, _train(synth_data, steps=8, batch_size=4, workers=0, bn_batches=1),
+                   device="cpu", prune=_gradual("filter", "one-shot", compact=True))
+    assert [h["command"] for h in out.history[-2:]] == ["finetune", "compact"]
+    assert sum(v.numel() for v in out.state.values()) < \
+        0.7 * sum(v.numel() for v in ck.state.values())
+
+
+def test_static_scores_rank_the_gradual_masks(synth_data):
+    """Methods whose scores cannot be recomputed (HYDRA's) rank by the checkpoint's scores: the
+    lowest-scored half of every layer goes, whatever the weights do meanwhile."""
+    ck = _scored(_ck(synth_data), "hydra")
+    g = torch.Generator().manual_seed(5)
+    ck.scores = {n: torch.rand(ck.state[n].shape, generator=g)
+                 for n in ck.skeleton().prunable()}
+    out = finetune(ck, _train(synth_data, steps=8, batch_size=4, workers=0, bn_batches=1),
+                   device="cpu", prune=_gradual("weight", "one-shot"))
+    for n, s in ck.scores.items():
+        k = round(0.6 * s.numel())
+        if 0 < k < s.numel():
+            lowest = torch.zeros(s.numel(), dtype=torch.bool)
+            lowest[s.flatten().argsort()[:k]] = True
+            assert torch.equal(out.masks[n].flatten(), ~lowest), n
+
+
+@pytest.mark.parametrize("how", ["sigint", "kill"])
+def test_resume_mid_schedule_gives_the_uninterrupted_tensors(synth_data, tmp_path, how):
+    """Taylor scores accumulate between updates (steps 4-6 here): a run stopped at step 5 or
+    6 resumes with the masks in force and the accumulators, and ends where one run ends."""
+    ck = _scored(_ck(synth_data), "taylor")
+    config = _train(synth_data, steps=10, batch_size=4, workers=0, seed=3, save_every=5,
+                    bn_batches=1)
+    prune = _gradual("weight")
+    full = finetune(ck, config, device="cpu", prune=prune)
+    state = tmp_path / "out.st.state"
+
+    def stop(step, total, parts):
+        if step == 6:
+            raise KeyboardInterrupt if how == "sigint" else SystemExit(137)
+
+    with pytest.raises(PrunekitError if how == "sigint" else SystemExit):
+        finetune(ck, config, device="cpu", state_file=state, progress=stop, prune=prune)
+    with pytest.raises(PrunekitError, match="the pruning"):
+        finetune(ck, config, device="cpu", state_file=state, resume=True,
+                 prune=_gradual("weight", "linear"))
+    resumed = finetune(ck, config, device="cpu", state_file=state, resume=True, prune=prune)
+    assert resumed.history[-1]["args"]["resumed_from"] == (6 if how == "sigint" else 5)
+    assert _equal(full, resumed) and full.masks.keys() == resumed.masks.keys()
+    assert all(torch.equal(full.masks[k], resumed.masks[k]) for k in full.masks)
+
+
+def test_cli_gradual_pruning_and_its_bad_inputs(synth_data, tmp_path, runner):
+    src = tmp_path / "in.st"
+    checkpoint.save(_ck(synth_data), src)
+    base = ["finetune", str(src), "--data", str(synth_data / "train.json"), "--steps", "6",
+            "--batch-size", "4", "--workers", "0", "--bn-batches", "1", "--device", "cpu"]
+    out = tmp_path / "out.st"
+    done = runner.invoke(app, [*base, "--prune-to", "0.5", "--prune-end", "4", "--prune-every",
+                               "2", "-o", str(out)])
+    assert done.exit_code == 0, done.stderr
+    pruned = checkpoint.load(out)
+    assert pruned.history[-1]["args"]["prune"]["end"] == 4
+    for extra, message in (
+            (["--prune-to", "1.5", "--prune-end", "4"], "--prune-to must lie in (0, 1)"),
+            (["--prune-to", "0", "--prune-end", "4"], "--prune-to must lie in (0, 1)"),
+            (["--prune-to", "0.5", "--prune-start", "4", "--prune-end", "2"],
+             "--prune-end (2) comes before --prune-start (4)"),
+            (["--prune-to", "0.5", "--prune-end", "6"], "--prune-end (6) is not before the"),
+            (["--prune-to", "0.5"], "--schedule cubic needs --prune-end"),
+            (["--prune-to", "0.5", "--prune-end", "3", "--granularity", "row"],
+             "--granularity 'row' is unknown"),
+            (["--compact"], "go with --prune-to")):
+        bad = tmp_path / "bad.st"
+        done = runner.invoke(app, [*base, *extra, "-o", str(bad)])
+        assert done.exit_code == 1, (extra, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (extra, done.stderr)
+        assert not bad.exists() and not (tmp_path / "bad.st.state").exists()

@@ -42,7 +42,8 @@ def test_linear_and_one_shot() -> None:
     (Schedule(0.5, start=50, end=10), r"--prune-end \(10\) comes before --prune-start \(50\)"),
     (Schedule(0.5, every=0), r"--prune-every must be at least 1"),
     (Schedule(0.5, "exp"), r"--schedule 'exp' is unknown"),
-    (Schedule(0.5, start=0, end=200), r"--prune-end \(200\) is after the last step \(100\)"),
+    (Schedule(0.5, start=0, end=200), r"--prune-end \(200\) is not before the run's end \(100 "),
+    (Schedule(0.5, start=0, end=100), r"--prune-end \(100\) is not before the run's end \(100 "),
 ])
 def test_bad_schedules_are_refused_in_one_line(bad: Schedule, message: str) -> None:
     with pytest.raises(PrunekitError, match=message):

@@ -36,6 +36,10 @@ EXAMPLE = """Examples:
 
   prunekit mask scored.st --ratio 0.5 | prunekit finetune --data data/synth/train.json --steps 100 -o pruned.st
 
+  prunekit score --method magnitude robust.st | prunekit finetune --data data/synth/train.json --steps 400 --prune-to 0.9 --schedule cubic --prune-end 300 --prune-every 20 -o sparse.st
+
+  prunekit score --method l1-filter robust.st | prunekit finetune --data data/synth/train.json --steps 400 --prune-to 0.5 --granularity filter --prune-end 300 --compact -o small.st
+
   torchrun --standalone --nproc-per-node 4 -m prunekit finetune model.st --data data/synth/train.json --steps 1000 --batch-size 64 -o trained.st
 """
 
@@ -82,6 +86,24 @@ def finetune_cmd(
     log: Annotated[Path | None, typer.Option("--step-log", help="One JSON line per step (learning "
                                              "rate, losses; under torchrun every rank's weight "
                                              "checksum).", show_default=False)] = None,
+    prune_to: Annotated[float | None, typer.Option(
+        help="Prune while training, to this fraction of units removed (by the checkpoint's "
+             "score method, re-ranked at every update; masks only shrink).",
+        show_default=False)] = None,
+    schedule: Annotated[str, typer.Option(help="With --prune-to: one-shot, linear or cubic "
+                                          "(Zhu & Gupta).")] = "cubic",
+    prune_start: Annotated[int, typer.Option(help="With --prune-to: the first update's "
+                                             "step.")] = 0,
+    prune_end: Annotated[int | None, typer.Option(
+        help="With --prune-to (linear, cubic): the last update's step, where the sparsity "
+             "reaches --prune-to; before the run's end.", show_default=False)] = None,
+    prune_every: Annotated[int, typer.Option(help="With --prune-to: steps between "
+                                             "updates.")] = 10,
+    granularity: Annotated[str, typer.Option(help="With --prune-to: weight, kernel or "
+                                             "filter.")] = "weight",
+    scope: Annotated[str, typer.Option(help="With --prune-to: layer or global.")] = "layer",
+    compact: Annotated[bool, typer.Option("--compact", help="With --prune-to: physically "
+                                          "remove the pruned filters at the end.")] = False,
     threads: ThreadsOpt = None,
     seed: SeedOpt = 0,
     device: DeviceOpt = "auto",
@@ -108,6 +130,8 @@ def finetune_cmd(
         bn_batches=bn_batches, workers=workers, seed=seed)
     attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
                                                      steps=attack_steps).check("--attack-steps")
+    prune = _prune_config(prune_to, schedule, prune_start, prune_end, prune_every,
+                          granularity, scope, compact, steps)
     with distributed.session(device) as s:
         if s.distributed and (model is None or str(model) == "-"):
             raise PrunekitError("under torchrun, give the checkpoint as a file: standard input "
@@ -128,7 +152,7 @@ def finetune_cmd(
 
             out = finetune(ck, config, attack, device=device, threads=threads,
                            state_file=state, resume=resume, log=log, session=s,
-                           progress=_progress)
+                           progress=_progress, prune=prune)
         if out is None:
             return  # not rank 0: it writes
         curve = out.history[-1]["args"].get("curve")
@@ -136,3 +160,26 @@ def finetune_cmd(
             console.print(f"validation: mAP {curve[-1]['map']:.4f}, mAP50 "
                           f"{curve[-1]['map50']:.4f}", highlight=False)
         write_checkpoint(out, output)
+
+
+def _prune_config(prune_to: float | None, schedule: str, start: int, end: int | None,
+                  every: int, granularity: str, scope: str, compact: bool,
+                  steps: int | None):
+    """The gradual pruning's configuration (None without --prune-to), checked before anything
+    is read or written."""
+    from prunekit.mask import PruneConfig
+    from prunekit.schedule import Schedule
+
+    if prune_to is None:
+        if compact or end is not None:
+            raise PrunekitError("--compact and --prune-end go with --prune-to RATIO")
+        return None
+    if end is None:
+        if schedule != "one-shot":
+            raise PrunekitError(f"--schedule {schedule} needs --prune-end STEP (the last "
+                                f"update, before the run's end)")
+        end = start
+    config = PruneConfig(ratio=prune_to, granularity=granularity, scope=scope, compact=compact,
+                         schedule=schedule, start=start, end=end, every=every).check()
+    Schedule.of(config).check(steps)
+    return config

@@ -4,8 +4,16 @@ Recipe: AdamW (no weight decay on BatchNorm and biases), linear warm-up then cos
 to the run, an exponential moving average (EMA) of the weights whose horizon scales with the
 run's length (the EMA is what the output checkpoint holds), channels-last memory on CPU, bfloat16
 autocast on CUDA. Masks in the checkpoint stay applied: gradients of pruned weights are zeroed
-before each step and the weights re-zeroed after it, so they stay exactly 0 and the masks do
-not change.
+before each step and the weights re-zeroed after it, so they stay exactly 0.
+
+Gradual pruning (``prune``, a :class:`~prunekit.mask.PruneConfig` with a ``schedule``): before
+each of the schedule's updates the masks are recomputed at its sparsity by the checkpoint's score
+method, re-ranked on the weights as they are then (:mod:`prunekit.schedule`), combined with the
+earlier masks and applied, so masks only shrink: a weight once pruned stays pruned, and is
+exactly 0 after every optimiser step. With ``compact`` the output is compacted at the end. The
+masks and the pruner's accumulated Taylor scores are part of the training state, so a run
+resumed mid-schedule gives the uninterrupted run's tensors; under torchrun every rank computes
+the same masks from the same weights and gradients (checked with the weights).
 
 Determinism and resume: batch order and each image's augmentation are functions of (seed,
 epoch, position) alone, and each step re-seeds torch's generator from (seed, step), so a run
@@ -48,6 +56,7 @@ from prunekit.finetune import ranks
 from prunekit.finetune.config import TrainConfig
 from prunekit.finetune.loop import Progress
 from prunekit.finetune.step import EMA, apply_masks, lr_at, recalibrate_bn, train_step
+from prunekit.mask import PruneConfig
 
 __all__ = ["EMA", "Progress", "TrainConfig", "apply_masks", "finetune", "lr_at",
            "recalibrate_bn", "train_step"]
@@ -57,7 +66,8 @@ def finetune(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None = 
              device: str = "auto", threads: int | None = None,
              state_file: str | Path | None = None, resume: bool = False,
              log: str | Path | None = None, session: Session | None = None,
-             progress: Progress | None = None) -> Checkpoint | None:
+             progress: Progress | None = None, prune: PruneConfig | None = None,
+             ) -> Checkpoint | None:
     """Train a checkpoint on a COCO dataset and return the trained checkpoint (EMA weights).
 
     With several processes (``session``), rank 0 returns the checkpoint and the others None.
@@ -77,12 +87,16 @@ def finetune(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None = 
         session: the processes training together (:func:`prunekit.distributed.session`);
             None: this process alone, on ``device``.
         progress: ``progress(step, total, metrics)`` callback (called on rank 0 only).
+        prune: prune while training along this configuration's ``schedule`` (module
+            docstring); None: the masks stay as they are.
     """
     if session is None:
         session = Session(device=resolve_device(device))
     config.check(session.world)
     if attack is not None:
         attack.check()
+    if prune is not None:
+        prune.check()
     if resume and state_file is None:
         raise PrunekitError("--resume needs the training state, which lives beside -o PATH; "
                             "give -o")
@@ -91,7 +105,8 @@ def finetune(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None = 
 
         read_json(config.val)
     set_threads(threads)
-    run = _loop.setup(ck, config, attack, session, Path(state_file) if state_file else None)
+    run = _loop.setup(ck, config, attack, session, Path(state_file) if state_file else None,
+                      prune)
     run.log = Path(log) if log else None
     # After torchrun restarts a failed group, each process runs the same command again: go on
     # from the state the group last saved.

@@ -2,9 +2,10 @@
 :mod:`prunekit.finetune`, describes the recipe; one step is :mod:`prunekit.finetune.step`).
 
 A run is set up once (:func:`setup`: the model with its input as asked and its masks applied,
-the data, the optimiser, the EMA, the training attack), stepped by :func:`loop` (which saves the
-training state every ``save_every`` steps and at a deferred interrupt) and finished by
-:func:`finish` (EMA weights, masks, BatchNorm statistics measured anew, the history entry).
+the data, the optimiser, the EMA, the training attack, the pruner of a gradual schedule),
+stepped by :func:`loop` (which saves the training state every ``save_every`` steps and at a
+deferred interrupt) and finished by :func:`finish` (EMA weights, masks, BatchNorm statistics
+measured anew, the history entry, compaction when asked).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prunekit.finetune import ranks, state
 from prunekit.finetune.config import TrainConfig
 from prunekit.finetune.interrupts import ForcedInterrupt, StepBoundaryInterrupt
 from prunekit.finetune.step import EMA, apply_masks, lr_at, recalibrate_bn, train_step
+from prunekit.mask import PruneConfig
 from prunekit.models import registry
 from prunekit.models.base import Detector
 
@@ -62,11 +64,16 @@ class Run:
     autocast: torch.autocast | None = None
     start: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
+    prune: PruneConfig | None = None
+    pruner: Any = None  # a prunekit.schedule.Pruner, with ``prune``
 
     @property
     def recorded(self) -> dict[str, Any]:
-        return {"train": asdict(self.config),
-                "attack": asdict(self.attack) if self.attack is not None else None}
+        out = {"train": asdict(self.config),
+               "attack": asdict(self.attack) if self.attack is not None else None}
+        if self.prune is not None:  # absent otherwise: state files of runs before it match
+            out["prune"] = asdict(self.prune)
+        return out
 
     def differences(self, saved: dict[str, Any]) -> list[str]:
         """How a recorded configuration differs from this run's (what ``--resume`` refuses)."""
@@ -76,13 +83,23 @@ class Run:
                      saved.get("train") or {})]
         if saved.get("attack") != mine["attack"]:
             found.append(f"the attack: {saved.get('attack')!r} then, {mine['attack']!r} now")
+        if saved.get("prune") != mine.get("prune"):
+            found.append(f"the pruning: {saved.get('prune')!r} then, {mine.get('prune')!r} now")
         return found
+
+    def prune_if_due(self, step: int) -> None:
+        """Before optimiser step ``step``: the schedule's new masks, applied, when due."""
+        if self.pruner is None or not self.pruner.due(step):
+            return
+        new = self.pruner.update(self.model, step, self.masks)
+        self.masks = {k: v.to(self.device) for k, v in new.items()}
+        apply_masks(self.model, self.masks)
 
 
 def setup(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None,
-          session: Session, state_file: Path | None) -> Run:
+          session: Session, state_file: Path | None, prune: PruneConfig | None = None) -> Run:
     """The model (input changed as asked, masks applied, on its device), the data, the
-    resolved step counts, the optimiser, the EMA and the training attack."""
+    resolved step counts, the optimiser, the EMA, the training attack and the pruner."""
     from prunekit.data.coco import CocoDetection
 
     dev = session.device
@@ -109,7 +126,11 @@ def setup(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None,
                                   betas=(0.9, 0.999))
     run = Run(ck=ck, config=config, attack=attack, steps=steps, warmup=warmup, model=model,
               dataset=dataset, device=dev, masks=masks, optimizer=optimizer,
-              ema=EMA(model, steps), state_path=state_file, session=session)
+              ema=EMA(model, steps), state_path=state_file, session=session, prune=prune)
+    if prune is not None:
+        from prunekit.schedule import pruner_for
+
+        run.pruner = pruner_for(ck, model, prune, steps)
     if attack is not None:
         from prunekit.attack import training_attack
 
@@ -121,13 +142,23 @@ def setup(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None,
 
 def resume(run: Run) -> None:
     """Continue ``run`` from its state file (refused when it was started otherwise)."""
-    run.start, run.ema.updates = state.load(run.state_path, run.differences, run.model,
-                                            run.ema.model, run.optimizer)
+    run.start, run.ema.updates, extra = state.load(run.state_path, run.differences, run.model,
+                                                   run.ema.model, run.optimizer)
+    masks = {k[5:]: v.bool().to(run.device) for k, v in extra.items() if k.startswith("mask.")}
+    if masks:  # the masks in force when it stopped (a schedule's, or the checkpoint's)
+        run.masks = masks
+        apply_masks(run.model, masks)
+    if run.pruner is not None:
+        run.pruner.load_state_dict({k[7:]: v.to(run.device) for k, v in extra.items()
+                                    if k.startswith("pruner.")})
 
 
 def _save(run: Run, step: int) -> None:
+    extra = {f"mask.{k}": v.to(torch.uint8) for k, v in run.masks.items()}
+    if run.pruner is not None:
+        extra.update({f"pruner.{k}": v for k, v in run.pruner.state_dict().items()})
     state.save(run.state_path, run.recorded, step, run.model, run.ema.model, run.ema.updates,
-               run.optimizer, {"arch": run.ck.arch, "input": run.ck.input})
+               run.optimizer, {"arch": run.ck.arch, "input": run.ck.input}, extra)
 
 
 def _fingerprint(run: Run) -> list[int]:
@@ -162,10 +193,12 @@ def loop(run: Run, progress: Progress | None) -> int:
                 x = images_b.to(dev, non_blocking=True)
                 if dev.type == "cpu":
                     x = x.contiguous(memory_format=torch.channels_last)
+                run.prune_if_due(step)
                 parts = train_step(model, x, targets, optimizer, adv=run.adversary,
                                    adv_mix=config.adv_mix, masks=run.masks,
                                    autocast=run.autocast, net=run.net,
-                                   scale=s.world if model.loss_sums_batch else 1.0)
+                                   scale=s.world if model.loss_sums_batch else 1.0,
+                                   observe=run.pruner.observe if run.pruner else None)
                 s.broadcast_buffers(model)
                 run.ema.update(model)
                 step += 1
@@ -248,7 +281,12 @@ def finish(run: Run, step: int, extra: dict[str, Any]) -> Checkpoint | None:
         args["curve"] = run.curve
     if run.state_path is not None and run.state_path.exists():
         os.unlink(run.state_path)
-    return out.add_history("finetune", args)
+    out = out.add_history("finetune", args)
+    if run.prune is not None and run.prune.compact:
+        from prunekit.mask import compact_checkpoint
+
+        out = compact_checkpoint(out)
+    return out
 
 
 def validate(model: Detector, val: str | Path, images, dev) -> dict[str, float]:

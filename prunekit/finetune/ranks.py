@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from prunekit.distributed import Session, checksum
@@ -13,16 +14,30 @@ from prunekit.errors import PrunekitError
 
 
 def fingerprint(model: nn.Module, ema: nn.Module, masks: dict[str, Tensor]) -> list[int]:
-    """This rank's fingerprint: weight checksum (model and EMA) and non-zero masked weights."""
+    """This rank's fingerprint: weight checksum (model and EMA), non-zero masked weights and
+    a checksum of the masks (a gradual schedule recomputes them on every rank)."""
     state = model.state_dict()
     stray = sum(int(state[k].masked_select(~m).count_nonzero()) for k, m in masks.items())
-    return [checksum(model, ema), stray]
+    return [checksum(model, ema), stray, _mask_checksum(masks)]
+
+
+def _mask_checksum(masks: dict[str, Tensor]) -> int:
+    """Any changed mask entry changes it (almost surely): the kept positions, weighted."""
+    total = 0
+    for k, name in enumerate(sorted(masks), 1):
+        kept = masks[name].reshape(-1).nonzero().flatten().to(torch.int64)
+        total += int(((kept + 1) * (kept % 7919 + k)).sum()) * (k * 2654435761 % 2**31)
+    return total % (2**61 - 1)  # gathered as int64
 
 
 def check(session: Session, mine: list[int], step: int) -> list[list[int]]:
     """Every rank's fingerprint; an error when the ranks' weights differ (they never should:
     a difference means the processes no longer train one model)."""
     ranks = session.gather(mine)
+    if any(r[2] != ranks[0][2] for r in ranks):
+        raise PrunekitError(f"the {len(ranks)} processes hold different masks after step "
+                            f"{step} (checksums {[r[2] for r in ranks]}); they no longer prune "
+                            f"one model: report this with the command")
     if any(r[0] != ranks[0][0] for r in ranks):
         raise PrunekitError(f"the {len(ranks)} processes hold different weights after step "
                             f"{step} (checksums {[r[0] for r in ranks]}); they no longer train "
@@ -48,6 +63,6 @@ def log_step(path: Path, session: Session, mine: list[int], step: int, lr: float
     ranks = check(session, mine, step) if session.distributed else [mine]
     if session.main:
         line = {"step": step, "lr": lr, **parts, "checksums": [r[0] for r in ranks],
-                "masked_nonzero": [r[1] for r in ranks]}
+                "masked_nonzero": [r[1] for r in ranks], "mask_checksums": [r[2] for r in ranks]}
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")

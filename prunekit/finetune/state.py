@@ -22,7 +22,8 @@ from prunekit.files import write_atomic
 
 
 def save(path: Path, config: dict[str, Any], step: int, model: nn.Module, ema: nn.Module,
-         ema_updates: int, optimizer: torch.optim.Optimizer, checkpoint: dict[str, Any]) -> None:
+         ema_updates: int, optimizer: torch.optim.Optimizer, checkpoint: dict[str, Any],
+         extra: dict[str, Tensor] | None = None) -> None:
     """Write the training state after ``step`` steps (atomically).
 
     Args:
@@ -34,8 +35,10 @@ def save(path: Path, config: dict[str, Any], step: int, model: nn.Module, ema: n
         ema_updates: the EMA's update count.
         optimizer: the optimiser.
         checkpoint: the starting checkpoint's ``arch`` and ``input`` (for the record).
+        extra: the run's other tensors (the masks in force, a pruner's state), by name.
     """
-    tensors: dict[str, Tensor] = {}
+    tensors: dict[str, Tensor] = {f"run.{k}": v.detach().cpu().contiguous().clone()
+                                  for k, v in (extra or {}).items()}
     for k, v in model.state_dict().items():
         tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
     for k, v in ema.state_dict().items():
@@ -57,7 +60,7 @@ def save(path: Path, config: dict[str, Any], step: int, model: nn.Module, ema: n
 
 
 def load(path: Path, differences, model: nn.Module, ema: nn.Module,
-         optimizer: torch.optim.Optimizer) -> tuple[int, int]:
+         optimizer: torch.optim.Optimizer) -> tuple[int, int, dict[str, Tensor]]:
     """Restore the training state from ``path`` into the model, the EMA model and the
     optimiser.
 
@@ -70,7 +73,8 @@ def load(path: Path, differences, model: nn.Module, ema: nn.Module,
         optimizer: the optimiser.
 
     Returns:
-        The steps done and the EMA's update count.
+        The steps done, the EMA's update count and the run's other tensors (``extra`` of
+        :func:`save`).
     """
     try:
         data = path.read_bytes()
@@ -102,4 +106,4 @@ def load(path: Path, differences, model: nn.Module, ema: nn.Module,
         state[int(pid)] = {key: tensors[f"optim.{pid}.{key}"] if val == "tensor" else val
                            for key, val in st.items()}
     optimizer.load_state_dict({"param_groups": opt_meta["param_groups"], "state": state})
-    return step, updates
+    return step, updates, {k[4:]: v for k, v in tensors.items() if k.startswith("run.")}

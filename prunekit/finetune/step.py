@@ -83,7 +83,7 @@ def _mask_grads(model: nn.Module, masks: dict[str, Tensor]) -> None:
 def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer, *, adv=None,
                adv_mix: float = 0.5, masks: dict[str, Tensor] | None = None,
                autocast: torch.autocast | None = None, net: nn.Module | None = None,
-               scale: float = 1.0) -> dict[str, float]:
+               scale: float = 1.0, observe=None) -> dict[str, float]:
     """One optimisation step on a batch (clean, or mixed with adversarial examples).
 
     Args:
@@ -99,6 +99,8 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
             DistributedDataParallel); the attack always uses the unwrapped ``model``.
         scale: factor on the loss (and the reported parts): the number of processes when the
             family's loss sums over the batch and this process holds a share of it.
+        observe: ``observe(model)`` after the backward pass, the pruned weights' gradients
+            zeroed (a gradual pruner's Taylor scores).
     """
     adv_images = None
     if adv is not None and adv_mix > 0:
@@ -142,6 +144,8 @@ def train_step(model: Detector, images: Tensor, targets: list[Target], optimizer
     loss.backward()
     if masks:
         _mask_grads(model, masks)
+    if observe is not None:
+        observe(model)
     torch.nn.utils.clip_grad_norm_(model.parameters(), model.max_grad_norm)
     optimizer.step()
     if masks:
