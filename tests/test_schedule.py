@@ -60,7 +60,7 @@ def _removed(units: Units, masks: dict, granularity: str) -> list[int]:
                                                  ("weight", "taylor")])
 def test_masks_follow_the_schedule_and_only_shrink(granularity: str, method: str) -> None:
     model = tiny_checkpoint().build()
-    schedule = Schedule(0.8, "cubic", start=0, end=40, every=10).check(steps=40)
+    schedule = Schedule(0.8, "cubic", start=0, end=40, every=10).check(steps=41)
     pruner = Pruner(model, schedule, granularity=granularity, method=method)
     units = Units(model, granularity)
     masks: dict = {}
