@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, ThreadsOpt
+from prunekit.cli._io import console, read_model
+from prunekit.cli._options import DeviceOpt, ModelArg, ThreadsOpt
 
 EXAMPLE = """Examples:
 
@@ -22,12 +22,14 @@ EXAMPLE = """Examples:
   prunekit bench pruned.st --runtime onnxruntime --threads 2
 
   prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
+
+  prunekit bench pruned-int8.onnx --threads 2 --batch 1
 """
 
 
 @app.command("bench", epilog=EXAMPLE)
 def bench_cmd(
-    model: CheckpointArg = None,
+    model: ModelArg = None,
     device: DeviceOpt = "cpu",
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     threads: ThreadsOpt = None,
@@ -37,12 +39,16 @@ def bench_cmd(
     runtime: Annotated[str, typer.Option(
         help="auto (onednn-graph on CPU, eager on CUDA), onednn-graph (TorchScript with "
              "conv, bias, LeakyReLU and residual add fused by oneDNN), eager, or onnxruntime "
-             "(CPU: the model's ONNX export in an onnxruntime session).")] = "auto",
+             "(CPU: the model's ONNX export in an onnxruntime session; the only one, and "
+             "auto's choice, for an .onnx file).")] = "auto",
 ) -> None:
-    """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON."""
+    """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON.
+
+    MODEL is a checkpoint, or an ONNX file `prunekit export` wrote (float or INT8), timed in
+    onnxruntime with the same fields."""
     from prunekit.bench import bench
 
-    ck = read_checkpoint(model)
+    ck = read_model(model)
     with console.status("benchmarking", spinner="dots"):
         result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,
                        min_run_time=min_time, runtime=runtime)

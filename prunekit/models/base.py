@@ -352,6 +352,22 @@ class Detector(nn.Module, ABC):
         """Seeded inputs for :meth:`graph`: ``batch`` random images."""
         return (torch.rand(batch, *self.input_shape, generator=generator),)
 
+    def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
+            -> tuple[Tensor, ...]:
+        """The inputs of :meth:`graph` for a batch ``x`` that :meth:`forward` would take with
+        ``geometries`` (None: every pixel counts): the images, and whatever else the family's
+        graph takes."""
+        return (x,)
+
+    def from_graph(self, outputs: Outputs) -> Outputs:
+        """The raw outputs :meth:`postprocess` reads, from the outputs of :meth:`graph`
+        (not decoded), so an exported file is post-processed by the same code as the model."""
+        return outputs
+
+    def quantization(self) -> Quantization:
+        """What INT8 export quantizes and what it keeps in float (see :class:`Quantization`)."""
+        return Quantization()
+
 
 @dataclass(frozen=True)
 class Graph:
@@ -372,6 +388,25 @@ class Graph:
     outputs: tuple[str, ...]
     meaning: dict[str, str]
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A family's plan for static INT8 quantization of its :meth:`Detector.graph`.
+
+    Attributes:
+        op_types: ONNX operator types quantized (inputs and outputs through QDQ pairs);
+            everything else runs in float between them.
+        float_modules: glob patterns over module paths (``*.sampling_offsets``; a node's
+            path is what ``named_modules`` calls the module it was exported from, with a
+            leading dot) whose operators stay in float → why.
+        float_ops: operator types outside ``op_types`` that compute and stay in float → why
+            (``export --int8`` names them with the modules).
+    """
+
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    float_modules: dict[str, str] = field(default_factory=dict)
+    float_ops: dict[str, str] = field(default_factory=dict)
 
 
 class Family(ABC):

@@ -38,6 +38,7 @@ from prunekit.models.base import (
     Grey,
     InputTransform,
     Outputs,
+    Quantization,
     Target,
 )
 from prunekit.models.deformable_detr import groups
@@ -283,6 +284,15 @@ class DeformableDETR(Detector):
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
         return install(model, kernel=False) if runtime == "onnxruntime" else lean_sampling(model)
 
+    def quantization(self) -> Quantization:
+        """The backbone's convolutions and the transformer's matrix products in integers; the
+        deformable sampling (``GridSample``) in float."""
+        return Quantization(
+            op_types=("Conv", "MatMul", "Gemm"),
+            float_ops={"GridSample": "the deformable sampling: bilinear interpolation at "
+                                     "fractional positions, which onnxruntime runs in float "
+                                     "only"})
+
     def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
         c, q = self.num_classes, self.config.num_queries
@@ -317,6 +327,19 @@ class DeformableDETR(Detector):
             mw = int(torch.randint(w // 2, w + 1, (), generator=generator))
             mask[i, :mh, :mw] = 1
         return images, mask
+
+    def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
+            -> tuple[Tensor, ...]:
+        mask = self.pixel_mask(x, geometries)
+        if mask is None:
+            mask = torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.long, device=x.device)
+        return x, mask
+
+    def from_graph(self, outputs: Outputs) -> Outputs:
+        """The graph's last-layer logits and boxes as a one-layer stack (N×1×Q×…): what
+        :meth:`postprocess` reads (the last layer)."""
+        logits, boxes = outputs
+        return logits.unsqueeze(1), boxes.unsqueeze(1)
 
     def uncounted_macs(self, x: Tensor) -> tuple[int, str]:
         """Multiply–accumulates of the deformable sampling, which ``FlopCounterMode`` does not
