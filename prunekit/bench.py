@@ -168,10 +168,6 @@ def _onnxruntime_step(model: Detector | OnnxDetector, x: torch.Tensor, threads: 
     from prunekit import onnx
 
     if isinstance(model, OnnxDetector):
-        if model.file.batch not in (None, x.shape[0]):
-            raise PrunekitError(f"{model.file.name} was exported with a fixed batch of "
-                                f"{model.file.batch}; bench it with --batch "
-                                f"{model.file.batch}, or export with --batch dynamic")
         session, feeds = model.session(threads), model.feeds(x)
         return lambda: session.run(None, feeds)
     exported = onnx.export(model, batch=x.shape[0], verify=False)
@@ -323,6 +319,10 @@ def bench(ck: Checkpoint | OnnxFile, *, device: str = "cpu", batch: int = 1,
     dev = resolve_device(device)
     if isinstance(ck, OnnxFile):
         used = resolve_file_runtime(ck, runtime, dev)
+        if ck.batch not in (None, batch):
+            raise PrunekitError(f"{ck.name} was exported with a fixed batch of {ck.batch}; "
+                                f"bench it with --batch {ck.batch}, or export with --batch "
+                                f"dynamic")
         model = ck.build(threads=threads, decoded_ok=True)
         static = _file_figures(ck, model.reference)
     else:
