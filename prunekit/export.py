@@ -57,15 +57,19 @@ def export_onnx(ck: Checkpoint, out: str | Path, *, batch: int | None = None,
     Returns:
         What was exported and measured.
     """
-    if ck.scores and not ck.masks:
-        raise PrunekitError(f"{ck.name} holds importance scores but no masks: it is the dense "
-                            f"model, scored for pruning; prune it first (prunekit mask "
-                            f"--ratio R), then export the result")
+    _refuse_scored(ck)
     # A checkpoint's state holds its masks' zeros (mask writes them, finetune keeps them).
     exported = onnx.export(ck.build(), batch=batch, opset=opset, decoded=decoded, verify=verify,
                            name=ck.name)
     onnx.write(exported, out)
     return exported
+
+
+def _refuse_scored(ck: Checkpoint) -> None:
+    if ck.scores and not ck.masks:
+        raise PrunekitError(f"{ck.name} holds importance scores but no masks: it is the dense "
+                            f"model, scored for pruning; prune it first (prunekit mask "
+                            f"--ratio R), then export the result")
 
 
 # -------------------------------------------------------------------------------------- INT8
@@ -148,10 +152,28 @@ def export_int8(ck: Checkpoint, out: str | Path, config: Int8Config, *,
         batch: a fixed batch size, or None for a dynamic batch dimension.
         opset: the ONNX opset.
     """
+    config.check()
+    _refuse_scored(ck)
+    model = ck.build()
+    calib_set, chosen, val_set, held = _split(config, model)
+    exported = onnx.export(model, batch=batch, opset=opset, name=ck.name)
+    size = batch or 1
+    feeds = _calibration_feeds(model, calib_set, chosen, exported.graph.inputs, size)
+    done = quantize.quantize(exported.data, model.quantization(), feeds,
+                             -(-len(chosen) // size), method=config.method)
+    data = _int8_metadata(done, config, len(chosen))
+    sqnr, metrics = _check_int8(exported.data, data, val_set, held, config, ck.name)
+    onnx.write_bytes(data, out)
+    return Int8Exported(exported, data, done, sqnr, metrics, len(held),
+                        [calib_set.images[i]["id"] for i in chosen])
+
+
+def _split(config: Int8Config, model: Detector) -> tuple[Any, list[int], Any, list[int]]:
+    """The calibration dataset and the indices of its calibration images (``calib`` drawn
+    with ``seed``), and the check's dataset and the indices of its images that did not
+    calibrate (compared by image file)."""
     from prunekit.data.coco import CocoDetection, read_categories
 
-    config.check()
-    model = ck.build()
     _check_classes(config.data, read_categories(config.data), model.classes)
     calib_set = CocoDetection(config.data, model.transform, images=config.images,
                               classes=model.classes)
@@ -167,18 +189,7 @@ def export_int8(ck: Checkpoint, out: str | Path, config: Int8Config, *,
     if not held:
         raise PrunekitError(f"every image of {config.val or config.data} calibrates, so none "
                             f"is left to check the INT8 model on; lower --calib or give --val")
-    if ck.scores and not ck.masks:
-        export_onnx(ck, out, verify=False)  # refuses it, with the message
-    exported = onnx.export(model, batch=batch, opset=opset, name=ck.name)
-    size = batch or 1
-    feeds = _calibration_feeds(model, calib_set, chosen, exported.graph.inputs, size)
-    done = quantize.quantize(exported.data, model.quantization(), feeds,
-                             -(-len(chosen) // size), method=config.method)
-    data = _int8_metadata(done, config, len(chosen))
-    sqnr, metrics = _check_int8(exported.data, data, val_set, held, config, ck.name)
-    onnx.write_bytes(data, out)
-    return Int8Exported(exported, data, done, sqnr, metrics, len(held),
-                        [calib_set.images[i]["id"] for i in chosen])
+    return calib_set, chosen, val_set, held
 
 
 def _check_classes(data: str, categories: list[dict[str, Any]], classes: list[str]) -> None:

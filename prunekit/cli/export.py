@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import check_output, console, read_checkpoint
 from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt
+
+if TYPE_CHECKING:
+    from prunekit.checkpoint import Checkpoint
+    from prunekit.export import Int8Config
 
 EXAMPLE = """Examples:
 
@@ -105,7 +109,9 @@ def export_cmd(
                   f"{done.batch}; {checked})", highlight=False)
 
 
-def _int8_config(data, calib, method, val, images, seed, decoded):  # noqa: ANN001, ANN202
+def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
+                 images: Path | None, seed: int, decoded: bool) -> Int8Config:
+    """The INT8 settings, checked before the checkpoint is read."""
     from prunekit.errors import PrunekitError
     from prunekit.export import Int8Config
 
@@ -120,7 +126,9 @@ def _int8_config(data, calib, method, val, images, seed, decoded):  # noqa: ANN0
                       images=str(images) if images is not None else None, seed=seed).check()
 
 
-def _export_int8(ck, output, config, batch, opset) -> None:  # noqa: ANN001
+def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | None,
+                 opset: int) -> None:
+    """Export, then say what was quantized, what stayed in float and what the check measured."""
     from prunekit.export import export_int8
 
     with console.status(f"INT8: calibrating on {config.calib} images, checking on the rest",
