@@ -9,7 +9,9 @@ images.
 the operator types worth running in integers, and the modules that stay in float with the reason
 (the graph's nodes carry the module path they were exported from, so a module is found by
 name). Operator types outside the plan run in float between a DequantizeLinear and a
-QuantizeLinear: Deformable DETR's ``GridSample`` (the deformable sampling) always does.
+QuantizeLinear: Deformable DETR's ``GridSample`` (the deformable sampling) always does. Matrix
+products are quantized where one side is a weight (``MatMulConstBOnly``): attention's products
+of two activations stay in float.
 
 **Calibration** (``method``): ``minmax`` (each tensor's observed range), ``entropy`` (the range
 that minimises the KL divergence between the float and the quantized histogram, TensorRT's
@@ -22,6 +24,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import fnmatch
+import io
 import json
 import logging
 import tempfile
@@ -89,14 +92,16 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     excluded, kept = _excluded(proto, plan)
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
-    with tempfile.TemporaryDirectory(prefix="prunekit-int8-") as tmp, _root_log_quiet():
+    # The histogram calibrators print their progress on stdout, which carries data here.
+    with tempfile.TemporaryDirectory(prefix="prunekit-int8-") as tmp, _root_log_quiet(), \
+            contextlib.redirect_stdout(io.StringIO()):
         out = Path(tmp) / "int8.onnx"
         quantize_static(proto, out, _Reader(feeds, count), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(plan.op_types), per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         nodes_to_exclude=excluded, calibrate_method=calibrate,
                         extra_options={"CalibStridedMinMax": _round(count),
-                                       "CalibTensorRangeSymmetric": False})
+                                       "MatMulConstBOnly": True})
         q = onnx.load(str(out))
     dequantized = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     quantized = Counter(n.op_type for n in q.graph.node if n.op_type in plan.op_types
