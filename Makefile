@@ -39,15 +39,18 @@ BASE_THREADS   ?= 2
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The example model family (examples/family-plugin/, a separate package) is installed too: the
+# tests run it through the conformance suite and the command line, as any installed family.
+$(STAMP): pyproject.toml examples/family-plugin/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e examples/family-plugin
 	touch $(STAMP)
 
 # The full suite, slow end-to-end tests included (CI runs this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=30
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)
@@ -303,7 +306,7 @@ RUN_FILES := $(foreach k,$(RUN_IDS),$(foreach c,rgb grey,$(OUT)/run$(k)/robust-$
 # Both studies write OUT/results.csv and OUT/report/report.md; STUDY says whose rules apply.
 ifneq ($(STUDY),kitti)
 $(OUT)/results.csv: $(CELLS)
-	$(call step,collect,$(PK) grid collect $(OUT) -o $@)
+	$(call step,collect,$(PK) grid collect $(OUT) --times $(OUT)/times.log -o $@)
 
 $(OUT)/report/report.md: $(OUT)/results.csv
 	$(call step,stats,$(PK) stats $< -o $(OUT)/report)

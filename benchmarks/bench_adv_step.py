@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import median_seconds, report, targets_from_rows  # noqa: E402
 
-from prunekit.attack import training_attack  # noqa: E402
+from prunekit.attack import AttackConfig, training_attack  # noqa: E402
 from prunekit.finetune import train_step  # noqa: E402
 from prunekit.init import init  # noqa: E402
 
@@ -33,7 +33,7 @@ def main(k: int = 5, batch: int = 32, threads: int = 2) -> bool:
             rows.append([i, int(torch.randint(0, 6, (1,))), x1, y1, x1 + s, y1 + s])
     targets = targets_from_rows(rows, batch, 160)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    adv = training_attack("pgd", eps=0.05, alpha=0.02, steps=k)
+    adv = training_attack(AttackConfig("pgd", eps=0.05, alpha=0.02, steps=k))
     clean = median_seconds(lambda: train_step(model, x, targets, opt), repeats=5)
     attacked = median_seconds(lambda: train_step(model, x, targets, opt, adv=adv, adv_mix=0.5),
                               repeats=3)

@@ -24,7 +24,7 @@ from _common import module_profile, print_excess, report  # noqa: E402
 from prunekit import checkpoint  # noqa: E402
 from prunekit.bench import Latency, bench, resolve_runtime  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.mask import mask, prunable  # noqa: E402
+from prunekit.mask import PruneConfig, mask, prunable  # noqa: E402
 from prunekit.score import l1_filter  # noqa: E402
 
 
@@ -36,7 +36,8 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
     dense.scores = l1_filter(dense.state, prunable(dense))
     models = {0.0: dense}
     for ratio in (0.5, 0.75):
-        small = mask(dense, ratio, granularity="filter", compact=True, round_to=round_to)
+        small = mask(dense, PruneConfig(ratio, granularity="filter", compact=True,
+                                    round_to=round_to))
         models[ratio] = checkpoint.from_bytes(checkpoint.to_bytes(small))
     figures = {r: bench(ck, latency=False) for r, ck in models.items()}
     chosen = [resolve_runtime(r, torch.device("cpu")) for r in runtimes.split(",")]

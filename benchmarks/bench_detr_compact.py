@@ -26,7 +26,7 @@ from _common import module_profile, print_excess, report  # noqa: E402
 
 from prunekit.bench import Latency, bench  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.mask import mask  # noqa: E402
+from prunekit.mask import PruneConfig, mask  # noqa: E402
 from prunekit.score import score  # noqa: E402
 
 
@@ -38,7 +38,8 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
     dense = init("deformable-detr", classes=3)
     dense.input["size"] = [height, width]
     dense = score(dense, "l1-filter")
-    small = mask(dense, ratio, granularity="filter", compact=True, round_to=round_to)
+    small = mask(dense, PruneConfig(ratio, granularity="filter", compact=True,
+                                    round_to=round_to))
     figures = {name: bench(ck, latency=False) for name, ck in (("dense", dense),
                                                                  ("pruned", small))}
     x = torch.rand(1, 3, height, width)

@@ -17,6 +17,7 @@ from _common import median_seconds, report, targets_from_rows  # noqa: E402
 from prunekit.finetune import train_step  # noqa: E402
 from prunekit.hydra import hydra  # noqa: E402
 from prunekit.init import init  # noqa: E402
+from prunekit.mask import PruneConfig  # noqa: E402
 
 
 def main(batch: int = 32, threads: int = 2) -> bool:
@@ -33,8 +34,8 @@ def main(batch: int = 32, threads: int = 2) -> bool:
     steps = 6
     for gran in ("weight", "filter"):
         def run(g: str = gran) -> None:
-            hydra(ck.build(), repeat((x, targets, None)), ratio=0.9, steps=steps,
-                  granularity=g)
+            hydra(ck.build(), repeat((x, targets, None)), PruneConfig(0.9, granularity=g),
+                  steps=steps)
 
         one = median_seconds(run, repeats=3)
         results[gran] = one / steps

@@ -29,7 +29,7 @@ from _common import report  # noqa: E402
 from prunekit import checkpoint, onnx, quantize  # noqa: E402
 from prunekit.bench import Latency, count_macs  # noqa: E402
 from prunekit.init import init  # noqa: E402
-from prunekit.mask import mask, prunable  # noqa: E402
+from prunekit.mask import PruneConfig, mask, prunable  # noqa: E402
 from prunekit.onnxfile import from_file_bytes  # noqa: E402
 from prunekit.score import l1_filter  # noqa: E402
 
@@ -82,8 +82,9 @@ def yolo(threads: int, rounds: int, seconds: float) -> bool:
     torch.manual_seed(0)
     dense = checkpoint.from_bytes(checkpoint.to_bytes(init("yolov3", classes=80, img_size=416)))
     dense.scores = l1_filter(dense.state, prunable(dense))
-    cks = {"dense": dense, "50%": mask(dense, 0.5, granularity="filter", compact=True),
-           "75%": mask(dense, 0.75, granularity="filter", compact=True)}
+    cks = {"dense": dense,
+           **{f"{r:.0%}": mask(dense, PruneConfig(r, granularity="filter", compact=True))
+              for r in (0.5, 0.75)}}
     x = torch.rand(1, 3, 416, 416)
     models = {"dense eager": Latency(dense.build(), x, "eager", threads=threads,
                                      fallback=False)}
@@ -115,8 +116,8 @@ def detr(threads: int, rounds: int, seconds: float) -> None:
     dense = init("deformable-detr", classes=3)
     dense.input["size"] = [375, 1242]
     dense.scores = l1_filter(dense.state, prunable(dense))
-    cks = {"detr dense": dense, "detr 50%": mask(dense, 0.5, granularity="filter",
-                                                 compact=True)}
+    cks = {"detr dense": dense,
+           "detr 50%": mask(dense, PruneConfig(0.5, granularity="filter", compact=True))}
     x = torch.rand(1, 3, 375, 1242)
     models = {}
     for name, ck in cks.items():

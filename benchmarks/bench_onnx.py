@@ -22,7 +22,7 @@ import torch
 from prunekit import checkpoint
 from prunekit.bench import Latency, bench, resolve_runtime
 from prunekit.init import init
-from prunekit.mask import mask, prunable
+from prunekit.mask import PruneConfig, mask, prunable
 from prunekit.score import l1_filter
 
 RATIOS = (0.0, 0.5, 0.75)
@@ -35,7 +35,7 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 7
     dense.scores = l1_filter(dense.state, prunable(dense))
     models = {0.0: dense}
     for ratio in RATIOS[1:]:
-        models[ratio] = mask(dense, ratio, granularity="filter", compact=True)
+        models[ratio] = mask(dense, PruneConfig(ratio, granularity="filter", compact=True))
     macs = {r: bench(ck, latency=False)["macs"] for r, ck in models.items()}
     runtimes = (resolve_runtime("auto", torch.device("cpu")), "onnxruntime")
     x = torch.rand(1, 3, img, img)

@@ -19,10 +19,10 @@ import torch
 
 from prunekit import checkpoint
 from prunekit.evaluate import evaluate
-from prunekit.finetune import finetune
+from prunekit.finetune import TrainConfig, finetune
 from prunekit.grid import detections_frame
-from prunekit.mask import compact_checkpoint, mask
-from prunekit.score import score
+from prunekit.mask import PruneConfig, mask
+from prunekit.score import ScoreConfig, score
 
 
 def main() -> None:
@@ -45,19 +45,19 @@ def main() -> None:
     rows = []
     for method in args.methods.split(","):
         for gran in ("weight", "filter"):
-            scored = None if method == "hydra" else score(base, method, data=train, batches=4,
-                                                          device="cpu", workers=1)
+            scored = None if method == "hydra" else score(
+                base, ScoreConfig(method, data=train, batches=4, workers=1), device="cpu")
             for ratio in (0.5, 0.9):
                 t0 = time.perf_counter()
                 ck = scored
                 if method == "hydra":
-                    ck = score(base, "hydra", data=train, ratio=ratio, granularity=gran,
-                               steps=args.hydra_steps, device="cpu", workers=1)
-                pruned = mask(ck, ratio, granularity=gran)
-                if gran == "filter":
-                    pruned = compact_checkpoint(pruned)
-                tuned = finetune(pruned, train, steps=args.steps, batch_size=32, lr=1e-3,
-                                 device="cpu", workers=1)
+                    ck = score(base, ScoreConfig("hydra", data=train, steps=args.hydra_steps,
+                                                 workers=1),
+                               target=PruneConfig(ratio, granularity=gran), device="cpu")
+                pruned = mask(ck, PruneConfig(ratio, granularity=gran,
+                                              compact=gran == "filter"))
+                tuned = finetune(pruned, TrainConfig(train, steps=args.steps, batch_size=32,
+                                                     lr=1e-3, workers=1), device="cpu")
                 dets = detections_frame(tuned, val, attack=None, batch_size=32, seed=0)
                 m = evaluate(dets, val, per_class=False)
                 rows.append({"method": method, "granularity": gran, "ratio": ratio,

@@ -43,7 +43,21 @@ METHODS = ("pgd", "fgsm")
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """An attack's settings (the paper's: PGD, ε 0.05, step 0.02, 5 steps)."""
+    """An attack's settings (the paper's: PGD, ε 0.05, step 0.02, 5 steps), one value wherever
+    an attack is used (``attack``, ``detect --attack``, adversarial ``finetune``, HYDRA, the
+    grid's evaluation), recorded whole in the output's history.
+
+    Attributes:
+        method: ``pgd`` or ``fgsm`` (with ``random_start``, FGSM with a random start and a step
+            of 1.25 ε: the training attack of "Fast is better than free").
+        eps: L∞ radius (images in [0, 1]).
+        alpha: PGD's step size.
+        steps: PGD's steps (FGSM takes one).
+        loss: the objective: ``total``, ``cls``, ``box`` or ``obj`` (vanishing).
+        random_start: start uniformly at random in the ε-ball.
+        target_conf: the confidence of the model's own detections used as targets for images
+            without labels.
+    """
 
     method: str = "pgd"
     eps: float = 0.05
@@ -53,7 +67,9 @@ class AttackConfig:
     random_start: bool = True
     target_conf: float = 0.25
 
-    def check(self) -> AttackConfig:
+    def check(self, steps_flag: str = "--steps") -> AttackConfig:
+        """Refuse settings no attack can run with (``steps_flag``: the command's flag for
+        ``steps``, named in the message)."""
         if self.method not in METHODS:
             raise PrunekitError(f"--method {self.method!r} is unknown; use pgd or fgsm")
         if self.loss not in LOSSES:
@@ -64,7 +80,7 @@ class AttackConfig:
         if self.method == "pgd" and not 0 < self.alpha <= 1:
             raise PrunekitError(f"--alpha must lie in (0, 1], got {self.alpha}")
         if self.method == "pgd" and self.steps < 1:
-            raise PrunekitError(f"--steps must be at least 1, got {self.steps}")
+            raise PrunekitError(f"{steps_flag} must be at least 1, got {self.steps}")
         return self
 
 
@@ -196,11 +212,10 @@ def attacked_batches(model: Detector, batches, config: AttackConfig, *, seed: in
         yield torch.stack(images).float().div(255), targets, records
 
 
-def training_attack(kind: str, *, eps: float, alpha: float, steps: int,
-                    loss: str = "total") -> Callable[[Detector, Tensor, list[Target]], Tensor]:
-    """``adv(model, images, targets)`` for adversarial training on transformed batches."""
-    config = AttackConfig(method=kind, eps=eps, alpha=alpha, steps=steps, loss=loss,
-                          random_start=True).check()
+def training_attack(config: AttackConfig) -> Callable[[Detector, Tensor, list[Target]], Tensor]:
+    """``adv(model, images, targets)`` for adversarial training (and HYDRA) on transformed
+    batches."""
+    config.check()
 
     def adv(model: Detector, images: Tensor, targets: list[Target]) -> Tensor:
         return perturb(model, images, objective(model, targets, config.loss), config,

@@ -172,12 +172,10 @@ def _onnxruntime_step(model: Detector | OnnxDetector, x: torch.Tensor, threads: 
         return lambda: session.run(None, feeds)
     exported = onnx.export(model, batch=x.shape[0], verify=False)
     session = onnx.session(exported.data, threads=threads)
-    # The images, and ones for any other input (Deformable DETR's pixel mask: no padding, as
-    # the PyTorch runtimes run it).
-    extra = model.graph_inputs(x.shape[0], torch.Generator().manual_seed(0))[1:]
-    feeds = dict(zip(exported.graph.inputs, [x.cpu().numpy(),
-                                             *(torch.ones_like(t).numpy() for t in extra)],
-                     strict=True))
+    # The images, and the family's neutral value for any other input (as the PyTorch runtimes
+    # run the model, without geometries).
+    feeds = {name: t.cpu().numpy() for name, t in
+             zip(exported.graph.inputs, model.neutral_inputs(x.cpu()), strict=True)}
     return lambda: session.run(None, feeds)
 
 

@@ -18,15 +18,10 @@ Storage decisions:
   cost a stored value per pruned weight, and ``-0.0 == 0.0`` in every computation).
 * Loading never unpickles anything: safetensors only, and a pickle or ``torch.save`` file is
   refused by name.
-* Integrity: the ``digest`` metadata (``crc32x16m:<8 hex digits>``) is the CRC-32 of the CRC-32s
-  of the header's content (every tensor's dtype, shape and offsets and every other metadata
-  value, as sorted JSON) and of each 16 MiB piece of the tensor payload. A changed bit changes
-  its piece's CRC, and so the digest, with certainty: CRC-32 detects every single-bit error and
-  every burst of up to 32 bits (a property of the polynomial, not a probability). zlib computes
-  it at several GB/s without the interpreter lock, so the pieces are checked on other threads
-  while the file is decoded, and nothing decoded is returned before the check has passed:
-  damaged bytes are reported, never used. It guards against damage, not tampering (anyone can
-  recompute it). Files written before digests were recorded load without the check.
+* Integrity: every checkpoint carries a digest of its bytes, written and checked by the one
+  reader and writer of prunekit's container (:mod:`prunekit.container`, shared with the
+  training-state files): damaged bytes are reported, never used; files written before digests
+  were recorded load without the check.
 """
 
 from __future__ import annotations
@@ -35,19 +30,16 @@ import copy
 import datetime as _dt
 import json
 import os
-import struct
 import sys
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from safetensors.torch import load as _st_load
-from safetensors.torch import save as _st_save
 from torch import Tensor, nn
 
+from prunekit import container
 from prunekit.errors import CheckpointError, PrunekitError
 from prunekit.files import write_atomic
 from prunekit.models import registry
@@ -213,74 +205,16 @@ def encode(ck: Checkpoint) -> tuple[dict[str, Tensor], dict[str, str]]:
 
 
 def to_bytes(ck: Checkpoint) -> bytes:
-    """The checkpoint as safetensors bytes."""
-    tensors, meta = encode(ck)
-    # safetensors refuses tensors that share storage; give each its own.
-    seen: set[int] = set()
-    for k, v in tensors.items():
-        if v.untyped_storage().data_ptr() in seen:
-            tensors[k] = v.clone()
-        seen.add(tensors[k].untyped_storage().data_ptr())
-    return _with_digest(_st_save(tensors, metadata=meta))
-
-
-_PIECE = 16 * 2**20
-
-
-def _content_crc(header: dict[str, Any], payload: memoryview | bytes) -> str:
-    """``crc32x16m:…`` of the header's content (without its digest) and the payload's pieces."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    content = dict(header)
-    meta = dict(content.get("__metadata__") or {}) if isinstance(content.get("__metadata__"),
-                                                                dict) else {}
-    meta.pop("digest", None)
-    content["__metadata__"] = meta
-    crcs = [zlib.crc32(json.dumps(content, sort_keys=True, separators=(",", ":")).encode())]
-    pieces = [payload[i:i + _PIECE] for i in range(0, len(payload), _PIECE)]
-    if len(pieces) > 1:
-        with ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-            crcs += pool.map(zlib.crc32, pieces)
-    else:
-        crcs += [zlib.crc32(p) for p in pieces]
-    return f"crc32x16m:{zlib.crc32(struct.pack(f'<{len(crcs)}I', *crcs)):08x}"
-
-
-def _with_digest(data: bytes) -> bytes:
-    """safetensors bytes with the ``digest`` metadata added (the payload is unchanged: tensor
-    offsets count from the end of the header)."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    payload = memoryview(data)[8 + n:]
-    header.setdefault("__metadata__", {})["digest"] = _content_crc(header, payload)
-    # Sorted: safetensors writes its header in an order that changes from run to run, and the
-    # same checkpoint must give the same bytes (the offsets say where each tensor lies).
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    text += b" " * (-len(text) % 8)  # safetensors keeps the payload 8-byte aligned
-    return struct.pack("<Q", len(text)) + text + payload
-
-
-def _verify_digest(data: bytes, name: str) -> None:
-    """Refuse bytes whose content no longer matches the digest written with them."""
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    meta = header.get("__metadata__")
-    recorded = meta.get("digest") if isinstance(meta, dict) else None
-    if recorded is None:
-        return  # written before digests were recorded
-    if not isinstance(recorded, str) or not recorded.startswith("crc32x16m:"):
-        raise CheckpointError(f"{name} records a digest prunekit does not know ({recorded!r}); "
-                              f"write it again, or upgrade prunekit if a newer one wrote it")
-    if _content_crc(header, memoryview(data)[8 + n:]) != recorded:
-        raise CheckpointError(f"{name} is damaged: its bytes no longer match the checksum "
-                              f"written with them ({recorded}); restore it from a copy or "
-                              f"write it again")
+    """The checkpoint as container bytes (safetensors with a digest)."""
+    return container.to_bytes(*encode(ck))
 
 
 # --------------------------------------------------------------------------------------- read
 
 
 def _check_container(data: bytes, name: str) -> None:
+    """What a checkpoint's reader can say better than the container: an empty file, and a
+    pickle (never loaded)."""
     if not data:
         raise CheckpointError(f"{name} is empty; expected a prunekit safetensors checkpoint "
                               f"(create one with `prunekit init`)")
@@ -290,36 +224,6 @@ def _check_container(data: bytes, name: str) -> None:
         raise CheckpointError(f"{name} is a pickle / torch.save file, which prunekit never loads "
                               f"(unpickling runs code); convert it to safetensors, or import "
                               f"Darknet files with `prunekit init --cfg`")
-    if len(data) < 8:
-        raise CheckpointError(f"{name} is truncated: {len(data)} bytes, less than a safetensors "
-                              f"header")
-    (n,) = struct.unpack("<Q", data[:8])
-    if n > len(data) - 8:
-        raise CheckpointError(f"{name} is truncated or not safetensors: its header claims "
-                              f"{n:,} bytes but the file has {len(data):,}")
-    try:
-        header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise CheckpointError(f"{name} is not a safetensors file (its header is not JSON); "
-                              f"is it the right file?") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{name} is not a safetensors file (its header is not a table)")
-    spans = [v.get("data_offsets") for k, v in header.items()
-             if k != "__metadata__" and isinstance(v, dict)]
-    if not all(isinstance(s, list) and len(s) == 2 and all(type(o) is int and o >= 0 for o in s)
-               for s in spans):
-        raise CheckpointError(f"{name} is a corrupt safetensors file (a tensor's data offsets "
-                              f"are not two byte positions); write it again")
-    end = max((s[1] for s in spans), default=0)
-    if 8 + n + end > len(data):
-        raise CheckpointError(f"{name} is truncated: expected {8 + n + end:,} bytes, found "
-                              f"{len(data):,}; write it again")
-
-
-def _one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message on one line, cut to ``limit`` characters."""
-    text = " ".join(str(e).split())
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _unpack_layout(raw: dict[str, Tensor], layout: Any,
@@ -356,7 +260,8 @@ def _in_layer_order(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def from_bytes(data: bytes, name: str = "checkpoint", *, verify: bool = True) -> Checkpoint:
-    """Decode safetensors bytes into a :class:`Checkpoint`.
+    """Decode container bytes into a :class:`Checkpoint` (the digest checked unless
+    ``verify`` is False).
 
     ``state``, ``masks`` and ``scores`` come in layer order (``a.2`` before ``a.10``),
     the same at every load: safetensors hands tensors back in an order that changes from one
@@ -364,29 +269,7 @@ def from_bytes(data: bytes, name: str = "checkpoint", *, verify: bool = True) ->
     score, a global threshold's ties) must see them in one order.
     """
     _check_container(data, name)
-    if not verify:
-        return _decode(data, name)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(1) as pool:  # the digest on other threads while decoding
-        check = pool.submit(_verify_digest, data, name)
-        try:
-            ck = _decode(data, name)
-        except Exception:
-            check.result()  # damage explains any decoding error best: say that first
-            raise
-        check.result()
-    return ck
-
-
-def _decode(data: bytes, name: str) -> Checkpoint:
-    try:
-        raw = _st_load(data)
-        n = struct.unpack("<Q", data[:8])[0]
-        meta = json.loads(data[8:8 + n]).get("__metadata__") or {}
-    except Exception as e:  # safetensors raises its own error types
-        raise CheckpointError(f"{name} is a corrupt safetensors file ({_one_line(e)}); write it "
-                              f"again") from None
+    raw, meta = container.from_bytes(data, name, check_digest=verify)
     if "prunekit" not in meta:
         raise CheckpointError(f"{name} is safetensors but not a prunekit checkpoint (no "
                               f"'prunekit' metadata); create one with `prunekit init`")
@@ -408,7 +291,7 @@ def _decode(data: bytes, name: str) -> Checkpoint:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{name}: its layout metadata is corrupt ({type(e).__name__}: "
-                              f"{_one_line(e)}); write it again") from None
+                              f"{container.one_line(e)}); write it again") from None
     scores = {}
     for key in list(raw):
         if key.startswith("scores."):
@@ -416,8 +299,9 @@ def _decode(data: bytes, name: str) -> Checkpoint:
     state.update(raw)
     family = meta.get("family", registry.LEGACY_FAMILY)
     if family not in registry.names():
-        raise CheckpointError(f"{name} holds a {family!r} model, a family this prunekit does "
-                              f"not know ({', '.join(registry.names())}); upgrade prunekit")
+        raise CheckpointError(f"{name} holds a {family!r} model, a family that is not "
+                              f"installed (installed: {', '.join(registry.names())}); install "
+                              f"the package that provides it, or upgrade prunekit")
     return Checkpoint(state=_in_layer_order(state), arch=arch, classes=classes,
                       input=input_spec, history=history, masks=_in_layer_order(masks),
                       scores=_in_layer_order(scores), family=family, name=name,

@@ -1,7 +1,8 @@
 """Export a checkpoint in a format another tool loads: ONNX, for every family
 (:mod:`prunekit.onnx`), float or static INT8 (:mod:`prunekit.quantize`, checked against the
-float file and measured on held-out images), and Hugging Face ``save_pretrained`` folders
-(Deformable DETR), through the family that knows the format."""
+float file and measured on held-out images), and each family's own formats (its
+``export_options``, e.g. Deformable DETR's Hugging Face ``save_pretrained`` folders), through the
+family that knows the format."""
 
 from __future__ import annotations
 
@@ -19,22 +20,26 @@ from prunekit.models import registry
 from prunekit.models.base import Detector
 
 
-def export(ck: Checkpoint, out: str | Path, *, fmt: str = "hf") -> Path:
-    """Write ``ck`` to ``out`` as ``fmt``; the output appears complete or not at all.
+def export(ck: Checkpoint, out: str | Path, *, fmt: str) -> Path:
+    """Write ``ck`` to ``out`` in a format its family writes; the output appears complete or
+    not at all.
 
     Args:
         ck: the checkpoint (masks applied: its state is what is written).
-        out: the output path (a folder for ``hf``; it must not exist, or be empty).
-        fmt: ``hf``, a ``save_pretrained`` folder.
+        out: the output path (e.g. a folder for ``hf``, which must not exist, or be empty).
+        fmt: the name of one of the family's export options (e.g. ``hf``, a
+            ``save_pretrained`` folder).
 
     Returns:
         The path written.
     """
     family = registry.get(ck.family)
-    formats = family.export_formats
-    if fmt not in formats:
+    formats = [o.flag for o in family.export_options]
+    if f"--{fmt}" not in formats:
+        _, other = registry.owner("export", fmt)
         raise PrunekitError(f"{ck.name} is a {ck.family} model, which exports to "
-                            f"{', '.join(formats) or 'no other format'}, not {fmt}")
+                            f"{', '.join(formats) or 'ONNX only'}; {other.flag} is another "
+                            f"family's format")
     family.export(ck.build(), fmt, Path(out))
     return Path(out)
 

@@ -21,14 +21,19 @@ Thresholds: detections are made once at confidence 0.001 and evaluated twice, as
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from prunekit import checkpoint
+from prunekit.attack import AttackConfig
 from prunekit.errors import PrunekitError
+from prunekit.finetune import TrainConfig
+from prunekit.mask import PruneConfig
 
 SCENARIOS: dict[str, dict[str, str]] = {
     "unstructured-deeplift": {"granularity": "weight", "method": "deeplift", "colour": "rgb"},
@@ -73,46 +78,54 @@ def _metrics(dets: pd.DataFrame, val: str, prefix: str) -> dict[str, Any]:
     return out
 
 
-def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: float,
-         data: str | Path, val: str | Path, granularity: str = "weight", steps: int = 20,
-         batch_size: int = 16, lr: float = 2e-3, weight_decay: float = 0.05,
-         adv: str = "fgsm", adv_mix: float = 0.5, eps: float = 0.05, alpha: float = 0.02,
-         attack_steps: int = 5, adv_eval: bool = True, images: str | Path | None = None,
-         method: str | None = None, seed: int = 0, threads: int = 1, device: str = "cpu",
-         bench_seconds: float = 1.0, runtime: str = "eager",
-         reuse: str | Path | None = None) -> dict[str, Any]:
-    """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
+@dataclass(frozen=True)
+class Measure:
+    """How a cell measures its model: detections on ``val`` (clean, and under ``attack``),
+    evaluated, then the size and latency.
 
-    Args:
-        model: the scored robust checkpoint (``ratio`` 0: any checkpoint, used as it is).
-        out: the cell's folder.
-        scenario: scenario name (recorded; its granularity, method and colour too).
-        run: run number.
-        ratio: pruning ratio.
-        data: training COCO JSON for the fine-tune.
-        val: validation COCO JSON for detection.
-        granularity: ``weight`` or ``filter`` (filter masks are compacted before fine-tuning:
-            the compacted model computes the same function, trains faster and times honestly).
-        steps: fine-tuning steps after pruning (0: measured straight after pruning).
-        batch_size: fine-tuning batch size.
-        lr: fine-tuning learning rate.
-        weight_decay: fine-tuning weight decay.
-        adv: fine-tuning attack (``fgsm``: FGSM with random start; ``pgd``; ``none``).
-        adv_mix: weight of the adversarial loss.
-        eps: attack radius, for training and for the evaluation attack.
-        alpha: PGD step of the evaluation attack (and of PGD training).
-        attack_steps: PGD steps of the evaluation attack (and of PGD training).
-        adv_eval: also detect on PGD-attacked images (the ``adv_*`` metrics).
-        images: image root of ``data`` and ``val`` (default: each JSON's folder).
-        method: the score method the model was pruned by (recorded; default: the scenario's).
-        seed: seed of the fine-tune and the attack.
-        threads: CPU threads (1 when cells run side by side).
-        device: where the cell trains, detects and is timed (``cpu`` or ``cuda``; a CUDA cell
-            also reports its latency on CUDA).
+    Attributes:
+        val: validation COCO JSON.
+        images: its image root (None: the JSON's folder).
+        attack: the evaluation attack (the paper's PGD: ε 0.05, step 0.02, 5 steps), giving the
+            ``adv_*`` metrics; None: clean only.
         bench_seconds: seconds of timed runs for the latency.
         runtime: the latency's runtime (see :mod:`prunekit.bench`). Eager by default: a latency
             curve must use one runtime throughout, and oneDNN Graph cannot compile some of the
             1- to 3-channel layers that 95-99 % filter pruning of the small model leaves.
+        threads: CPU threads (1 when cells run side by side).
+        seed: seed of the evaluation attack's random start.
+    """
+
+    val: str
+    images: str | None = None
+    attack: AttackConfig | None = AttackConfig(method="pgd", eps=0.05, alpha=0.02, steps=5)
+    bench_seconds: float = 1.0
+    runtime: str = "eager"
+    threads: int = 1
+    seed: int = 0
+
+
+def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: PruneConfig,
+         train: TrainConfig | None, attack: AttackConfig | None, measure: Measure,
+         method: str | None = None, device: str = "cpu",
+         reuse: str | Path | None = None) -> dict[str, Any]:
+    """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
+
+    Args:
+        model: the scored robust checkpoint (``prune.ratio`` 0: any checkpoint, used as it is).
+        out: the cell's folder.
+        scenario: scenario name (recorded; its granularity, method and colour too).
+        run: run number.
+        prune: the pruning (ratio and granularity; filter masks are compacted before
+            fine-tuning, ``prune.compact``: the compacted model computes the same function,
+            trains faster and times honestly).
+        train: the fine-tune after pruning; None: measured straight after pruning.
+        attack: the fine-tune's attack (``fgsm``: FGSM with random start; ``pgd``); None: a
+            clean fine-tune.
+        measure: the evaluation and the latency.
+        method: the score method the model was pruned by (recorded; default: the scenario's).
+        device: where the cell trains, detects and is timed (``cpu`` or ``cuda``; a CUDA cell
+            also reports its latency on CUDA).
         reuse: the ``result.json`` of an identical cell to copy instead of measuring again
             (ratio 0: the four colour scenarios share the same unpruned model), relabelled for
             this scenario.
@@ -132,31 +145,27 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, ratio: 
         raise PrunekitError(f"--run must be at least 1, got {run}")
     if method is not None and method not in METHODS:
         raise PrunekitError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
-    torch.set_num_threads(threads)
-    resolve_runtime(runtime, resolve_device(device))  # a bad --runtime fails before the work
+    prune.check()
+    torch.set_num_threads(measure.threads)
+    resolve_runtime(measure.runtime, resolve_device(device))  # a bad --runtime fails first
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    labels = {"scenario": scenario, "run": run, "ratio": ratio,
-              **SCENARIOS.get(scenario, {"granularity": granularity}),
-              **({"method": method} if method else {}), "finetune_steps": steps}
+    labels = {"scenario": scenario, "run": run, "ratio": prune.ratio,
+              **SCENARIOS.get(scenario, {"granularity": prune.granularity}),
+              **({"method": method} if method else {}),
+              "finetune_steps": train.steps if train is not None else 0,
+              "source": str(model)}
     if reuse is not None:
-        row = _reused(reuse, ratio, labels)
+        row = _reused(reuse, prune.ratio, labels)
     else:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        ck = _pruned(checkpoint.load(model), ratio, times, granularity=granularity, data=data,
-                     steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                     adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha, attack_steps=attack_steps,
-                     images=images, seed=seed, device=device)
+        ck = _pruned(checkpoint.load(model), prune, train, attack, times, device)
         path = out / "model.st"
         checkpoint.save(ck, path)
         ck = checkpoint.load(path)
         labels["family"] = ck.family
-        row = {**labels, **_measured(ck, str(val), times, eps=eps, alpha=alpha,
-                                     attack_steps=attack_steps, adv_eval=adv_eval,
-                                     images=images, seed=seed, threads=threads,
-                                     bench_seconds=bench_seconds, runtime=runtime,
-                                     device=device)}
+        row = {**labels, **_measured(ck, measure, times, device=device)}
         times["total"] = time.perf_counter() - t0
         row.update({f"seconds_{k}": round(v, 2) for k, v in times.items()})
     checkpoint.write_atomic(out / "result.json", json.dumps(row, indent=1).encode())
@@ -179,64 +188,58 @@ def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str
     return row
 
 
-def _pruned(ck, ratio: float, times: dict[str, float], *, granularity: str, data: str | Path,
-            steps: int, batch_size: int, lr: float, weight_decay: float, adv: str,
-            adv_mix: float, eps: float, alpha: float, attack_steps: int,
-            images: str | Path | None, seed: int, device: str = "cpu"):
-    """The cell's model: masked at ``ratio`` (compacted for filters), then fine-tuned (under
-    attack unless ``adv`` is ``none``; not at all with 0 ``steps``); ratio 0 is the model as it
-    is, without its scores, fine-tuned the same way (the control for the fine-tune itself)."""
+def _pruned(ck, prune: PruneConfig, train: TrainConfig | None, attack: AttackConfig | None,
+            times: dict[str, float], device: str):
+    """The cell's model: masked (compacted for filters), then fine-tuned (under ``attack``
+    unless it is None; not at all without ``train``); ratio 0 is the model as it is, without
+    its scores, fine-tuned the same way (the control for the fine-tune itself)."""
     from prunekit.finetune import finetune
-    from prunekit.mask import compact_checkpoint, mask
+    from prunekit.mask import mask
 
-    if ratio == 0:
+    if prune.ratio == 0:
         ck.scores = {}
-        if steps == 0 or adv != "none":  # the first study's ratio 0: the robust model itself
+        if train is None or attack is not None:  # the first study's ratio 0: the robust model
             return ck
     else:
         t = time.perf_counter()
-        ck = mask(ck, ratio, granularity=granularity)
-        if granularity == "filter":
-            ck = compact_checkpoint(ck)
+        ck = mask(ck, prune)
         times["mask"] = time.perf_counter() - t
-    if steps == 0:
+    if train is None:
         return ck
     t = time.perf_counter()
-    ck = finetune(ck, data, steps=steps, batch_size=batch_size, lr=lr,
-                  weight_decay=weight_decay, adv=adv, adv_mix=adv_mix, eps=eps, alpha=alpha,
-                  adv_steps=attack_steps, images=images, seed=seed, device=device, workers=0)
+    ck = finetune(ck, train, attack, device=device)
     times["finetune"] = time.perf_counter() - t
     return ck
 
 
-def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float,
-              attack_steps: int, adv_eval: bool, images: str | Path | None, seed: int,
-              threads: int, bench_seconds: float, runtime: str,
+def _measured(ck, measure: Measure, times: dict[str, float], *,
               device: str = "cpu") -> dict[str, Any]:
-    """Clean (and PGD-attacked) mAP, and the model's size and latency."""
-    from prunekit.attack import AttackConfig
+    """Clean (and attacked) mAP, and the model's size and latency."""
     from prunekit.bench import bench
 
+    val = str(measure.val)
     t = time.perf_counter()
-    clean = detections_frame(ck, val, images=images, attack=None, batch_size=32, seed=seed,
-                             device=device)
+    clean = detections_frame(ck, val, images=measure.images, attack=None, batch_size=32,
+                             seed=measure.seed, device=device)
     times["detect"] = time.perf_counter() - t
     t = time.perf_counter()
     row = _metrics(clean, val, "")
     times["evaluate"] = time.perf_counter() - t
-    if adv_eval:
+    if measure.attack is not None:
         t = time.perf_counter()
-        attack = AttackConfig(method="pgd", eps=eps, alpha=alpha, steps=attack_steps).check()
-        attacked = detections_frame(ck, val, images=images, attack=attack, batch_size=32,
-                                    seed=seed, device=device)
+        attacked = detections_frame(ck, val, images=measure.images,
+                                    attack=measure.attack.check(), batch_size=32,
+                                    seed=measure.seed,
+                                    device=device)
         times["detect_pgd"] = time.perf_counter() - t
         t = time.perf_counter()
         row.update(_metrics(attacked, val, "adv_"))
         times["evaluate"] += time.perf_counter() - t
     t = time.perf_counter()
-    figures = bench(ck, threads=threads, min_run_time=bench_seconds, runtime=runtime)
+    figures = bench(ck, threads=measure.threads, min_run_time=measure.bench_seconds,
+                    runtime=measure.runtime)
     if device != "cpu":  # the CPU figure keeps every cell comparable; CUDA's goes beside it
-        gpu = bench(ck, device=device, latency=True, min_run_time=bench_seconds,
+        gpu = bench(ck, device=device, latency=True, min_run_time=measure.bench_seconds,
                     runtime="eager")
         row["latency_cuda_ms"] = gpu["latency_ms"]
     times["bench"] = time.perf_counter() - t
@@ -244,14 +247,20 @@ def _measured(ck, val: str, times: dict[str, float], *, eps: float, alpha: float
                 "params_nonzero", "sparsity", "bytes_stored", "bytes_dense",
                 "compression_ratio"):
         row[key] = figures[key]
-    row["threads"] = threads
+    row["threads"] = measure.threads
     row["runtime"] = figures["runtime"]
     return row
 
 
-def collect(root: str | Path) -> pd.DataFrame:
+def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
     """Every ``<scenario>/run<k>/r<ratio>/result.json`` under ``root`` as one long table,
-    sorted by scenario, run and ratio."""
+    sorted by scenario, run and ratio.
+
+    With ``times`` (the grid's ``times.log``: ``STAGE TARGET MILLISECONDS`` per step), each
+    pruned cell (ratio above 0) also gets ``seconds_score``: the time of the step that wrote the
+    checkpoint it started from (its ``source``, a score file in the grids), as the paper's
+    finding on the cost of DeepLIFT's scores needs.
+    """
     root = Path(root)
     files = sorted(root.glob("*/run*/r*/result.json"))
     if not files:
@@ -271,9 +280,44 @@ def collect(root: str | Path) -> pd.DataFrame:
             raise PrunekitError(f"{f} has no {', '.join(missing)}: it is not a cell result; "
                                 f"delete it and run the grid again")
     df = pd.DataFrame(rows)
+    if times is not None:
+        steps = _step_times(times)
+        if "source" in df.columns:
+            seconds = df["source"].map(lambda s: steps.get(_key(s)) if isinstance(s, str)
+                                       else None)
+            df["seconds_score"] = seconds.where(df["ratio"] > 0)
+    if "source" in df.columns:  # relative to the grid, so two runs of one grid compare equal
+        df["source"] = df["source"].map(lambda s: _below(s, root) if isinstance(s, str) else s)
     lead = ["scenario", "run", "ratio", "granularity", "method", "colour"]
     cols = [c for c in lead if c in df.columns] + sorted(c for c in df.columns if c not in lead)
     return df[cols].sort_values(["scenario", "run", "ratio"]).reset_index(drop=True)
+
+
+def _below(path: str, root: Path) -> str:
+    """``path`` relative to ``root`` when it lies inside it, else as it was recorded."""
+    rel = os.path.relpath(_key(path), _key(str(root)))
+    return path if rel.startswith("..") else rel
+
+
+def _key(path: str) -> str:
+    return os.path.normpath(os.path.abspath(path))
+
+
+def _step_times(path: str | Path) -> dict[str, float]:
+    """Seconds per target from a ``times.log`` (the last line of a target wins)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as e:
+        raise PrunekitError(f"--times {path}: cannot read it ({e.strerror}); give the grid's "
+                            f"times.log") from None
+    out = {}
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise PrunekitError(f"{path}, line {n}: expected 'STAGE TARGET MILLISECONDS', got "
+                                f"{line[:60]!r}; give the times.log the grid's steps write")
+        out[_key(parts[1])] = int(parts[2]) / 1000
+    return out
 
 
 def subset(src: str | Path, dest: str | Path, images: int) -> int:

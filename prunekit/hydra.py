@@ -6,7 +6,7 @@ through a mask that keeps the top (1 − ratio) of |s| per layer (``scope="layer
 overall (``global``), at the target granularity (a filter's or kernel's score being the mean of
 its weights'), with a straight-through estimator: the mask's gradient reaches every score
 unchanged. The objective is the model's detection loss, on adversarial examples of the masked
-model with ``adv="pgd"`` (as HYDRA). BatchNorm stays in eval mode: scoring never changes the
+model under a PGD ``attack`` (as HYDRA). BatchNorm stays in eval mode: scoring never changes the
 model. The mask is a top-k selection (``torch.topk``, a partial selection), not a full sort on
 every forward pass; units are ranked by the same :class:`~prunekit.mask.Units` as ``mask``.
 """
@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from prunekit.attack import AttackConfig
 from prunekit.errors import PrunekitError
-from prunekit.mask import Units, unit_scores
+from prunekit.mask import PruneConfig, Units, unit_scores
 from prunekit.models.base import Detector
 
 Progress = Callable[[int, int], None]
@@ -77,26 +78,23 @@ class HydraMasker:
         return out
 
 
-def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: float = 0.1,
-          momentum: float = 0.9, granularity: str = "weight", scope: str = "layer",
-          adv: str = "none", eps: float = 0.05, alpha: float = 0.02, adv_steps: int = 5,
+def hydra(model: Detector, batches: Iterable, target: PruneConfig, *, steps: int,
+          lr: float = 0.1, momentum: float = 0.9, attack: AttackConfig | None = None,
           masks: dict[str, Tensor] | None = None, seed: int = 0,
           progress: Progress | None = None) -> dict[str, Tensor]:
     """HYDRA score optimisation (see the module docstring).
 
     Args:
-        model: the detector; its weights are frozen and unchanged.
+        model: the detector; its weights are frozen and unchanged (their ``requires_grad``
+            too).
         batches: an endless or long enough iterable of training batches.
-        ratio: the target pruning ratio the mask is built at.
+        target: the pruning the mask is built for during optimisation: its ratio, granularity
+            and scope.
         steps: SGD steps on the scores.
         lr: SGD learning rate (HYDRA: 0.1, cosine decay).
         momentum: SGD momentum.
-        granularity: mask granularity during optimisation.
-        scope: ``layer`` or ``global``.
-        adv: ``pgd`` or ``fgsm`` to optimise on adversarial examples of the masked model.
-        eps: attack radius.
-        alpha: attack step.
-        adv_steps: PGD steps.
+        attack: optimise on adversarial examples of the masked model (``pgd`` or ``fgsm``);
+            None: on clean images.
         masks: earlier masks: pruned weights stay pruned (their weight is zero).
         seed: seed for the attack's random start.
         progress: ``progress(step, steps)`` callback.
@@ -104,6 +102,7 @@ def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: f
     Returns:
         The optimised scores (|s| ranks the weights), float32 on the CPU.
     """
+    ratio, granularity, scope = target.ratio, target.granularity, target.scope
     model.eval()
     device = next(model.parameters()).device
     state = model.state_dict()
@@ -113,14 +112,15 @@ def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: f
     masker = HydraMasker(model, ratio, granularity, scope)
     optimizer = torch.optim.SGD(list(scores.values()), lr=lr, momentum=momentum,
                                 weight_decay=1e-4)
-    attack = None
-    if adv != "none":
+    adversary = None
+    if attack is not None:
         from prunekit.attack import training_attack
 
-        attack = training_attack(adv, eps=eps, alpha=alpha, steps=adv_steps)
+        adversary = training_attack(attack)
         shadow = copy.deepcopy(model).eval()
         shadow_params = dict(shadow.named_parameters())
-    for p in model.parameters():
+    trainable = {p: p.requires_grad for p in model.parameters()}
+    for p in trainable:
         p.requires_grad_(False)
     step = 0
     try:
@@ -130,13 +130,13 @@ def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: f
             for group in optimizer.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
             x = images.to(device)
-            if attack is not None:
+            if adversary is not None:
                 with torch.no_grad():
                     current = masker.masks(scores)
                     for n, w in weights.items():
                         shadow_params[n].copy_(w * current[n])
                 torch.manual_seed(seed * 1_000_003 + step)
-                x = attack(shadow, x, targets)
+                x = adversary(shadow, x, targets)
             m = masker.masks(scores)
             overrides = {n: weights[n] * m[n] for n in weights}
             geometries = [t.geometry for t in targets]
@@ -153,8 +153,8 @@ def hydra(model: Detector, batches: Iterable, *, ratio: float, steps: int, lr: f
             if progress:
                 progress(step, steps)
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in trainable.items():  # frozen parameters (an imported backbone) stay so
+            p.requires_grad_(flag)
     if step < steps:
         raise PrunekitError(f"the data ran out after {step} of {steps} HYDRA steps; lower "
                             f"--steps")

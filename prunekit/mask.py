@@ -26,7 +26,8 @@ masks (:mod:`prunekit.hydra`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -49,6 +50,37 @@ def check_granularity(granularity: str, scope: str) -> None:
                             f"filter")
     if scope not in SCOPES:
         raise PrunekitError(f"--scope {scope!r} is unknown; use layer or global")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune, one value wherever pruning settings travel: ``prunekit mask``'s flags,
+    HYDRA's target (its ratio, granularity and scope), a grid cell's pruning; recorded whole in
+    the output's history.
+
+    Attributes:
+        ratio: fraction of units removed, in [0, 1).
+        granularity: ``weight``, ``kernel`` or ``filter``.
+        scope: ``layer`` (the same ratio in every layer) or ``global``.
+        compact: physically remove the pruned filters (:func:`compact_checkpoint`).
+        round_to: filters: every channel group keeps a multiple of this many channels (its
+            next best ones, never more than it has): the widths CPU kernels vectorise best,
+            for a few more MACs. 1: no rounding.
+    """
+
+    ratio: float
+    granularity: str = "weight"
+    scope: str = "layer"
+    compact: bool = False
+    round_to: int = 1
+
+    def check(self) -> PruneConfig:
+        check_granularity(self.granularity, self.scope)
+        check_round_to(self.round_to, self.granularity)
+        if not 0 <= self.ratio < 1:
+            raise PrunekitError(f"--ratio must lie in [0, 1) (the fraction removed), got "
+                                f"{self.ratio}")
+        return self
 
 
 def prunable(ck: Checkpoint) -> list[str]:
@@ -97,11 +129,17 @@ class Units:
     their filter scores.
     """
 
-    def __init__(self, model: Detector, granularity: str) -> None:
+    def __init__(self, model: Detector, granularity: str,
+                 scored: Collection[str] | None = None) -> None:
+        """``scored``: the weights that have scores (default: every prunable weight); units
+        of the others, and filter groups ranked by them, are left whole."""
         self.granularity = granularity
         self.names = model.prunable()
+        if scored is not None:
+            self.names = [n for n in self.names if n in scored]
         if granularity == "filter":
-            self.groups = [g for g in model.channel_groups() if g.prunable]
+            self.groups = [g for g in model.channel_groups()
+                           if g.prunable and all(n in self.names for n in g.scored)]
             self.sets = [g.scored for g in self.groups]
         else:
             self.groups = []
@@ -193,24 +231,47 @@ def make_masks(ck: Checkpoint, ratio: float, *, granularity: str = "weight",
         raise PrunekitError(f"--ratio must lie in [0, 1) (the fraction removed), got {ratio}")
     model = ck.skeleton()
     scores = _checked_scores(ck, model.prunable())
-    units = Units(model, granularity)
-    per_weight = {n: _earlier(unit_scores(s, granularity), ck.masks.get(n), granularity)
-                  for n, s in scores.items()}
+    return masks_from_scores(model, ck.state, scores, ratio, granularity=granularity,
+                             scope=scope, earlier=ck.masks, round_to=round_to)
+
+
+def masks_from_scores(model: Detector, state: Mapping[str, Tensor],
+                      scores: Mapping[str, Tensor], ratio: float, *, granularity: str,
+                      scope: str, earlier: Mapping[str, Tensor],
+                      round_to: int = 1) -> dict[str, Tensor]:
+    """Keep-masks (on the CPU) at ``ratio`` from per-weight ``scores`` of ``model``'s prunable
+    weights, combined with the ``earlier`` masks, whose removed units rank first; with
+    ``round_to``, every filter group keeps a multiple of it (see :class:`PruneConfig`)."""
+    units = Units(model, granularity, scored=scores)
+    old = {n: m.cpu() for n, m in earlier.items()}
+    per_weight = {n: _earlier(unit_scores(s.detach().float().cpu(), granularity), old.get(n),
+                              granularity) for n, s in scores.items()}
     keeps = units.select(units.scores(per_weight), ratio, scope, keep_highest, round_to)
-    new = units.expand(keeps, {n: t.shape for n, t in ck.state.items()})
-    combined = dict(ck.masks)
+    new = units.expand(keeps, {n: t.shape for n, t in state.items()})
+    combined = dict(old)
     for n, m in new.items():
-        combined[n] = m & ck.masks[n] if n in ck.masks else m.clone()
+        combined[n] = m & old[n] if n in old else m.clone()
     return combined
 
 
+def unscored(ck: Checkpoint) -> list[str]:
+    """The prunable weights the last ``score`` left without a score (no gradient): left
+    unpruned."""
+    entry = next((h for h in reversed(ck.history) if h.get("command") == "score"), None)
+    return list((entry or {}).get("args", {}).get("unscored") or []) if ck.scores else []
+
+
 def _checked_scores(ck: Checkpoint, names: list[str]) -> dict[str, Tensor]:
-    missing = [n for n in names if n not in ck.scores]
-    if missing:
-        raise PrunekitError(f"{ck.name} has no scores for {missing[0]!r}; run `prunekit score` "
+    """The scores of every prunable weight that has one: all of them, but those the last
+    ``score`` left unscored."""
+    left = set(unscored(ck))
+    missing = [n for n in names if n not in ck.scores and n not in left]
+    if missing or not ck.scores:
+        name = missing[0] if missing else names[0]
+        raise PrunekitError(f"{ck.name} has no scores for {name!r}; run `prunekit score` "
                             f"on this checkpoint first")
     scores = {}
-    for n in names:
+    for n in (n for n in names if n in ck.scores):
         s = ck.scores[n].float()
         if s.shape != ck.state[n].shape:
             raise PrunekitError(f"{ck.name}: scores for {n!r} have shape {list(s.shape)}, the "
@@ -237,33 +298,24 @@ def apply(state: dict[str, Tensor], masks: dict[str, Tensor]) -> dict[str, Tenso
     return out
 
 
-def mask(ck: Checkpoint, ratio: float, *, granularity: str = "weight", scope: str = "layer",
-         compact: bool = False, round_to: int = 1) -> Checkpoint:
-    """Prune a scored checkpoint: masks at ``ratio``, applied; optionally compacted.
-
-    Args:
-        ck: a checkpoint with scores.
-        ratio: fraction of units removed.
-        granularity: ``weight``, ``kernel`` or ``filter``.
-        scope: ``layer`` or ``global``.
-        compact: physically remove the filters that are entirely zero (see
-            :func:`compact_checkpoint`).
-        round_to: filters: keep a multiple of this many channels in every group.
+def mask(ck: Checkpoint, config: PruneConfig) -> Checkpoint:
+    """Prune a scored checkpoint: masks at ``config.ratio``, applied; compacted when
+    ``config.compact`` (see :func:`compact_checkpoint`).
 
     Returns:
         The pruned checkpoint: masks, no scores.
     """
-    masks = make_masks(ck, ratio, granularity=granularity, scope=scope, round_to=round_to)
+    config.check()
+    masks = make_masks(ck, config.ratio, granularity=config.granularity, scope=config.scope,
+                       round_to=config.round_to)
     out = copy.copy(ck)
     out.state = apply(ck.state, masks)
     out.masks = masks
     out.scores = {}
     out.history = list(ck.history)
     summary = sparsity_summary(out)
-    extra = {"round_to": round_to} if round_to > 1 else {}
-    out.add_history("mask", {"ratio": ratio, "granularity": granularity, "scope": scope,
-                             "compact": compact, **extra, **summary})
-    return compact_checkpoint(out) if compact else out
+    out.add_history("mask", {"prune": asdict(config), **summary, "unpruned": unscored(ck)})
+    return compact_checkpoint(out) if config.compact else out
 
 
 def compact_checkpoint(ck: Checkpoint) -> Checkpoint:

@@ -10,21 +10,31 @@ Methods:
 * ``deeplift``: each weight's DeepLIFT contribution to the detector's evidence for the
   ground-truth objects (:mod:`prunekit.deeplift`), averaged over calibration batches.
 * ``hydra``: HYDRA's score optimisation (:mod:`prunekit.hydra`).
+
+**Frozen parameters** (``requires_grad`` off: an imported model's frozen backbone) are scored
+like any other, from their weights and from their gradients, which scoring asks for (the
+parameters are unfrozen for the scoring pass only, and frozen again after; nothing is trained).
+A prunable weight that still gets no gradient (it does not take part in the loss) has no
+score: it is left unpruned, ``score`` says so, and records it (``unscored`` in the history),
+and ``mask`` leaves it whole.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from prunekit.attack import AttackConfig
 from prunekit.checkpoint import Checkpoint
 from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
-from prunekit.mask import check_granularity
+from prunekit.mask import PruneConfig
 from prunekit.models.base import Detector
 
 METHODS = ("magnitude", "l1-filter", "random", "taylor", "deeplift", "hydra")
@@ -62,136 +72,174 @@ def random_scores(state: dict[str, Tensor], names: list[str], seed: int) -> dict
 
 def taylor(model: Detector, batches: Iterable, *, max_batches: int,
            progress: Progress | None = None) -> dict[str, Tensor]:
-    """Mean over batches of |w · ∂L/∂w| (the model stays in eval mode)."""
+    """Mean over batches of |w · ∂L/∂w| (the model stays in eval mode; frozen weights get
+    their gradient too, and weights without one get no score)."""
     names = model.prunable()
     params = dict(model.named_parameters())
     totals = {n: torch.zeros_like(params[n], dtype=torch.float32) for n in names}
+    seen: set[str] = set()
     model.eval()
     count = 0
-    for images, targets, _ in batches:
-        if count >= max_batches:
-            break
-        device = params[names[0]].device
+    with _unfrozen([params[n] for n in names]):
+        for images, targets, _ in batches:
+            if count >= max_batches:
+                break
+            device = params[names[0]].device
+            model.zero_grad(set_to_none=True)
+            loss, _ = model.loss(model(images.to(device), [t.geometry for t in targets]),
+                                 targets)
+            loss.backward()
+            for n in names:
+                if params[n].grad is not None:
+                    totals[n] += (params[n].detach() * params[n].grad).abs().float()
+                    seen.add(n)
+            count += 1
+            if progress:
+                progress(count, max_batches)
         model.zero_grad(set_to_none=True)
-        loss, _ = model.loss(model(images.to(device), [t.geometry for t in targets]), targets)
-        loss.backward()
-        for n in names:
-            totals[n] += (params[n].detach() * params[n].grad).abs().float()
-        count += 1
-        if progress:
-            progress(count, max_batches)
-    model.zero_grad(set_to_none=True)
     if not count:
         raise PrunekitError("no calibration batches: the dataset is empty")
-    return {n: (t / count).cpu() for n, t in totals.items()}
+    return {n: (t / count).cpu() for n, t in totals.items() if n in seen}
+
+
+@contextmanager
+def _unfrozen(params: list[torch.nn.Parameter]):
+    """Gradients for these parameters while scoring, ``requires_grad`` as it was after."""
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 # ------------------------------------------------------------------------------- the command
 
 
-def score(ck: Checkpoint, method: str, *, data: str | None = None, images: str | None = None,
-          ratio: float = 0.5, steps: int = 100, lr: float = 0.1, granularity: str = "weight",
-          scope: str = "layer", adv: str = "none", eps: float = 0.05, alpha: float = 0.02,
-          adv_steps: int = 5, baseline: str = "black", batches: int = 16,
-          batch_size: int | None = None, workers: int = 1, seed: int = 0,
-          device: str = "auto", threads: int | None = None,
-          progress: Progress | None = None) -> Checkpoint:
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How to score, one value (``prunekit score``'s flags; HYDRA's target and attack are
+    their own values, :class:`~prunekit.mask.PruneConfig` and
+    :class:`~prunekit.attack.AttackConfig`), recorded whole in the output's history.
+
+    Attributes:
+        method: one of :data:`METHODS`.
+        data: training COCO JSON (for ``taylor``, ``deeplift``, ``hydra``).
+        images: image root for ``data``.
+        batches: calibration batches for ``taylor`` and ``deeplift``.
+        batch_size: images per batch (None: 32; 4 for ``deeplift``, whose contribution is
+            summed over a batch before its absolute value is taken, so small batches keep
+            opposite contributions of different images from cancelling).
+        steps: HYDRA's optimisation steps.
+        lr: HYDRA's learning rate.
+        baseline: DeepLIFT's reference input (``black``, ``white``, ``grey``, ``blur``).
+        workers: DataLoader workers.
+        seed: seed for ``random``, the batch order and attacks.
+    """
+
+    method: str
+    data: str | None = None
+    images: str | None = None
+    batches: int = 16
+    batch_size: int | None = None
+    steps: int = 100
+    lr: float = 0.1
+    baseline: str = "black"
+    workers: int = 1
+    seed: int = 0
+
+    def check(self) -> ScoreConfig:
+        if self.method not in METHODS:
+            raise PrunekitError(f"--method {self.method!r} is unknown; use one of "
+                                f"{', '.join(METHODS)}")
+        if self.method in NEEDS_DATA and self.data is None:
+            raise PrunekitError(f"--method {self.method} needs training images: give --data "
+                                f"train.json")
+        if self.steps < 1 or self.batches < 1 or (self.batch_size or 1) < 1:
+            raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
+        return self
+
+
+def score(ck: Checkpoint, config: ScoreConfig | str, *, target: PruneConfig | None = None,
+          attack: AttackConfig | None = None, device: str = "auto",
+          threads: int | None = None, progress: Progress | None = None) -> Checkpoint:
     """Add ``scores.<name>`` for every prunable weight to a checkpoint.
 
     Args:
         ck: the checkpoint.
-        method: one of :data:`METHODS`.
-        data: training COCO JSON (for ``taylor``, ``deeplift``, ``hydra``).
-        images: image root for ``data``.
-        ratio: HYDRA's target pruning ratio.
-        steps: HYDRA's optimisation steps.
-        lr: HYDRA's learning rate.
-        granularity: HYDRA's mask granularity (use the one you will prune at).
-        scope: HYDRA's mask scope.
-        adv: HYDRA on adversarial examples (``pgd`` or ``fgsm``).
-        eps: attack radius.
-        alpha: attack step.
-        adv_steps: PGD steps.
-        baseline: DeepLIFT's reference input (``black``, ``white``, ``grey``, ``blur``).
-        batches: calibration batches for ``taylor`` and ``deeplift``.
-        batch_size: images per batch (default 32; 4 for ``deeplift``, whose contribution is
-            summed over a batch before its absolute value is taken, so small batches keep
-            opposite contributions of different images from cancelling).
-        workers: DataLoader workers.
-        seed: seed for ``random``, the batch order and attacks.
+        config: how to score (a method's name stands for ``ScoreConfig(method=name)``).
+        target: HYDRA's target pruning (ratio, granularity, scope; default ratio 0.5 of
+            weights, per layer); ignored by the other methods.
+        attack: HYDRA on adversarial examples; ignored by the other methods.
         device: ``auto``, ``cpu`` or ``cuda``.
         threads: CPU threads (default: unchanged).
         progress: ``progress(done, total)`` callback.
     """
-    if method not in METHODS:
-        raise PrunekitError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
-    check_granularity(granularity, scope)
-    if method in NEEDS_DATA and data is None:
-        raise PrunekitError(f"--method {method} needs training images: give --data train.json")
-    if method == "hydra" and not 0 <= ratio < 1:
-        raise PrunekitError(f"--ratio must lie in [0, 1), got {ratio}")
-    if batch_size is None:
-        batch_size = 4 if method == "deeplift" else 32
-    if steps < 1 or batches < 1 or batch_size < 1:
-        raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
+    if isinstance(config, str):
+        config = ScoreConfig(method=config)
+    config.check()
+    hydra = config.method == "hydra"
+    target = (target or PruneConfig(ratio=0.5)).check() if hydra or target else None
+    if hydra and attack is not None:
+        attack.check()
     skeleton = ck.skeleton()
-    if method in skeleton.unsupported_scores:
-        raise PrunekitError(f"--method {method}: {skeleton.unsupported_scores[method]}")
+    refused = skeleton.refused_scores()
+    if config.method in refused:
+        raise PrunekitError(f"--method {config.method}: {refused[config.method]}")
     set_threads(threads)
-    args: dict[str, Any] = {"method": method, "data": data, "seed": seed}
     names = skeleton.prunable()
-    if method == "magnitude":
+    args: dict[str, Any] = {"score": asdict(config),
+                            "target": asdict(target) if hydra else None,
+                            "attack": asdict(attack) if hydra and attack else None,
+                            "device": device, "threads": threads}
+    if config.method == "magnitude":
         scores = magnitude(ck.state, names)
-    elif method == "l1-filter":
+    elif config.method == "l1-filter":
         scores = l1_filter(ck.state, names)
-    elif method == "random":
-        scores = random_scores(ck.state, names, seed)
+    elif config.method == "random":
+        scores = random_scores(ck.state, names, config.seed)
     else:
-        scores = _data_scores(ck, method, args, data=data, images=images, ratio=ratio,
-                              steps=steps, lr=lr, granularity=granularity, scope=scope, adv=adv,
-                              eps=eps, alpha=alpha, adv_steps=adv_steps, baseline=baseline,
-                              batches=batches, batch_size=batch_size, workers=workers,
-                              seed=seed, device=device, progress=progress)
+        scores = _data_scores(ck, config, target, attack if hydra else None, args, device,
+                              progress)
+    args["unscored"] = [n for n in names if n not in scores]
     out = copy.copy(ck)
     out.scores = {n: s.float().contiguous() for n, s in scores.items()}
     out.history = list(ck.history)
     return out.add_history("score", args)
 
 
-def _data_scores(ck: Checkpoint, method: str, args: dict[str, Any], *, data: str,
-                 images: str | None, ratio: float, steps: int, lr: float, granularity: str,
-                 scope: str, adv: str, eps: float, alpha: float, adv_steps: int, baseline: str,
-                 batches: int, batch_size: int, workers: int, seed: int, device: str,
+def _data_scores(ck: Checkpoint, config: ScoreConfig, target: PruneConfig | None,
+                 attack: AttackConfig | None, args: dict[str, Any], device: str,
                  progress: Progress | None) -> dict[str, Tensor]:
     """Scores that need the model run on data (``taylor``, ``deeplift``, ``hydra``); records
-    their settings in ``args``."""
+    what they resolved in ``args``."""
     from prunekit.data.coco import CocoDetection, EpochBatches, loader
 
+    method = config.method
     dev = resolve_device(device)
     model = ck.build().to(dev)
-    augment = method == "hydra"
-    dataset = CocoDetection(data, model.transform, images=images, classes=model.classes,
-                            augment=augment, cache=method == "hydra")
-    size = min(batch_size, len(dataset))
-    n = steps if method == "hydra" else batches
-    batch_iter = loader(dataset, size, workers=workers,
-                        batch_sampler=EpochBatches(len(dataset), size, seed, 0, n))
+    dataset = CocoDetection(config.data, model.transform, images=config.images,
+                            classes=model.classes, augment=method == "hydra",
+                            cache=method == "hydra")
+    size = config.batch_size or (4 if method == "deeplift" else 32)
+    size = min(size, len(dataset))
+    n = config.steps if method == "hydra" else config.batches
+    batch_iter = loader(dataset, size, workers=config.workers,
+                        batch_sampler=EpochBatches(len(dataset), size, config.seed, 0, n))
+    args["resolved"] = {"batch_size": size}
     if method == "taylor":
-        args.update(batches=n, batch_size=size)
         return taylor(model, batch_iter, max_batches=n, progress=progress)
     if method == "deeplift":
         from prunekit.deeplift import deeplift_scores
 
-        args.update(batches=n, batch_size=size, baseline=baseline)
-        return deeplift_scores(model, _counting(batch_iter, n, progress), baseline=baseline,
-                               max_batches=n, device=dev)
+        return deeplift_scores(model, _counting(batch_iter, n, progress),
+                               baseline=config.baseline, max_batches=n, device=dev)
     from prunekit.hydra import hydra
 
-    args.update(ratio=ratio, steps=steps, lr=lr, granularity=granularity, scope=scope, adv=adv,
-                eps=eps, alpha=alpha, adv_steps=adv_steps, batch_size=size)
-    return hydra(model, batch_iter, ratio=ratio, steps=steps, lr=lr, granularity=granularity,
-                 scope=scope, adv=adv, eps=eps, alpha=alpha, adv_steps=adv_steps,
-                 masks=ck.masks, seed=seed, progress=progress)
+    return hydra(model, batch_iter, target, steps=config.steps, lr=config.lr, attack=attack,
+                 masks=ck.masks, seed=config.seed, progress=progress)
 
 
 def _counting(batches: Iterable, total: int, progress: Progress | None):

@@ -91,8 +91,8 @@ def tiny_checkpoint(classes: int = 3, img_size: int = 64, seed: int = 0, grey: b
     """A seeded yolov3-small at an eighth of its width: fast enough for any unit test."""
     from prunekit.init import init
 
-    return init("yolov3-small", classes=classes, img_size=img_size, width=0.125, seed=seed,
-                grey=grey)
+    return init("yolov3-small", classes=classes, img_size=img_size, options={"width": 0.125},
+                seed=seed, grey=grey)
 
 
 @pytest.fixture(autouse=True)

@@ -19,12 +19,13 @@ from prunekit.errors import PrunekitError
 @pytest.fixture(scope="module")
 def trained(synth_data):
     """The tiny model after a few steps, so the loss has structure to attack."""
-    from prunekit.finetune import finetune
+    from prunekit.finetune import TrainConfig, finetune
     from prunekit.init import init
 
-    ck = init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
-    return finetune(ck, synth_data / "train.json", steps=20, batch_size=8, lr=5e-3,
-                    workers=0, device="cpu")
+    ck = init("yolov3-small", dataset=synth_data / "train.json", img_size=64,
+              options={"width": 0.125})
+    return finetune(ck, TrainConfig(str(synth_data / "train.json"), steps=20, batch_size=8,
+                                    lr=5e-3, workers=0), device="cpu")
 
 
 def test_saved_pngs_are_bounded_move_and_reload_exactly(trained, synth_data, tmp_path):

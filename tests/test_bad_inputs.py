@@ -78,7 +78,8 @@ CASES = [
     case("init deformable-detr-small --classes 3 --img-size 0 -o {out}/x.st",
          "at least 32"),
     case("init deformable-detr-small --classes 3 --img-size 64 --width 0.5 -o {out}/x.st",
-         "deformable-detr-small has no option 'width'"),
+         "--width is an option of the yolov3 family; deformable-detr-small is a "
+         "deformable-detr member"),
     case("init deformable-detr-small --classes 3 --img-size " + HUGE + " -o {out}/x.st",
          "is too large: each side at most 4096 pixels"),
     # --- data synth ---------------------------------------------------------------------------
@@ -255,8 +256,9 @@ CASES = [
     case("bench {dc} --runtime onednn-graph --no-latency",
          "--runtime onednn-graph cannot run this model"),
     # --- export -------------------------------------------------------------------------------
-    case("export {y} --hf {out}/hf", "exports to no other format"),
-    case("export {d}", "which format? give -o FILE.onnx (ONNX) or --hf DIR"),
+    case("export {y} --hf {out}/hf", "exports to ONNX only; --hf is another family's format"),
+    case("export {d}", "which format? give -o FILE.onnx (ONNX) or one of the model families' "
+                       "own formats (--hf (deformable-detr)"),
     case("export {d} -o {out}/d.onnx --hf {out}/hf", "which format? give -o FILE.onnx"),
     case("export {ys} -o {out}/y.onnx", "holds importance scores but no masks"),
     case("export {y} -o {out}/y.onnx --opset 11", "--opset 11 is not supported"),
@@ -377,7 +379,7 @@ def files(tmp_path_factory) -> dict[str, str]:
     from prunekit.data.synth import synth
     from prunekit.data.synth_kitti import synth_kitti
     from prunekit.init import init
-    from prunekit.mask import mask
+    from prunekit.mask import PruneConfig, mask
     from prunekit.score import score
 
     root = tmp_path_factory.mktemp("bad-inputs")
@@ -396,11 +398,11 @@ def files(tmp_path_factory) -> dict[str, str]:
     (f["ks_bad"] / "label_2" / "000000.txt").write_text("Car 0 0 0 10 10 5 5 1 1 1 0 0 0 0\n")
 
     names = [c["name"] for c in json.loads(f["val"].read_text())["categories"]]
-    y = init("yolov3-small", names=names, img_size=64, width=0.125, seed=0)
+    y = init("yolov3-small", names=names, img_size=64, options={"width": 0.125}, seed=0)
     d = init("deformable-detr-small", names=names, img_size=64, seed=0)
     ys, ds = score(y, "magnitude"), score(d, "magnitude")
-    for key, ck in {"y": y, "d": d, "ys": ys, "ds": ds, "ym": mask(ys, 0.5),
-                    "dc": mask(ds, 0.5, granularity="filter", compact=True)}.items():
+    for key, ck in {"y": y, "d": d, "ys": ys, "ds": ds, "ym": mask(ys, PruneConfig(0.5)),
+                    "dc": mask(ds, PruneConfig(0.5, granularity="filter", compact=True))}.items():
         f[key] = root / f"{key}.st"
         checkpoint.save(ck, f[key])
 

@@ -12,7 +12,7 @@ from prunekit.bench import bench, inference_form, onednn_fusion
 from prunekit.cli import app
 from prunekit.errors import PrunekitError
 from prunekit.init import init
-from prunekit.mask import mask, prunable
+from prunekit.mask import PruneConfig, mask, prunable
 from prunekit.score import l1_filter
 from tests.conftest import tiny_checkpoint
 
@@ -58,7 +58,7 @@ def test_latency_is_measured(tmp_path):
 
 def _compacted(ck, ratio):
     ck.scores = l1_filter(ck.state, prunable(ck))
-    return mask(ck, ratio, granularity="filter", compact=True)
+    return mask(ck, PruneConfig(ratio, granularity="filter", compact=True))
 
 
 @pytest.mark.parametrize("make", [

@@ -86,7 +86,7 @@ def _small_with_bare_conv() -> Detector:
 
 
 def _tiny() -> Detector:
-    return _randomise(init("yolov3-tiny", classes=3, img_size=64, width=0.125).build())
+    return _randomise(init("yolov3-tiny", classes=3, img_size=64, options={"width": 0.125}).build())
 
 
 def _layer_deeplift(scalar_model, layer, x, b):
@@ -382,8 +382,8 @@ def test_scores_are_the_mean_absolute_contribution_over_max_batches(synth_data, 
         c = contributions(evidence, images, make_baseline(images, "grey"), layers)
         for k, v in c.items():
             expected[k] = expected.get(k, 0) + v.abs() / 2
-    for k in scores:
-        torch.testing.assert_close(scores[k], expected[k])
+    for k in scores:  # float32 sums over passes of 3 + 1 against one of 4: a few ulps apart
+        torch.testing.assert_close(scores[k], expected[k], rtol=1e-5, atol=1e-5)
 
 
 def test_chunks_without_targets_are_skipped_and_chunks_add_up(monkeypatch):

@@ -215,14 +215,13 @@ def test_refusals_under_torchrun(models, tmp_path):
 
 def test_one_process_session_is_the_plain_loop():
     from prunekit.distributed import Session, from_environment
-    from prunekit.finetune import _check
+    from prunekit.finetune import TrainConfig
 
     s = from_environment("cpu")
     assert s == Session() and s.main and not s.distributed
     assert s.any(True) and s.mean({"a": 1.5}) == {"a": 1.5} and s.gather([4]) == [[4]]
     with pytest.raises(PrunekitError, match="multiple of 4"):
-        _check(batch_size=6, lr=1e-3, adv="none", adv_mix=0.5, resume=False, state_file=None,
-               world=4)
+        TrainConfig("train.json", steps=1, batch_size=6, lr=1e-3).check(world=4)
 
 
 def test_checksum_sees_a_single_bit():

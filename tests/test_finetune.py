@@ -8,14 +8,19 @@ import torch
 from prunekit import checkpoint
 from prunekit.cli import app
 from prunekit.errors import PrunekitError
-from prunekit.finetune import finetune, lr_at
+from prunekit.finetune import TrainConfig, finetune, lr_at
 from tests.conftest import tiny_checkpoint
 
 
 def _ck(synth_data):
     from prunekit.init import init
 
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64,
+                options={"width": 0.125})
+
+
+def _train(synth_data, **settings):
+    return TrainConfig(str(synth_data / "train.json"), **settings)
 
 
 def _masked(ck, keep=0.25):
@@ -39,7 +44,7 @@ def test_lr_schedule_warms_up_and_decays():
 def test_masked_training_keeps_pruned_weights_at_zero(synth_data):
     ck = _masked(_ck(synth_data))
     before = {k: v.clone() for k, v in ck.masks.items()}
-    out = finetune(ck, synth_data / "train.json", steps=50, batch_size=4, lr=1e-2, workers=0,
+    out = finetune(ck, _train(synth_data, steps=50, batch_size=4, lr=1e-2, workers=0),
                    device="cpu")
     assert out.masks.keys() == before.keys()
     for name, mask in before.items():
@@ -53,9 +58,9 @@ def test_masked_training_keeps_pruned_weights_at_zero(synth_data):
 
 def test_training_lowers_the_loss(synth_data):
     losses = []
-    finetune(_ck(synth_data), synth_data / "train.json", steps=30, batch_size=8, lr=5e-3,
-             workers=0, device="cpu", augment=False,
-             progress=lambda s, t, p: losses.append(p["loss"]))
+    finetune(_ck(synth_data), _train(synth_data, steps=30, batch_size=8, lr=5e-3, workers=0,
+                                     augment=False),
+             device="cpu", progress=lambda s, t, p: losses.append(p["loss"]))
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
 
 
@@ -70,8 +75,8 @@ def _equal(a, b):
 @pytest.mark.parametrize("how", ["sigint", "kill"])
 def test_resume_gives_the_same_weights(synth_data, tmp_path, how):
     ck = _ck(synth_data)
-    kwargs = dict(steps=12, batch_size=4, workers=1, device="cpu", seed=3, save_every=5)
-    full = finetune(ck, synth_data / "train.json", **kwargs)
+    config = _train(synth_data, steps=12, batch_size=4, workers=1, seed=3, save_every=5)
+    full = finetune(ck, config, device="cpu")
     state = tmp_path / "out.st.state"
 
     def stop(step, total, parts):
@@ -79,9 +84,9 @@ def test_resume_gives_the_same_weights(synth_data, tmp_path, how):
             raise KeyboardInterrupt if how == "sigint" else SystemExit(137)
 
     with pytest.raises(PrunekitError if how == "sigint" else SystemExit):
-        finetune(ck, synth_data / "train.json", state_file=state, progress=stop, **kwargs)
+        finetune(ck, config, device="cpu", state_file=state, progress=stop)
     assert state.exists()
-    resumed = finetune(ck, synth_data / "train.json", state_file=state, resume=True, **kwargs)
+    resumed = finetune(ck, config, device="cpu", state_file=state, resume=True)
     assert _equal(full, resumed)
     assert resumed.history[-1]["args"]["resumed_from"] == (8 if how == "sigint" else 5)
     assert not state.exists()
@@ -96,11 +101,11 @@ def test_resume_with_other_arguments_is_refused(synth_data, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(PrunekitError):
-        finetune(ck, synth_data / "train.json", steps=6, batch_size=4, workers=0,
-                 device="cpu", state_file=state, progress=stop)
+        finetune(ck, _train(synth_data, steps=6, batch_size=4, workers=0), device="cpu",
+                 state_file=state, progress=stop)
     with pytest.raises(PrunekitError, match="lr"):
-        finetune(ck, synth_data / "train.json", steps=6, batch_size=4, workers=0,
-                 device="cpu", state_file=state, resume=True, lr=0.1)
+        finetune(ck, _train(synth_data, steps=6, batch_size=4, workers=0, lr=0.1),
+                 device="cpu", state_file=state, resume=True)
 
 
 def test_cli_finetune_records_history_and_grey(synth_data, tmp_path, runner):
@@ -114,8 +119,9 @@ def test_cli_finetune_records_history_and_grey(synth_data, tmp_path, runner):
     ck = checkpoint.load(out)
     assert ck.input["colour"] == "grey"
     entry = ck.history[-1]
-    assert entry["command"] == "finetune" and entry["args"]["steps"] == 3
-    assert entry["args"]["batch_size"] == 4 and entry["args"]["lr"] == 2e-3
+    assert entry["command"] == "finetune" and entry["args"]["train"]["steps"] == 3
+    assert entry["args"]["train"]["batch_size"] == 4 and entry["args"]["train"]["lr"] == 2e-3
+    assert entry["args"]["train"]["grey"] is True and entry["args"]["attack"] is None
 
 
 def test_bad_arguments_are_one_line_errors(synth_data, tmp_path, runner):
@@ -194,3 +200,37 @@ def test_bn_recalibration_measures_the_batches_and_keeps_the_weights():
         z = torch.cat([model[0](b[0]) for b in batches[:2]])
     torch.testing.assert_close(model[1].running_mean, z.mean((0, 2, 3)))
     assert torch.equal(model[0].weight, weight) and not model.training
+
+
+@pytest.mark.parametrize("where", ["payload", "header"])
+def test_a_training_state_with_one_flipped_bit_is_refused_on_resume(synth_data, tmp_path,
+                                                                     runner, where):
+    """The state file is prunekit's container, digest included, as a checkpoint is."""
+    import struct
+
+    ck = _ck(synth_data)
+    src, out = tmp_path / "m.st", tmp_path / "out.st"
+    checkpoint.save(ck, src)
+    state = out.with_name("out.st.state")
+
+    def stop(step, total, parts):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(PrunekitError, match="interrupted at step 2"):
+        finetune(ck, _train(synth_data, steps=6, batch_size=4, workers=0), device="cpu",
+                 state_file=state, progress=stop)
+    data = bytearray(state.read_bytes())
+    (n,) = struct.unpack("<Q", data[:8])
+    at = len(data) - 1000 if where == "payload" else 8 + data[8:8 + n].index(b'"step":"2"') + 8
+    data[at] ^= 0x01
+    state.write_bytes(bytes(data))
+    result = runner.invoke(app, ["finetune", str(src), "--data", str(synth_data / "train.json"),
+                                 "--steps", "6", "--batch-size", "4", "--workers", "0",
+                                 "--device", "cpu", "--resume", "-o", str(out)])
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"--resume: the training state {state} is damaged: its bytes no longer match the " \
+           f"checksum written with them" in result.stderr
+    assert "delete it and run without --resume to start again" in result.stderr
+    assert not out.exists() and state.exists()

@@ -193,7 +193,7 @@ def _header(data: bytes) -> tuple[dict[str, Any], bytes]:
 
 
 def _assemble(header: Any, payload: bytes, digest: bool) -> bytes:
-    from prunekit.checkpoint import _with_digest
+    from prunekit.container import sign
 
     text = json.dumps(header, allow_nan=True).encode()
     text += b" " * (-len(text) % 8)
@@ -201,7 +201,7 @@ def _assemble(header: Any, payload: bytes, digest: bool) -> bytes:
     if digest:
         # the test's own re-signing may fail on a garbled header: then it goes unsigned
         with contextlib.suppress(Exception):
-            data = _with_digest(data)
+            data = sign(data)
     return data
 
 
@@ -638,7 +638,7 @@ def _mutated_cfg(draw) -> str:
 def _build_cfg(path: Path) -> None:
     from prunekit.init import init
 
-    init(cfg=path)
+    init(options={"cfg": path})
 
 
 @settings(max_examples=300, **FUZZ)
@@ -735,7 +735,7 @@ def test_hf_config_fuzz(config, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hf") / "detr"
     shutil.copytree(_hf_folder(), folder)
     (folder / "config.json").write_text(json.dumps(config, allow_nan=True))
-    _refused_or_accepted(init, hf=folder)
+    _refused_or_accepted(init, options={"hf": folder})
 
 
 # ------------------------------------------------------------------------------ CLI sample

@@ -49,3 +49,48 @@ def test_smoke_grid_writes_the_report_and_resumes(smoke_grid):
 
     again = _make(out, "-q", target="grid-report", timeout=120)
     assert again.returncode == 0  # everything is up to date
+    # Every pruned cell knows the time of the step that wrote its scores (finding 9).
+    import pandas as pd
+
+    df = pd.read_csv(out / "results.csv")
+    assert df.loc[df["ratio"] > 0, "seconds_score"].gt(0).all()
+    assert df.loc[df["ratio"] == 0, "seconds_score"].isna().all()
+
+
+def test_collect_joins_the_step_times(tmp_path):
+    from prunekit.errors import PrunekitError
+    from prunekit.grid import collect
+
+    for scenario, ratio, source in (("unstructured-deeplift", 0.5, "runs/run1/deeplift-rgb.st"),
+                                    ("unstructured-deeplift", 0.0, "runs/run1/robust-rgb.st")):
+        cell = tmp_path / scenario / "run1" / f"r{ratio}"
+        cell.mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps(
+            {"scenario": scenario, "run": 1, "ratio": ratio, "map": 0.5, "source": source}))
+    times = tmp_path / "times.log"
+    times.write_text("robust runs/run1/robust-rgb.st 90000\n"
+                     "deeplift runs/run1/deeplift-rgb.st 12000\n"
+                     "deeplift runs/run1/deeplift-rgb.st 12500\n")
+    df = collect(tmp_path, times)
+    assert df.set_index("ratio")["seconds_score"].to_dict() == pytest.approx(
+        {0.0: float("nan"), 0.5: 12.5}, nan_ok=True)
+    assert "seconds_score" not in collect(tmp_path).columns
+    times.write_text("deeplift runs/run1/deeplift-rgb.st twelve\n")
+    with pytest.raises(PrunekitError, match=r"times\.log, line 1: expected 'STAGE TARGET "
+                                            r"MILLISECONDS'"):
+        collect(tmp_path, times)
+
+
+def test_collect_names_sources_inside_the_grid_relative_to_it(tmp_path):
+    """Two runs of one grid in different folders give equal tables (the Slurm test compares
+    them): a source inside the grid is written relative to it, one outside as recorded."""
+    from prunekit.grid import collect
+
+    for run, source in ((1, str(tmp_path / "run1" / "hydra-weight-r0.9.st")),
+                        (2, "/elsewhere/model.st")):
+        cell = tmp_path / "unstructured-hydra" / f"run{run}" / "r0.9"
+        cell.mkdir(parents=True)
+        (cell / "result.json").write_text(json.dumps(
+            {"scenario": "unstructured-hydra", "run": run, "ratio": 0.9, "source": source}))
+    assert collect(tmp_path)["source"].tolist() == ["run1/hydra-weight-r0.9.st",
+                                                    "/elsewhere/model.st"]

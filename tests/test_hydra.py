@@ -9,14 +9,15 @@ import torch
 
 from prunekit.hydra import HydraMasker, _TopK, scaled_init
 from prunekit.init import init
-from prunekit.mask import prunable
+from prunekit.mask import PruneConfig, prunable
 from prunekit.models.yolov3.arch import head_conv_indices
 from prunekit.models.yolov3.groups import filter_groups
-from prunekit.score import score
+from prunekit.score import ScoreConfig, score
 
 
 def _ck(synth_data):
-    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64, width=0.125)
+    return init("yolov3-small", dataset=synth_data / "train.json", img_size=64,
+                options={"width": 0.125})
 
 
 def test_scaled_initialisation_is_hydras():
@@ -34,7 +35,7 @@ def test_topk_mask_passes_the_gradient_straight_through():
 
 
 def test_hydra_filter_masks_respect_groups_and_heads():
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.25)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.25})
     masker = HydraMasker(ck.build(), 0.5, "filter", "layer")
     masks = masker.masks(scaled_init(ck.state, prunable(ck)))
     for i in head_conv_indices(ck.arch):
@@ -51,7 +52,7 @@ def test_hydra_and_mask_rank_units_alike():
     """The same scores give the same filters in HYDRA's mask and in `prunekit mask`."""
     from prunekit.mask import make_masks
 
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.25)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.25})
     s = scaled_init(ck.state, prunable(ck))
     ck.scores = {n: v.abs() for n, v in s.items()}
     for granularity, scope in (("filter", "layer"), ("weight", "global"), ("kernel", "layer")):
@@ -65,7 +66,8 @@ def test_hydra_and_mask_rank_units_alike():
 def test_hydra_moves_scores_and_lowers_the_masked_loss(synth_data):
     ck = _ck(synth_data)
     init_scores = scaled_init(ck.state, prunable(ck))
-    out = score(ck, "hydra", data=str(synth_data / "train.json"), ratio=0.9, steps=15,
-                batch_size=8, workers=0, device="cpu", lr=0.5)
+    out = score(ck, ScoreConfig("hydra", data=str(synth_data / "train.json"), steps=15,
+                                batch_size=8, workers=0, lr=0.5),
+                target=PruneConfig(0.9), device="cpu")
     moved = sum(int((out.scores[n] != init_scores[n].abs()).sum()) for n in init_scores)
     assert moved > 0.5 * sum(v.numel() for v in init_scores.values())

@@ -25,7 +25,7 @@ def files():
     """The kinds of file prunekit writes, both families: dense, scored, sparse (90 % of the
     weights masked and stored sparsely), compacted (half the filters removed)."""
     from prunekit.init import init
-    from prunekit.mask import mask
+    from prunekit.mask import PruneConfig, mask
 
     yolo = tiny_checkpoint()
     detr = init("deformable-detr-small", classes=3, img_size=64, seed=0)
@@ -33,9 +33,9 @@ def files():
     for family, ck in (("yolov3", yolo), ("deformable-detr", detr)):
         kinds[f"{family} dense"] = ck
         kinds[f"{family} scored"] = _scored(ck)
-        kinds[f"{family} sparse"] = mask(_scored(ck), 0.9)
-        kinds[f"{family} compacted"] = mask(_scored(ck), 0.5, granularity="filter",
-                                            compact=True)
+        kinds[f"{family} sparse"] = mask(_scored(ck), PruneConfig(0.9))
+        kinds[f"{family} compacted"] = mask(_scored(ck), PruneConfig(0.5, granularity="filter",
+                                            compact=True))
     return {k: checkpoint.to_bytes(v) for k, v in kinds.items()}
 
 

@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from prunekit.errors import DataError
-from prunekit.stats.findings import NOT_REPRODUCED, NOT_TESTABLE, PARTLY, REPRODUCED
+from prunekit.stats.findings import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    PARTLY,
+    REPRODUCED,
+)
 from prunekit.stats.findings.kitti import findings, prepare
 from prunekit.stats.kitti import report
 
@@ -62,20 +69,35 @@ def _study(detr_filter=(1, 0.7, 0.2, 0.02, 0.01, 0.0),
     return pd.DataFrame(rows)
 
 
-def _verdicts(df: pd.DataFrame) -> dict[int, str]:
-    return {f.number: f.verdict for f in findings(prepare(df))}
+def _verdicts(df: pd.DataFrame) -> dict[str, str]:
+    return {f.id: f.verdict for f in findings(prepare(df))}
 
 
-def test_the_study_as_it_reported_is_reproduced_except_the_runtime_gain():
-    v = _verdicts(_study())
-    # 1: 30 % lost at 10 %, ≤ 2 % retained from 30 %; 4: holds to 40 %, first < 50 % at 60 %.
-    assert v[1] == REPRODUCED and v[4] == REPRODUCED
-    # 2: 25 % fewer MACs at 50 %, but compacted: ×1.61 faster, not a minor gain.
-    assert v[2] == PARTLY
-    # 3: compression ×3.6 at 90 %, flat latency.
-    assert v[3] == REPRODUCED
-    # 5: DETR retains far less than YOLOv3 at most cells, significantly (noise 1 %).
-    assert v[5] == REPRODUCED
+def _findings(df: pd.DataFrame) -> dict[str, object]:
+    return {f.id: f for f in findings(prepare(df))}
+
+
+def test_the_study_as_it_reported():
+    f = _findings(_study())
+    v = {k: x.verdict for k, x in f.items()}
+    # The baseline figures concern the study's ResNet-50 model on KITTI, not the small one.
+    assert v["B1"] == v["B2"] == v["B3"] == NOT_TESTABLE
+    assert "the results hold deformable-detr-small" in f["B1"].evidence[0]
+    # 1: 30 % lost at 10 % (single deterministic measurements), at most 2 % from 30 %.
+    assert v["1a"] == v["1b"] == v["1c"] == REPRODUCED
+    assert "one deterministic measurement, compared directly" in f["1b"].evidence[1]
+    # 2: a quarter of the MACs at 50 %; but compacted, ×1.61 faster: a major gain, the
+    # opposite of "minor".
+    assert v["2a"] == REPRODUCED
+    assert v["2b"] == CONTRADICTED
+    # 3: ×3.6 smaller at 90 %; latency flat within 1 % noise, 4 measurements per ratio.
+    assert v["3a"] == REPRODUCED
+    assert v["3b"] == REPRODUCED
+    # 4: holds at 30–40 %, first below half at 60 %.
+    assert v["4a"] == v["4b"] == REPRODUCED
+    # 5: DETR keeps less than YOLOv3 except where both keep everything (weight 10–40 %).
+    assert v["5"] == PARTLY
+    assert v["6"] == REPRODUCED
 
 
 def test_verdicts_turn_when_the_numbers_do():
@@ -83,41 +105,72 @@ def test_verdicts_turn_when_the_numbers_do():
                     detr_weight=(1, 1, 1, 1, 1, 1, 0.99, 0.98, 0.97, 0.95),
                     filter_latency=(100, 100, 100, 100, 100, 99))
     v = _verdicts(gentle)
-    # Filter below weight everywhere, but no early 20 % loss and no collapse: partly.
-    assert v[1] == PARTLY
-    # A quarter of the MACs and no runtime gain (not compacted): the study's own picture.
-    assert v[2] == REPRODUCED
-    # Holds to 40 % but never collapses: partly.
-    assert v[4] == PARTLY
-    # DETR now retains more than YOLOv3's filter curve: not more sensitive on average.
-    assert v[5] == NOT_REPRODUCED
+    assert v["1a"] == REPRODUCED  # filter still below weight everywhere
+    assert v["1b"] == NOT_REPRODUCED and v["1c"] == NOT_REPRODUCED  # but no collapse
+    assert v["2b"] == REPRODUCED  # not compacted: no gain
+    assert v["4a"] == REPRODUCED and v["4b"] == NOT_REPRODUCED  # never collapses
+    # DETR now keeps about as much as YOLOv3 except at high weight ratios, where it keeps more:
+    # no cell passes, three are opposite; three runs do not settle the rest.
+    assert v["5"] == INCONCLUSIVE
+    assert v["6"] == NOT_REPRODUCED  # filter pruning loses less than the MACs it saves
 
 
-def test_finding_1_needs_filter_below_weight():
-    v = _verdicts(_study(detr_filter=(1, 1, 1, 1, 1, 1)))
-    assert v[1] == NOT_REPRODUCED
+def test_finding_1a_needs_filter_below_weight():
+    assert _verdicts(_study(detr_filter=(1, 1, 1, 1, 1, 1)))["1a"] == CONTRADICTED
 
 
 def test_without_yolov3_finding_5_is_not_testable():
     df = _study()
-    v = _verdicts(df[df["family"] == "deformable-detr"])
-    assert v[5] == NOT_TESTABLE
-    assert v[1] == REPRODUCED
+    f = _findings(df[df["family"] == "deformable-detr"])
+    assert f["5"].verdict == NOT_TESTABLE
+    assert f["5"].evidence == ["the results hold no YOLOv3 model (family 'yolov3')"]
+    assert f["1b"].verdict == REPRODUCED
+
+
+def test_without_deformable_detr_nothing_falls_back_to_yolov3():
+    df = _study()
+    for k, f in _findings(df[df["family"] == "yolov3"]).items():
+        assert f.verdict == NOT_TESTABLE, k
+        assert f.evidence == ["the results hold no Deformable DETR model (family "
+                              "'deformable-detr')"], k
+
+
+def test_missing_columns_are_named():
+    f = _findings(_study().drop(columns=["bytes_stored", "latency_ms"]))
+    assert f["3a"].verdict == NOT_TESTABLE and "'bytes_stored'" in f["3a"].evidence[0]
+    assert f["3b"].verdict == NOT_TESTABLE and "'latency_ms'" in f["3b"].evidence[0]
+
+
+def test_the_studys_own_figures():
+    from prunekit.stats.seeds import kitti_results
+
+    v = _verdicts(kitti_results())
+    # What the study measured passes; one latency measurement cannot be tested; nothing of
+    # weight pruning or of a CNN is in its figures.
+    assert {k: v[k] for k in ("B1", "B3", "1b", "1c", "2a", "6")} == dict.fromkeys(
+        ("B1", "B3", "1b", "1c", "2a", "6"), REPRODUCED)
+    assert v["B2"] == v["2b"] == INCONCLUSIVE
+    for k in ("1a", "3a", "3b", "4a", "4b", "5"):
+        assert v[k] == NOT_TESTABLE, k
 
 
 def test_report_writes_verdicts_tables_and_figures(tmp_path):
     out = tmp_path / "report"
     result = report(_study(), out)
     md = (out / "report.md").read_text()
-    for n in range(1, 6):
+    for n in ("B1", "1a", "2b", "3b", "4b", "5", "6"):
         assert f"### {n}. " in md
+    assert "| the study's own figures |" in md
+    assert "the declared rules (version" in md
     assert len(result["figures"]) >= 4
     stems = {p.stem for p in result["figures"]}
     assert {"accuracy_map", "retained_map", "latency", "macs", "bytes", "difficulty"} <= stems
     for p in result["figures"]:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     found = json.loads((out / "findings.json").read_text())
-    assert [f["number"] for f in found] == [1, 2, 3, 4, 5]
+    assert [f["id"] for f in found] == ["B1", "B2", "B3", "1a", "1b", "1c", "2a", "2b", "3a",
+                                        "3b", "4a", "4b", "5", "6"]
+    assert found[4]["seed_verdict"] == REPRODUCED
     # Per-scenario tables: mean and std dev rows; the pruned state's single run has no spread.
     table = pd.read_csv(out / "tables" / "deformable-detr-small.filter.finetuned.csv",
                         index_col=0)
@@ -129,6 +182,7 @@ def test_report_writes_verdicts_tables_and_figures(tmp_path):
     again = report(_study(), tmp_path / "again")
     assert [p.read_bytes() for p in result["figures"]] == \
         [p.read_bytes() for p in again["figures"]]
+    assert (out / "report.md").read_bytes() == (tmp_path / "again" / "report.md").read_bytes()
 
 
 def test_a_first_study_table_is_refused_in_one_line(tmp_path):
@@ -138,14 +192,11 @@ def test_a_first_study_table_is_refused_in_one_line(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_finding_5_is_judged_per_method():
-    # DETR loses more than YOLOv3 under weight pruning but less under filter pruning: the
-    # transformer is more sensitive under one method only.
+def test_finding_5_is_judged_per_cell_of_both_methods():
+    # DETR loses more than YOLOv3 under weight pruning but less under filter pruning.
     mixed = _study(detr_filter=(1, 0.98, 0.97, 0.96, 0.95, 0.94),
                    detr_weight=(1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1))
-    found = {f.number: f for f in findings(prepare(mixed))}
-    assert found[5].verdict == PARTLY
-    assert any("weight, fine-tuned: DETR significantly lower at 9 of 9" in e
-               for e in found[5].evidence)
-    assert any("filter, fine-tuned: DETR significantly lower at 0 of 5" in e
-               for e in found[5].evidence)
+    f = _findings(mixed)["5"]
+    assert (f.verdict, f.passed, f.cells) == (PARTLY, 9, 14)
+    assert any(line.startswith("weight 90% — ") and "→ pass" in line for line in f.evidence)
+    assert any(line.startswith("filter 20% — ") and "→ opposite" in line for line in f.evidence)

@@ -43,9 +43,11 @@ def test_smoke_study_writes_the_report_and_resumes(tmp_path):
 
     report = (out / "report" / "report.md").read_text()
     found = json.loads((out / "report" / "findings.json").read_text())
-    assert [f["number"] for f in found] == [1, 2, 3, 4, 5]
+    from prunekit.stats.findings.kitti import RULES
+
+    assert [f["id"] for f in found] == [r.id for r in RULES]
     for f in found:
-        assert f"### {f['number']}. " in report and f["verdict"] in report
+        assert f"### {f['id']}. " in report and f["verdict"] in report
     figures = sorted((out / "report" / "figures").glob("*.png"))
     assert len(figures) >= 4
     for fig in figures:

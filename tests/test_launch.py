@@ -259,3 +259,31 @@ def test_time_left_costs_each_stage_at_its_own_mean():
     state = {"total": 3, "done": 1, "plan": {"baseline": 1, "cell": 2},
              "timed": {"baseline": (1, 800.0)}}
     assert step.time_left(state, 2) is None
+
+
+def test_a_step_killed_after_writing_its_target_still_records_its_time(tmp_path):
+    """make keeps a precious target a killed step had already written and never runs that step
+    again, so the step records its time on the way out (the grid's seconds_score needs it);
+    a step killed before its target exists records nothing."""
+    import signal
+    import time
+
+    for writes in (True, False):
+        target, logdir = tmp_path / f"t{writes}" / "scores.st", tmp_path / f"log{writes}"
+        target.parent.mkdir()
+        body = (f"echo done > {target}; " if writes else "") + "sleep 30"
+        proc = subprocess.Popen([str(STEP), "scores", str(target), str(logdir), "--", "bash",
+                                 "-c", body], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                target.exists() if writes else (logdir / "logs").exists()):
+            time.sleep(0.1)
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=20) != 0
+        times = logdir / "times.log"
+        if writes:
+            assert re.fullmatch(rf"scores {target} \d+\n", times.read_text())
+        else:
+            assert not times.exists()

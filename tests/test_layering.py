@@ -57,3 +57,24 @@ def test_import_contracts_are_kept():
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "3 kept, 0 broken" in result.stdout
+
+
+def test_no_library_function_takes_more_than_twelve_parameters():
+    """Settings travel as configuration values (TrainConfig, AttackConfig, PruneConfig,
+    ScoreConfig, the grid's Measure), not as loose keyword arguments: outside the command line,
+    no function or method takes more than 12 parameters (self and cls not counted)."""
+    import ast
+
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if (PACKAGE / "cli") in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                count = len([n for n in names if n not in ("self", "cls")]) \
+                    + (a.vararg is not None) + (a.kwarg is not None)
+                if count > 12:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {count}")
+    assert not found, "\n".join(found)

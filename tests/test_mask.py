@@ -9,7 +9,7 @@ from prunekit import checkpoint
 from prunekit.bench import bench
 from prunekit.errors import PrunekitError
 from prunekit.init import init
-from prunekit.mask import make_masks, mask, prunable
+from prunekit.mask import PruneConfig, make_masks, mask, prunable
 from prunekit.models.yolov3.arch import head_conv_indices
 from prunekit.models.yolov3.groups import filter_groups
 from prunekit.score import magnitude, random_scores
@@ -18,7 +18,7 @@ PAPER_RATIOS = [0.25, 0.5, 0.65, 0.75, 0.85, 0.9, 0.95, 0.99]
 
 
 def _scored(arch="yolov3-small", img=64, width=0.25, seed=0, classes=3):
-    ck = init(arch, classes=classes, img_size=img, width=width, seed=seed)
+    ck = init(arch, classes=classes, img_size=img, options={"width": width}, seed=seed)
     g = torch.Generator().manual_seed(seed)
     for name, t in ck.state.items():  # non-trivial BatchNorm so compaction is really tested
         if name.endswith("running_var"):
@@ -34,7 +34,7 @@ def _scored(arch="yolov3-small", img=64, width=0.25, seed=0, classes=3):
 @pytest.mark.parametrize("ratio", PAPER_RATIOS)
 def test_weight_ratio_is_exact_per_layer(ratio):
     ck = _scored()
-    out = mask(ck, ratio)
+    out = mask(ck, PruneConfig(ratio))
     for name in prunable(out):
         w = out.state[name]
         removed = int((w == 0).sum())
@@ -46,7 +46,7 @@ def test_weight_ratio_is_exact_per_layer(ratio):
 @pytest.mark.parametrize("ratio", PAPER_RATIOS)
 def test_filter_ratio_is_exact_outside_coupled_groups(ratio):
     ck = _scored()
-    out = mask(ck, ratio, granularity="filter")
+    out = mask(ck, PruneConfig(ratio, granularity="filter"))
     heads = head_conv_indices(ck.arch)
     for group in filter_groups(ck.arch):
         removed = [int((~out.masks.get(f"layers.{i}.conv.weight",
@@ -78,13 +78,13 @@ def test_residual_groups_of_yolov3():
 
 def test_kernel_granularity_and_global_scope():
     ck = _scored()
-    out = mask(ck, 0.5, granularity="kernel")
+    out = mask(ck, PruneConfig(0.5, granularity="kernel"))
     for name in prunable(out):
         m = out.masks[name]
         if m.ndim == 4 and m.shape[-1] > 1:
             per_kernel = m.flatten(2)
             assert (per_kernel.all(2) | ~per_kernel.any(2)).all()  # whole kernels only
-    glob = mask(ck, 0.6, scope="global")
+    glob = mask(ck, PruneConfig(0.6, scope="global"))
     total = sum(glob.state[n].numel() for n in prunable(glob))
     zero = sum(int((glob.state[n] == 0).sum()) for n in prunable(glob))
     assert abs(zero - 0.6 * total) <= 1
@@ -92,9 +92,9 @@ def test_kernel_granularity_and_global_scope():
 
 def test_a_new_mask_combines_with_the_earlier_one():
     ck = _scored()
-    first = mask(ck, 0.5)
+    first = mask(ck, PruneConfig(0.5))
     first.scores = magnitude(ck.state, prunable(ck))  # different scores the second time
-    second = mask(first, 0.75)
+    second = mask(first, PruneConfig(0.75))
     for name in prunable(ck):
         assert not (second.masks[name] & ~first.masks[name]).any()  # nothing comes back
         removed = int((~second.masks[name]).sum())
@@ -102,14 +102,14 @@ def test_a_new_mask_combines_with_the_earlier_one():
 
 
 def test_missing_scores_and_bad_ratio_are_refused():
-    ck = init("yolov3-small", classes=3, img_size=64, width=0.125)
+    ck = init("yolov3-small", classes=3, img_size=64, options={"width": 0.125})
     with pytest.raises(PrunekitError, match="no scores for 'layers.0.conv.weight'.*prunekit "
                                             "score"):
-        mask(ck, 0.5)
+        mask(ck, PruneConfig(0.5))
     ck.scores = magnitude(ck.state, prunable(ck))
     for bad in (-0.1, 1.0, 1.5):
         with pytest.raises(PrunekitError, match="--ratio"):
-            mask(ck, bad)
+            mask(ck, PruneConfig(bad))
 
 
 @pytest.mark.parametrize(("arch", "img", "width"), [("yolov3", 128, 1.0),
@@ -120,8 +120,8 @@ def test_compacted_model_equals_masked_model(arch, img, width):
                  if arch != "yolov3-small" else 6)
     x = torch.rand(2, 3, img, img)
     for ratio in (0.25, 0.5, 0.75, 0.9):
-        masked = mask(ck, ratio, granularity="filter")
-        small = mask(ck, ratio, granularity="filter", compact=True)
+        masked = mask(ck, PruneConfig(ratio, granularity="filter"))
+        small = mask(ck, PruneConfig(ratio, granularity="filter", compact=True))
         with torch.no_grad():
             a, b = masked.build()(x), small.build()(x)
         for ya, yb in zip(a, b, strict=True):
@@ -133,7 +133,7 @@ def test_compacted_model_equals_masked_model(arch, img, width):
 
 def test_compacted_checkpoint_is_smaller_faster_and_self_describing(tmp_path):
     ck = _scored("yolov3-small", img=160, width=None, classes=6)
-    small = mask(ck, 0.75, granularity="filter", compact=True)
+    small = mask(ck, PruneConfig(0.75, granularity="filter", compact=True))
     path = tmp_path / "small.st"
     checkpoint.save(small, path)
     loaded = checkpoint.load(path)
@@ -152,7 +152,7 @@ def test_unstructured_checkpoint_size_follows_sparsity(ratio, limit):
     ck = init("yolov3-tiny", classes=80)
     dense = len(checkpoint.to_bytes(ck))
     ck.scores = magnitude(ck.state, prunable(ck))
-    pruned = len(checkpoint.to_bytes(mask(ck, ratio)))
+    pruned = len(checkpoint.to_bytes(mask(ck, PruneConfig(ratio))))
     assert pruned <= limit * dense, pruned / dense
 
 
@@ -166,8 +166,8 @@ def test_make_masks_leaves_the_checkpoint_alone():
 @pytest.mark.parametrize("scope", ["layer", "global"])
 def test_round_to_keeps_a_multiple_of_channels_and_the_best_ones(scope):
     ck = _scored(width=0.5)
-    plain = mask(ck, 0.7, granularity="filter", scope=scope)
-    rounded = mask(ck, 0.7, granularity="filter", scope=scope, round_to=8)
+    plain = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope))
+    rounded = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope, round_to=8))
     grew = 0
     for group in filter_groups(ck.arch):
         if not group.prunable:
@@ -181,12 +181,13 @@ def test_round_to_keeps_a_multiple_of_channels_and_the_best_ones(scope):
         assert kept - int(before.sum()) < 8
         grew += kept - int(before.sum())
     assert grew > 0  # the rounding did something
-    assert rounded.history[-1]["args"]["round_to"] == 8
-    compacted = mask(ck, 0.7, granularity="filter", scope=scope, round_to=8, compact=True)
+    assert rounded.history[-1]["args"]["prune"]["round_to"] == 8
+    compacted = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope, round_to=8,
+                                     compact=True))
     widths = [m.weight.shape[0] for m in compacted.build().modules()
               if isinstance(m, torch.nn.Conv2d)]
     assert sum(w % 8 == 0 for w in widths) > 0.8 * len(widths)
     with pytest.raises(PrunekitError, match="--round-to rounds the filters"):
-        mask(ck, 0.5, round_to=8)
+        mask(ck, PruneConfig(0.5, round_to=8))
     with pytest.raises(PrunekitError, match="--round-to must be at least 1"):
-        mask(ck, 0.5, granularity="filter", round_to=0)
+        mask(ck, PruneConfig(0.5, granularity="filter", round_to=0))

@@ -18,7 +18,7 @@ from prunekit.bench import bench, resolve_runtime
 from prunekit.errors import PrunekitError
 from prunekit.export import export_onnx
 from prunekit.init import init
-from prunekit.mask import mask
+from prunekit.mask import PruneConfig, mask
 from prunekit.models.yolov3 import boxes as yolo_boxes
 from prunekit.score import score
 
@@ -52,8 +52,9 @@ def yolo_models() -> dict[str, checkpoint.Checkpoint]:
     scored = score(dense, "magnitude")
     filters = score(dense, "l1-filter")
     grey = init("yolov3-small", classes=3, img_size=96, seed=1, grey=True)
-    return {"dense": dense, "weight-90": mask(scored, 0.9),
-            "filter-50-compact": mask(filters, 0.5, granularity="filter", compact=True),
+    return {"dense": dense, "weight-90": mask(scored, PruneConfig(0.9)),
+            "filter-50-compact": mask(filters, PruneConfig(0.5, granularity="filter",
+                                                           compact=True)),
             "grey": grey}
 
 
@@ -119,7 +120,7 @@ def test_yolov3_decoded_boxes_and_scores(yolo_models, tmp_path):
 @pytest.fixture(scope="module")
 def detr_models() -> dict[str, checkpoint.Checkpoint]:
     dense = init("deformable-detr-small", classes=3, seed=0)
-    compact = mask(score(dense, "l1-filter"), 0.5, granularity="filter", compact=True)
+    compact = mask(score(dense, "l1-filter"), PruneConfig(0.5, granularity="filter", compact=True))
     return {"dense": dense, "filter-50-compact": compact}
 
 

@@ -21,7 +21,7 @@ from prunekit.errors import PrunekitError
 from prunekit.evaluate import evaluate
 from prunekit.export import export_onnx
 from prunekit.init import init
-from prunekit.mask import mask
+from prunekit.mask import PruneConfig, mask
 from prunekit.onnxfile import OnnxFile, load_model, looks_like_onnx
 from prunekit.score import score
 
@@ -45,10 +45,12 @@ def lively(ck: checkpoint.Checkpoint, size: int, seed: int = 0) -> checkpoint.Ch
 @pytest.fixture(scope="module")
 def models(synth_data) -> dict[str, checkpoint.Checkpoint]:
     names = [c["name"] for c in json.loads((synth_data / "val.json").read_text())["categories"]]
-    yolo = lively(init("yolov3-small", names=names, img_size=64, width=0.25, seed=0), 64)
+    yolo = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
     detr = init("deformable-detr-small", names=names, img_size=64, seed=0)
-    return {"yolov3": yolo, "yolov3-compact": mask(score(yolo, "l1-filter"), 0.5,
-                                                   granularity="filter", compact=True),
+    compact = mask(score(yolo, "l1-filter"), PruneConfig(0.5, granularity="filter",
+                                                          compact=True))
+    return {"yolov3": yolo, "yolov3-compact": compact,
             "detr": detr}
 
 

@@ -30,7 +30,8 @@ def _initializer_types(path) -> set[int]:
 
 
 def test_yolov3_int8_file(names, synth_data, tmp_path):
-    ck = lively(init("yolov3-small", names=names, img_size=64, width=0.25, seed=0), 64)
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
     val = str(synth_data / "val.json")
     done = export_int8(ck, tmp_path / "q.onnx", Int8Config(data=val, calib=3, seed=1,
                                                            min_sqnr_db=0.0))
@@ -67,7 +68,8 @@ def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path
 
 
 def test_a_check_the_int8_model_misses_writes_nothing(names, synth_data, tmp_path):
-    ck = lively(init("yolov3-small", names=names, img_size=64, width=0.25, seed=0), 64)
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
     val = str(synth_data / "val.json")
     with pytest.raises(PrunekitError, match=r"too far from the float one: .* dB .* nothing "
                                             r"was written"):
@@ -76,7 +78,8 @@ def test_a_check_the_int8_model_misses_writes_nothing(names, synth_data, tmp_pat
 
 
 def test_calibrating_on_one_file_and_checking_on_another(names, synth_data, tmp_path):
-    ck = lively(init("yolov3-small", names=names, img_size=64, width=0.25, seed=0), 64)
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
     done = export_int8(ck, tmp_path / "q.onnx", Int8Config(
         data=str(synth_data / "train.json"), calib=4, val=str(synth_data / "val.json"),
         min_sqnr_db=0.0))

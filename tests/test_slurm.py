@@ -98,7 +98,7 @@ def test_the_smoke_grid_runs_as_slurm_job_steps(cluster, smoke_grid, tmp_path):
         job = subprocess.run(
             ["sbatch", "--wait", "--parsable", "--ntasks=2", "--cpus-per-task=1",
              "--gpus-per-task=0", "--mem-per-cpu=1G", f"--output={log}", f"--chdir={ROOT}",
-             str(ROOT / "examples" / "slurm" / "all-scenarios.sbatch"), "SCALE=smoke",
+             str(ROOT / "examples" / "slurm" / "all-scenarios.sbatch"), "SCALE=smoke", "RUNS=1",
              f"OUT={out}"], capture_output=True, text=True, env=cluster, timeout=2400)
     finally:
         stop.set()
@@ -108,8 +108,10 @@ def test_the_smoke_grid_runs_as_slurm_job_steps(cluster, smoke_grid, tmp_path):
     assert killed, "no cell process was seen to kill"
     assert "↻" in text and "retry 1 of 2" in text, text[-4000:]
 
-    # The same numbers as the local run (timings aside).
-    assert _rows(out / "results.csv") == _rows(local / "results.csv")
+    # The same numbers as the local run's first run (timings aside): one run of the grid is
+    # every kind of step, at half the time of the local run's two.
+    first = {k: v for k, v in _rows(local / "results.csv").items() if k[1] == "1"}
+    assert len(first) == 15 and _rows(out / "results.csv") == first
     assert (out / "report" / "report.md").exists()
 
     # Every step of the grid was a job step named after it; each cell's step completed (the
@@ -119,7 +121,7 @@ def test_the_smoke_grid_runs_as_slurm_job_steps(cluster, smoke_grid, tmp_path):
     names = [name for _, name, state in steps if state == "COMPLETED"]
     assert len(names) == total, steps
     cells = {f"{p.parent.parent.parent.name}:{p.parent.parent.name}:{p.parent.name}"
-             for p in local.glob("*/run*/r*/result.json")}
-    assert len(cells) == 30 and cells <= set(names), sorted(set(names))[:10]
+             for p in local.glob("*/run1/r*/result.json")}
+    assert len(cells) == 15 and cells <= set(names), sorted(set(names))[:10]
     assert [state for _, _, state in steps].count("COMPLETED") == total
     assert any(state != "COMPLETED" for _, _, state in steps), steps

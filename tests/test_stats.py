@@ -1,14 +1,14 @@
 """Tests for prunekit.stats and `prunekit stats`, mostly on the paper's own raw numbers.
 
-tests/data/paper/ holds the paper's Tables I–XIV as printed: Tables V–XIV (mAP and latency, ten
-runs × nine ratios for each of the five scenarios, with the paper's max/min/avg/std dev rows) and
-Tables I–IV (its ANOVA p-values).
+prunekit/stats/data/paper/ holds the paper's Tables I–XIV as printed: Tables V–XIV (mAP at the
+paper's confidence threshold 0.5, ``map_conf05``, and latency; ten runs × nine ratios for each of
+the five scenarios, with the paper's max/min/avg/std dev rows) and Tables I–IV (its ANOVA
+p-values). The verdicts' own tests are in tests/test_findings.py.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import warnings
 from pathlib import Path
 
@@ -21,38 +21,18 @@ from typer.testing import CliRunner
 from prunekit import stats
 from prunekit.cli import app
 from prunekit.errors import DataError
+from prunekit.stats import seeds
 
-PAPER = Path(__file__).parent / "data" / "paper"
 SCENARIOS = ["structured-deeplift", "structured-hydra", "unstructured-deeplift",
              "unstructured-deeplift-grey", "unstructured-hydra"]
 RATIOS = [0.0, 0.25, 0.50, 0.65, 0.75, 0.85, 0.90, 0.95, 0.99]
-
-
-def _paper_table(path: Path) -> tuple[str, str, pd.DataFrame, pd.DataFrame]:
-    """(scenario, metric, the ten runs as floats, the summary rows as printed strings)."""
-    head = path.read_text().splitlines()[0]
-    scenario = re.search(r"scenario=([\w-]+)", head).group(1)
-    metric = re.search(r"metric=(\w+)", head).group(1)
-    table = pd.read_csv(path, comment="#", dtype=str).set_index("row")
-    return scenario, metric, table.iloc[:10].astype(float), table.iloc[10:]
-
-
-def _raw_tables() -> list[Path]:
-    return sorted(p for p in PAPER.glob("table*.csv") if "anova" not in p.name)
+MAP = "map_conf05"
 
 
 @pytest.fixture(scope="module")
 def paper() -> pd.DataFrame:
     """The paper's Tables V–XIV as one long results table (450 rows: 5 × 10 runs × 9 ratios)."""
-    cells: dict[tuple, dict] = {}
-    for path in _raw_tables():
-        scenario, metric, runs, _ = _paper_table(path)
-        for run, values in runs.iterrows():
-            for col, v in values.items():
-                key = (scenario, int(run.split()[1]), float(col.rstrip("%")) / 100)
-                cells.setdefault(key, {})[metric] = v
-    return pd.DataFrame([{"scenario": s, "run": r, "ratio": q, **m}
-                         for (s, r, q), m in cells.items()])
+    return seeds.paper_results()
 
 
 @pytest.fixture(scope="module")
@@ -67,12 +47,14 @@ def paper_csv(paper: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_fixture_is_the_full_grid(paper: pd.DataFrame) -> None:
     assert len(paper) == 450
     assert sorted(paper["scenario"].unique()) == SCENARIOS
-    assert paper[["map", "latency_ms"]].notna().all().all()
+    assert paper[[MAP, "latency_ms"]].notna().all().all()
 
 
-@pytest.mark.parametrize("path", _raw_tables(), ids=lambda p: p.stem)
-def test_runs_table_reproduces_the_papers_summary_rows(paper: pd.DataFrame, path: Path) -> None:
-    scenario, metric, runs, printed = _paper_table(path)
+@pytest.mark.parametrize("table", seeds.paper_tables(), ids=lambda t: f"{t[0]}-{t[1]}")
+def test_runs_table_reproduces_the_papers_summary_rows(paper: pd.DataFrame, table) -> None:
+    scenario, metric, runs, printed = table
+    first = metric == "map" and scenario == "unstructured-deeplift"
+    metric = MAP if metric == "map" else metric
     ours = stats.runs_table(stats.load_results(paper), scenario, metric)
     assert list(ours.index) == [f"run {i}" for i in range(1, 11)] + [
         "max", "min", "avg", "std dev (population)"]
@@ -83,7 +65,7 @@ def test_runs_table_reproduces_the_papers_summary_rows(paper: pd.DataFrame, path
     np.testing.assert_array_equal(ours.loc["min"], printed.loc["min"].astype(float))
     # avg is printed to the raw values' last digit, mAP truncated (Table V, 25 %: 0.3869 is
     # printed 0.386), latency rounded: ours is within one unit of that digit.
-    unit = 0.001 if metric == "map" else 0.1
+    unit = 0.001 if metric == MAP else 0.1
     avg = printed.loc["avg"].astype(float)
     assert np.all(np.abs(ours.loc["avg"] - avg) <= unit + 1e-9)
     # std dev: the paper's are population standard deviations, printed to two significant
@@ -91,7 +73,7 @@ def test_runs_table_reproduces_the_papers_summary_rows(paper: pd.DataFrame, path
     # ten printed (rounded) runs give 6.97e-03; the paper computed from unrounded values.
     for col in runs.columns:
         ours_std = f"{ours.loc['std dev (population)', col]:.1e}"
-        if path.name.startswith("table05") and col == "50%":
+        if first and col == "50%":
             assert ours_std == "7.0e-03"
             assert ours.loc["std dev (population)", col] == pytest.approx(6.9e-3, abs=1e-4)
         else:
@@ -100,9 +82,9 @@ def test_runs_table_reproduces_the_papers_summary_rows(paper: pd.DataFrame, path
 
 def test_sample_std_is_an_option(paper: pd.DataFrame) -> None:
     df = stats.load_results(paper)
-    table = stats.runs_table(df, "unstructured-deeplift", "map", std="sample")
+    table = stats.runs_table(df, "unstructured-deeplift", MAP, std="sample")
     assert "std dev (sample)" in table.index
-    runs = df[(df["scenario"] == "unstructured-deeplift") & (df["ratio"] == 0)]["map"]
+    runs = df[(df["scenario"] == "unstructured-deeplift") & (df["ratio"] == 0)][MAP]
     assert table.loc["std dev (sample)", "0%"] == pytest.approx(runs.std(ddof=1))
     # The paper's 8.0e-04 is the population value; the sample one would print 8.4e-04.
     assert f"{table.loc['std dev (sample)', '0%']:.1e}" == "8.4e-04"
@@ -124,7 +106,7 @@ def test_comparisons_are_the_papers_five(paper: pd.DataFrame) -> None:
         ("unstructured-deeplift-grey", "unstructured-deeplift")]
 
 
-@pytest.mark.parametrize("metric", ["map", "latency_ms"])
+@pytest.mark.parametrize("metric", [MAP, "latency_ms"])
 def test_anova_equals_scipy_f_oneway(paper: pd.DataFrame, metric: str) -> None:
     df = stats.load_results(paper)
     result = stats.anova(df, metric)
@@ -139,15 +121,15 @@ def test_anova_equals_scipy_f_oneway(paper: pd.DataFrame, metric: str) -> None:
                                                                    rel=1e-12)
 
 
-@pytest.mark.parametrize("table, metric", [("table01_anova_map", "map"),
+@pytest.mark.parametrize("table, metric", [("table01_anova_map", MAP),
                                            ("table02_anova_latency", "latency_ms"),
-                                           ("table03_anova_grey_map", "map"),
+                                           ("table03_anova_grey_map", MAP),
                                            ("table04_anova_grey_latency", "latency_ms")])
 def test_anova_reproduces_the_papers_p_values(paper: pd.DataFrame, table: str,
                                               metric: str) -> None:
     # The paper ran ANOVA on unrounded runs and printed three digits; the printed runs give
     # the same p-values within 1 %.
-    printed = pd.read_csv(PAPER / f"{table}.csv", comment="#").set_index("comparison")
+    printed = seeds.paper_anova(f"{table}.csv")
     ours = stats.anova(stats.load_results(paper), metric).pvalues
     for label, row in printed.iterrows():
         ours_row = ours.loc[label.replace("Greyscale vs Colour", "Greyscale vs. Colour")]
@@ -174,45 +156,7 @@ def test_degenerate_groups_give_nan_with_a_note_and_no_warning() -> None:
         f_oneway([1.0, 2.0], [3.0, 4.0]).pvalue)
 
 
-# ------------------------------------------------------------------------------------ findings
-
-def test_findings_on_the_papers_data_are_reproduced(paper: pd.DataFrame) -> None:
-    found = stats.findings(stats.load_results(paper))
-    assert [f.number for f in found] == [1, 2, 3, 4, 5, 6]
-    assert {f.number: f.verdict for f in found} == {n: stats.REPRODUCED for n in range(1, 7)}
-    f4 = found[3]
-    assert any("65%: 52.9/87.7 ms = 0.60×" in line for line in f4.evidence)
-
-
-def test_findings_judge_contrary_data(paper: pd.DataFrame) -> None:
-    df = paper.copy()
-    hydra = df["scenario"].str.contains("hydra")
-    structured = df["scenario"].str.startswith("structured")
-    # Structured latency no longer falls with the ratio: 80 ms, a little noise from run to run.
-    df.loc[structured, "latency_ms"] = 80 + 0.1 * df.loc[structured, "run"]
-    df.loc[hydra, "map"] += 0.05  # HYDRA now wins everywhere
-    df.loc[hydra, "latency_ms"] *= 1.3  # and is slower
-    verdicts = {f.number: f.verdict for f in stats.findings(stats.load_results(df))}
-    assert verdicts[2] == stats.NOT_REPRODUCED
-    assert verdicts[5] == stats.NOT_REPRODUCED
-    assert verdicts[4] == stats.PARTLY  # structured still significantly faster, not ~half
-
-
-def test_findings_not_testable_without_their_scenarios(paper: pd.DataFrame) -> None:
-    one = paper[paper["scenario"] == "unstructured-deeplift"]
-    verdicts = [f.verdict for f in stats.findings(stats.load_results(one))]
-    assert verdicts == [stats.REPRODUCED] + [stats.NOT_TESTABLE] * 5
-    no_structured = paper[~paper["scenario"].str.startswith("structured")]
-    found = stats.findings(stats.load_results(no_structured))
-    assert found[1].verdict == stats.PARTLY  # DeepLIFT wins, but only unstructured is tested
-    assert any("Structured" in line and "absent" in line for line in found[1].evidence)
-
-
-def test_findings_without_p_values_are_not_testable(paper: pd.DataFrame) -> None:
-    # One run per cell: every ANOVA is undefined, so nothing can be judged either way.
-    verdicts = {f.verdict for f in stats.findings(stats.load_results(paper[paper["run"] == 1]))}
-    assert verdicts == {stats.NOT_TESTABLE}
-
+# ------------------------------------------------------------------------------------ loading
 
 def test_attribute_columns_win_over_names_and_are_normalised() -> None:
     df = pd.DataFrame({"scenario": ["a", "b"] * 4, "run": [1, 1, 2, 2] * 2,
@@ -241,16 +185,19 @@ def test_report_on_the_papers_grid(paper_csv: Path, tmp_path: Path) -> None:
         assert f"]({fig.relative_to(out)})" in md
     for s in SCENARIOS:
         assert f"### {s}" in md
-        assert (out / "tables" / f"{s}__map.csv").exists()
+        assert (out / "tables" / f"{s}__{MAP}.csv").exists()
         assert (out / "tables" / f"{s}__latency_ms.md").exists()
     assert "| DeepLIFT vs. HYDRA (Unstructured) | 1.03e-01 | 9.53e-02 | **1.71e-03**" in md
     assert "| Greyscale vs. Colour (Unstructured DeepLIFT) | **1.13e-23**" in md
     assert "std dev (population) | 8.0e-04 | 7.1e-03" in md
-    assert (out / "anova" / "map.csv").exists() and (out / "anova" / "latency_ms.csv").exists()
-    verdicts = {f["number"]: f["verdict"] for f in result["findings"]}
-    for n in (1, 3, 4):
-        assert verdicts[n] == "reproduced"
-    assert md.count("**reproduced**") == 6
+    assert (out / "anova" / f"{MAP}.csv").exists()
+    assert (out / "anova" / "latency_ms.csv").exists()
+    verdicts = {f["id"]: (f["verdict"], f["seed_verdict"]) for f in result["findings"]}
+    for n in ("1", "3", "4"):
+        assert verdicts[n] == ("reproduced", "reproduced")
+    assert "| the paper's own data (Tables V–XIV) |" in md
+    assert "## The paper (HYDRA and DeepLIFT pruning of YOLOv3, seeds/000): the declared rules " \
+           f"(version {stats.VERSION})" in md
 
     # The same input gives the same bytes, figures included.
     again = tmp_path / "again"
@@ -345,6 +292,20 @@ def test_cli_writes_the_report(paper_csv: Path, tmp_path: Path) -> None:
     assert result.stdout == ""
     assert "finding 4: reproduced" in result.stderr
     assert (out / "report.md").exists() and (out / "figures" / "fig1a_map.png").exists()
+
+
+@pytest.mark.parametrize("study", ["paper", "kitti"])
+def test_cli_prints_the_declaration_alone(study: str) -> None:
+    from prunekit.stats.verdicts import study as find
+
+    result = CliRunner().invoke(app, ["stats", "--rules", "--study", study])
+    assert result.exit_code == 0, result.stderr
+    assert f"the declared rules (version {stats.VERSION})" in result.stdout
+    for rule in find(study).rules:
+        assert f"**{rule.id}. {rule.claim}**" in result.stdout
+    assert "| α" not in result.stdout and "Holm" in result.stdout
+    both = CliRunner().invoke(app, ["stats", "--rules", "results.csv"])
+    assert both.exit_code == 2 and "give no results CSV" in both.stderr
 
 
 

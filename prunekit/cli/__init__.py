@@ -10,6 +10,7 @@ from prunekit.cli import (  # noqa: F401  (each module registers its command)
     export,
     finetune,
     grid,
+    history,
     init,
     mask,
     score,

@@ -17,6 +17,9 @@ class _Group(TyperGroup):
 
     def invoke(self, ctx):  # noqa: ANN001 (typer's vendored click Context)
         try:
+            from prunekit.cli._families import check
+
+            check()  # the installed families, before any command: a clash is one line
             return super().invoke(ctx)
         except PrunekitError as e:
             _fail(str(e))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from prunekit.cli._app import app
+from prunekit.cli._families import FamilyOptionsCommand, with_family_options
 from prunekit.cli._io import check_output, console, read_checkpoint
 from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt
 
@@ -38,7 +39,8 @@ def _batch(value: str) -> str:
     return value
 
 
-@app.command("export", epilog=EXAMPLE)
+@app.command("export", epilog=EXAMPLE, cls=FamilyOptionsCommand)
+@with_family_options("export")
 def export_cmd(
     model: CheckpointArg = None,
     output: OutputOpt = None,
@@ -53,9 +55,6 @@ def export_cmd(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="ONNX: run the file with "
                                          "onnxruntime and refuse to write it when its outputs "
                                          "differ from PyTorch's by more than 1e-4.")] = True,
-    hf: Annotated[Path | None, typer.Option("--hf", help="Write a Hugging Face save_pretrained "
-                                            "folder (Deformable DETR; not for compacted "
-                                            "models).", show_default=False)] = None,
     int8: Annotated[bool, typer.Option("--int8", help="ONNX: static INT8 (QDQ, per-channel "
                                        "weights), calibrated on --calib images of --data, "
                                        "checked against the float file on the images of "
@@ -74,20 +73,26 @@ def export_cmd(
                                                 "and --val (default: each JSON's folder).",
                                                 show_default=False)] = None,
     seed: SeedOpt = 0,
+    *,
+    options: dict[str, Any],
 ) -> None:
     """Export a checkpoint: ONNX (-o FILE.onnx), the deployment form with the input pipeline
-    inside, checked against PyTorch with onnxruntime; or a Hugging Face save_pretrained
-    folder (--hf DIR)."""
+    inside, checked against PyTorch with onnxruntime; or a format of the model's family (its
+    options below, e.g. --hf DIR, a Hugging Face save_pretrained folder)."""
     from prunekit.errors import PrunekitError
     from prunekit.export import export, export_onnx
     from prunekit.onnx import DEFAULT_OPSET, check_opset
 
-    if (hf is None) == (output is None or str(output) == "-"):
-        raise PrunekitError("which format? give -o FILE.onnx (ONNX) or --hf DIR (a "
-                            "save_pretrained folder), one of them")
-    if hf is not None:
+    if bool(options) == (output is not None and str(output) != "-") or len(options) > 1:
+        from prunekit.models import registry
+
+        flags = ", ".join(f"{o.flag} ({f.name})" for f, o in registry.options("export"))
+        raise PrunekitError(f"which format? give -o FILE.onnx (ONNX) or one of the model "
+                            f"families' own formats ({flags}), one of them")
+    if options:
         ck = read_checkpoint(model)
-        out = export(ck, hf, fmt="hf")
+        (fmt, dest), = options.items()
+        out = export(ck, dest, fmt=fmt)
         console.print(f"wrote {out}", highlight=False)
         return
     check_output(output)

@@ -95,8 +95,19 @@ def finetune_cmd(
     import contextlib
 
     from prunekit import distributed
-    from prunekit.finetune import finetune
+    from prunekit.attack import AttackConfig
+    from prunekit.finetune import TrainConfig, finetune
 
+    if adv not in ("none", "pgd", "fgsm"):
+        raise PrunekitError(f"--adv {adv!r} is unknown; use none, pgd or fgsm")
+    config = TrainConfig(
+        data=str(data), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, warmup=warmup, augment=augment, grey=grey, img_size=img_size,
+        adv_mix=adv_mix, images=str(images) if images else None,
+        val=str(val) if val else None, eval_every=eval_every, save_every=save_every,
+        bn_batches=bn_batches, workers=workers, seed=seed)
+    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
+                                                     steps=attack_steps).check("--attack-steps")
     with distributed.session(device) as s:
         if s.distributed and (model is None or str(model) == "-"):
             raise PrunekitError("under torchrun, give the checkpoint as a file: standard input "
@@ -115,14 +126,9 @@ def finetune_cmd(
                                 ("loss", "adv_loss", "map", "map50"))
                 bar.update(task, completed=step, total=total, info=info)
 
-            out = finetune(ck, data, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
-                           weight_decay=weight_decay, warmup=warmup, workers=workers,
-                           images=images, seed=seed, device=device, grey=grey,
-                           img_size=img_size, augment=augment, adv=adv, adv_mix=adv_mix,
-                           eps=eps, alpha=alpha, adv_steps=attack_steps, state_file=state,
-                           resume=resume, save_every=save_every, val=val,
-                           eval_every=eval_every, bn_batches=bn_batches, threads=threads,
-                           log=log, session=s, progress=_progress)
+            out = finetune(ck, config, attack, device=device, threads=threads,
+                           state_file=state, resume=resume, log=log, session=s,
+                           progress=_progress)
         if out is None:
             return  # not rank 0: it writes
         curve = out.history[-1]["args"].get("curve")

@@ -69,35 +69,51 @@ def cell_cmd(
                                                show_default=False)] = None,
 ) -> None:
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
+    from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
-    from prunekit.grid import cell
+    from prunekit.finetune import TrainConfig
+    from prunekit.grid import Measure, cell
+    from prunekit.mask import PruneConfig
 
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
-    row = cell(model, out, scenario=scenario, run=run, ratio=ratio, data=data, val=val,
-               granularity=granularity, steps=steps, batch_size=batch_size, lr=lr,
-               weight_decay=weight_decay, adv=adv, eps=eps, alpha=alpha,
-               attack_steps=attack_steps, adv_eval=adv_eval, images=images, method=method,
-               seed=seed, threads=threads, device=device, bench_seconds=bench_seconds,
-               runtime=runtime, reuse=reuse)
+    if adv not in ("none", "pgd", "fgsm"):
+        raise PrunekitError(f"--adv {adv!r} is unknown; use fgsm, pgd or none")
+    root = str(images) if images else None
+    # Filter masks are compacted: the compacted model computes the same, faster.
+    prune = PruneConfig(ratio=ratio, granularity=granularity, compact=granularity == "filter")
+    train = TrainConfig(data=str(data), steps=steps, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, images=root, workers=0, seed=seed) \
+        if steps else None
+    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
+                                                     steps=attack_steps).check("--attack-steps")
+    evaluation = AttackConfig(method="pgd", eps=eps, alpha=alpha,
+                              steps=attack_steps).check("--attack-steps") if adv_eval else None
+    measure = Measure(val=str(val), images=root, attack=evaluation, bench_seconds=bench_seconds,
+                      runtime=runtime, threads=threads, seed=seed)
+    row = cell(model, out, scenario=scenario, run=run, prune=prune, train=train, attack=attack,
+               measure=measure, method=method, device=device, reuse=reuse)
     adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
     seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "
                   f"{row['latency_ms']:.1f} ms{seconds}", highlight=False)
 
 
-@grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid -o "
+@grid_app.command("collect", epilog="Example:\n\n  prunekit grid collect runs/grid --times runs/grid/times.log -o "
                                     "runs/grid/results.csv\n")
 def collect_cmd(
     root: Annotated[Path, typer.Argument(help="The grid's folder.", show_default=False)],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="CSV path (default: "
                                                 "stdout).", show_default=False)] = None,
+    times: Annotated[Path | None, typer.Option(
+        "--times", help="The grid's times.log: adds seconds_score, the time of the step that "
+        "wrote each pruned cell's score file.", show_default=False)] = None,
 ) -> None:
     """Gather every cell's result.json into one long-format CSV."""
     from prunekit.grid import collect
 
     check_output(output)
-    df = collect(root)
+    df = collect(root, times)
     write_text(df.to_csv(index=False), output)
     console.print(f"{len(df)} cells", highlight=False)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from prunekit.cli._app import app
+from prunekit.cli._families import FamilyOptionsCommand, members, with_family_options
 from prunekit.cli._io import check_output, write_checkpoint
 from prunekit.cli._options import ImgSizeOpt, OutputOpt, SeedOpt
 
@@ -25,11 +26,12 @@ EXAMPLE = """Examples:
 """
 
 
-@app.command("init", epilog=EXAMPLE)
+@app.command("init", epilog=EXAMPLE, cls=FamilyOptionsCommand)
+@with_family_options("init")
 def init_cmd(
     arch: Annotated[str | None, typer.Argument(
-        help="yolov3, yolov3-tiny, yolov3-small, deformable-detr or deformable-detr-small (omit "
-             "with --cfg or --hf).", show_default=False)] = None,
+        help=f"A family member: {members()} (omit when a family's option imports files, "
+             f"e.g. --cfg or --hf).", show_default=False)] = None,
     classes: Annotated[int | None, typer.Option(help="Number of classes.",
                                                 show_default=False)] = None,
     names: Annotated[str | None, typer.Option(help="Comma-separated class names, in "
@@ -39,25 +41,16 @@ def init_cmd(
     img_size: ImgSizeOpt = None,
     grey: Annotated[bool, typer.Option("--grey", help="Feed the model Rec. 601 grey "
                                        "images.")] = False,
-    width: Annotated[float | None, typer.Option(help="Channel multiplier (default: the "
-                                                "member's).", show_default=False)] = None,
-    depth: Annotated[float | None, typer.Option(help="Depth multiplier (default: the "
-                                                "member's).", show_default=False)] = None,
-    cfg: Annotated[Path | None, typer.Option(help="Darknet .cfg to build.",
-                                             show_default=False)] = None,
-    weights: Annotated[Path | None, typer.Option(help="Darknet .weights for --cfg.",
-                                                 show_default=False)] = None,
-    hf: Annotated[Path | None, typer.Option("--hf", help="A Hugging Face save_pretrained folder "
-                                            "(Deformable DETR: config.json + "
-                                            "model.safetensors) to import.",
-                                            show_default=False)] = None,
     seed: SeedOpt = 0,
     output: OutputOpt = None,
+    *,
+    options: dict[str, Any],
 ) -> None:
-    """Build a detector: a family member with fresh weights, Darknet .cfg (+ .weights), or an
-    HF Deformable DETR folder. Class names come from --names, --dataset, or the imported files.
-    --img-size is YOLOv3's square side, or Deformable DETR's canvas height (the width keeps the
-    member's aspect)."""
+    """Build a detector: a family member with fresh weights, or a family's own files (e.g.
+    Darknet .cfg + .weights, an HF Deformable DETR folder). Class names come from --names, --dataset,
+    or the imported files. --img-size is YOLOv3's square side, or Deformable DETR's canvas
+    height (the width keeps the member's aspect). Each family adds its own options, listed
+    below by family."""
     from prunekit.errors import PrunekitError
     from prunekit.init import init
 
@@ -67,5 +60,5 @@ def init_cmd(
         raise PrunekitError(f"--names {names!r} has an empty name; give one name per class, "
                             f"separated by commas (e.g. --names car,person)")
     ck = init(arch, classes=classes, names=name_list, dataset=dataset, img_size=img_size,
-              grey=grey, width=width, depth=depth, cfg=cfg, weights=weights, hf=hf, seed=seed)
+              grey=grey, options=options, seed=seed)
     write_checkpoint(ck, output)

@@ -43,16 +43,19 @@ def mask_cmd(
 ) -> None:
     """Build masks from the scores, apply them, and drop the scores."""
     from prunekit.errors import PrunekitError
-    from prunekit.mask import check_round_to, mask
+    from prunekit.mask import PruneConfig, mask
 
     if structured and granularity not in (None, "filter"):
         raise PrunekitError(f"--structured means --granularity filter, not {granularity}")
     gran = "filter" if structured else (granularity or "weight")
-    check_round_to(round_to, gran)
+    config = PruneConfig(ratio=ratio, granularity=gran, scope=scope, compact=compact,
+                         round_to=round_to).check()
     check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
-    out = mask(ck, ratio, granularity=gran, scope=scope, compact=compact, round_to=round_to)
+    out = mask(ck, config)
     entry = next(h for h in reversed(out.history) if h["command"] == "mask")["args"]
+    left = f"; {len(entry['unpruned'])} weights without scores left unpruned" \
+        if entry.get("unpruned") else ""
     console.print(f"{gran} pruning at {ratio:g}: {entry['sparsity']:.1%} of prunable weights "
-                  f"zeroed" + (", compacted" if compact else ""), highlight=False)
+                  f"zeroed" + (", compacted" if compact else "") + left, highlight=False)
     write_checkpoint(out, output)

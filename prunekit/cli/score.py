@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import check_output, progress_bar, read_checkpoint, write_checkpoint
+from prunekit.cli._io import (
+    check_output,
+    console,
+    progress_bar,
+    read_checkpoint,
+    write_checkpoint,
+)
 from prunekit.cli._options import (
     AlphaOpt,
     AttackStepsOpt,
@@ -62,17 +68,31 @@ def score_cmd(
     device: DeviceOpt = "auto",
     output: OutputOpt = None,
 ) -> None:
-    """Add scores.<param> for every conv and linear weight to the checkpoint."""
-    from prunekit.score import score
+    """Add scores.<param> for every conv and linear weight to the checkpoint. Frozen weights
+    (an imported model's frozen backbone) are scored too; a weight that gets no gradient is
+    left unpruned, and the command says so."""
+    from prunekit.attack import AttackConfig
+    from prunekit.errors import PrunekitError
+    from prunekit.mask import PruneConfig
+    from prunekit.score import ScoreConfig, score
 
+    if adv not in ("none", "pgd", "fgsm"):
+        raise PrunekitError(f"--adv {adv!r} is unknown; use none, pgd or fgsm")
+    config = ScoreConfig(method=method, data=str(data) if data else None,
+                         images=str(images) if images else None, batches=batches,
+                         batch_size=batch_size, steps=steps, lr=lr, baseline=baseline,
+                         workers=workers, seed=seed).check()
+    target = PruneConfig(ratio=ratio, granularity=granularity, scope=scope).check()
+    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
+                                                     steps=attack_steps).check("--attack-steps")
     check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     with progress_bar("score") as bar:
         task = bar.add_task(f"score {method}", total=None, info="")
-        out = score(ck, method, data=str(data) if data else None,
-                    images=str(images) if images else None, ratio=ratio, steps=steps, lr=lr,
-                    granularity=granularity, scope=scope, adv=adv, eps=eps, alpha=alpha,
-                    adv_steps=attack_steps, baseline=baseline, batches=batches,
-                    batch_size=batch_size, workers=workers, seed=seed, device=device,
-                    threads=threads, progress=lambda d, t: bar.update(task, completed=d, total=t))
+        out = score(ck, config, target=target, attack=attack, device=device, threads=threads,
+                    progress=lambda d, t: bar.update(task, completed=d, total=t))
+    unscored = out.history[-1]["args"]["unscored"]
+    if unscored:
+        console.print(f"left unpruned: {len(unscored)} weights got no gradient (they take no "
+                      f"part in the loss), e.g. {unscored[0]}", highlight=False)
     write_checkpoint(out, output)

@@ -17,14 +17,16 @@ EXAMPLE = """Examples:
   prunekit stats grid-a.csv grid-b.csv -o report/ --std sample
 
   prunekit stats runs/kitti-study/results.csv --study kitti -o runs/kitti-study/report
+
+  prunekit stats --rules --study kitti > rules.md
 """
 
 
 @app.command("stats", epilog=EXAMPLE)
 def stats_cmd(
-    results: Annotated[list[Path], typer.Argument(
+    results: Annotated[list[Path] | None, typer.Argument(
         help="Results CSV(s) from the experiment grid (scenario, run, ratio, metrics...); "
-             "several are concatenated.", show_default=False)],
+             "several are concatenated.", show_default=False)] = None,
     output: Annotated[Path, typer.Option(
         "-o", "--output", help="Report folder: report.md, findings.json, tables/, anova/, "
         "figures/ (those entries are replaced, other files kept).")] = Path("report"),
@@ -34,8 +36,23 @@ def stats_cmd(
     study: Annotated[Literal["paper", "kitti"], typer.Option(
         "--study", help="Whose findings to judge: paper (the first study, `make "
         "all-scenarios`) or kitti (the second, `make kitti-study`).")] = "paper",
+    rules: Annotated[bool, typer.Option(
+        "--rules", help="Print the study's declared rules (the claims, tests, margins and "
+        "verdicts, with their version and calibration) as markdown, and nothing else.")] = False,
 ) -> None:
     """Per-scenario tables, tests, plots and a verdict on each of a study's findings."""
+    if rules:
+        from prunekit.stats.verdicts import rules_markdown
+        from prunekit.stats.verdicts import study as find_study
+
+        if results:
+            raise typer.BadParameter("--rules prints the declaration alone; give no results "
+                                     "CSV with it")
+        typer.echo(rules_markdown(find_study(study)), nl=False)
+        return
+    if not results:
+        raise typer.BadParameter("give the results CSV(s) to judge (or --rules for the "
+                                 "declaration alone)")
     if study == "kitti":
         from prunekit.stats.kitti import report
     else:
@@ -46,4 +63,4 @@ def stats_cmd(
     console.print(f"wrote {result['report']} ({len(result['tables'])} table files, "
                   f"{len(result['figures'])} figures)", highlight=False)
     for f in result["findings"]:
-        console.print(f"finding {f['number']}: {f['verdict']}", highlight=False)
+        console.print(f"finding {f['id']}: {f['verdict']}", highlight=False)

@@ -10,8 +10,8 @@ from a checkpoint's ``arch`` and creates or imports new ones; every module it bu
 - ``forward`` → raw outputs, a tuple of batch-first tensors, in every mode; the loss is separate
   (:meth:`Detector.loss`), so attacks, HYDRA, Taylor and DeepLIFT get a loss in eval mode;
 - :meth:`Detector.postprocess` → boxes in original pixels, scores and labels;
-- :meth:`Detector.evidence` (what DeepLIFT attributes) and :meth:`Detector.objective` (what
-  attacks maximise);
+- :meth:`Detector.objective` (what attacks maximise) and, optionally,
+  :meth:`Detector.evidence` (what DeepLIFT attributes);
 - :meth:`Detector.prunable` weights and :meth:`Detector.channel_groups` (what structured
   pruning removes together, and what it may not remove), which the generic compaction
   (:mod:`prunekit.models.compact`) slices;
@@ -21,6 +21,17 @@ from a checkpoint's ``arch`` and creates or imports new ones; every module it bu
 Targets travel between data and families in one neutral form, :class:`Target`: one image's
 boxes in its original pixels and class indices, with the geometry that maps the original image
 into the model input; each family turns them into what its loss needs.
+
+Members every family must implement are abstract; the others have a documented default that
+fits a family which does not need them: ``evidence`` (none: DeepLIFT is refused for the family,
+through ``score``'s usual refusal), ``vanish`` (none: the ``obj`` attack is refused),
+``loss_sums_batch`` (False), ``uncounted_macs`` (none), ``graph`` (the raw outputs of
+``forward``, no decoded form), ``graph_inputs``, ``neutral_inputs`` and ``graph_feeds``
+(images only), ``from_graph`` (the graph's outputs as they are), ``quantization``
+(convolutions and matrix products), ``deployed`` (the model itself), ``param_groups``,
+``prunable``, ``runtimes`` and ``max_grad_norm``. A :class:`Family` declares the options it
+adds to ``prunekit init`` and ``prunekit export`` (:class:`Option`); families are installed
+through the entry-point group ``prunekit.families`` (:mod:`prunekit.models.registry`).
 """
 
 from __future__ import annotations
@@ -33,6 +44,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+
+from prunekit.errors import PrunekitError
 
 GREY_WEIGHTS = (0.299, 0.587, 0.114)  # Rec. 601 luma
 COLOURS = ("rgb", "grey")
@@ -263,9 +276,12 @@ class Detector(nn.Module, ABC):
             DETR averages over objects, as HF does).
         """
 
-    @abstractmethod
     def vanish(self, outputs: Outputs) -> Tensor:
-        """The "vanishing" attack's objective: larger as every detection fades, no targets."""
+        """The "vanishing" attack's objective: larger as every detection fades, no targets.
+
+        Optional: a family without one refuses the ``obj`` attack."""
+        raise PrunekitError(f"--loss obj: the {self.family} family defines no vanishing "
+                            f"objective; attack with --loss total, cls or box")
 
     def objective(self, outputs: Outputs, targets: list[Target] | None, kind: str) -> Tensor:
         """What an attack maximises: ``total`` (the loss), ``box`` or ``cls`` (its parts), or
@@ -288,10 +304,12 @@ class Detector(nn.Module, ABC):
             max_det: most detections kept per image.
         """
 
-    @abstractmethod
     def evidence(self, outputs: Outputs, targets: list[Target]) -> Tensor:
         """DeepLIFT's target: the detector's evidence for the targets' objects, one value per
         row of ``outputs``, linear in the outputs.
+
+        Optional: a family that does not define it cannot be scored by DeepLIFT, and
+        :meth:`refused_scores` says so.
 
         ``outputs`` may hold k·N rows for N targets (Captum's inputs followed by baselines):
         row ``j`` is scored against ``targets[j % N]`` with the same weights for every block,
@@ -299,6 +317,21 @@ class Detector(nn.Module, ABC):
         targets and at most on the first block (Deformable DETR matches queries to objects on
         the real images), and every block is linear in its own outputs.
         """
+        raise PrunekitError(self.refused_scores()["deeplift"])
+
+    def has_evidence(self) -> bool:
+        """Whether the family defines :meth:`evidence` (what DeepLIFT needs)."""
+        return type(self).evidence is not Detector.evidence
+
+    def refused_scores(self) -> dict[str, str]:
+        """Score methods this family refuses → why: its ``unsupported_scores``, and DeepLIFT
+        when it defines no :meth:`evidence`."""
+        refused = dict(self.unsupported_scores)
+        if not self.has_evidence():
+            refused.setdefault("deeplift", f"the {self.family} family defines no evidence for "
+                                           f"DeepLIFT to attribute; score with taylor, hydra, "
+                                           f"magnitude or l1-filter")
+        return refused
 
     @abstractmethod
     def ideal_outputs(self, targets: list[Target]) -> Outputs:
@@ -340,24 +373,44 @@ class Detector(nn.Module, ABC):
         (``eager``, ``onednn-graph`` or ``onnxruntime``); same outputs to float rounding."""
         return copy.deepcopy(self).eval()
 
-    @abstractmethod
     def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         """The graph ONNX export writes: ``images`` (N×3×H×W in [0, 1] at the input size, the
         colour conversion and normalisation inside) and whatever else the family needs, to its
         raw outputs, or with ``decoded`` to ``boxes`` (N×K×4, x1 y1 x2 y2 in input pixels) and
         ``scores`` (N×K×C). ``deployed``: built on :meth:`deployed` (what is exported), or on
-        the model as it is (the reference the export is checked against)."""
+        the model as it is (the reference the export is checked against).
+
+        Default: ``forward`` on the images alone, its raw outputs named ``output0``,
+        ``output1``…; no decoded form (``decoded`` is refused)."""
+        if decoded:
+            raise PrunekitError(f"--decode: the {self.family} family has no decoded ONNX graph; "
+                                f"export its raw outputs (without --decode)")
+        net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
+        with torch.no_grad():
+            count = len(net(torch.zeros(1, *self.input_shape)))
+        outputs = tuple(f"output{i}" for i in range(count))
+        meaning = {"images": "N x 3 x H x W floats in [0, 1] at the input size",
+                   **{name: f"raw output {i} of the {self.family} detector's forward"
+                      for i, name in enumerate(outputs)}}
+        return Graph(_ImagesOnly(net), ("images",), outputs, meaning)
 
     def graph_inputs(self, batch: int, generator: torch.Generator) -> tuple[Tensor, ...]:
-        """Seeded inputs for :meth:`graph`: ``batch`` random images."""
+        """Seeded inputs for :meth:`graph` (ONNX verification): ``batch`` random images, and a
+        family's other inputs at values its images could give."""
         return (torch.rand(batch, *self.input_shape, generator=generator),)
+
+    def neutral_inputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The inputs of :meth:`graph` for ``images`` (N×3×H×W at the input size), every other
+        input at its neutral value (e.g. a pixel mask that masks nothing), as the PyTorch
+        runtimes run the model without geometries."""
+        return (images,)
 
     def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
             -> tuple[Tensor, ...]:
         """The inputs of :meth:`graph` for a batch ``x`` that :meth:`forward` would take with
-        ``geometries`` (None: every pixel counts): the images, and whatever else the family's
-        graph takes."""
-        return (x,)
+        ``geometries``. Default: :meth:`neutral_inputs`, for a family whose other graph inputs
+        (if any) do not depend on where each image lies in the batch."""
+        return self.neutral_inputs(x)
 
     def from_graph(self, outputs: Outputs) -> Outputs:
         """The raw outputs :meth:`postprocess` reads, from the outputs of :meth:`graph`
@@ -367,6 +420,17 @@ class Detector(nn.Module, ABC):
     def quantization(self) -> Quantization:
         """What INT8 export quantizes and what it keeps in float (see :class:`Quantization`)."""
         return Quantization()
+
+
+class _ImagesOnly(nn.Module):
+    """A detector's forward on images alone, as the default graph traces it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Outputs:
+        return tuple(self.model(images))
 
 
 @dataclass(frozen=True)
@@ -409,15 +473,60 @@ class Quantization:
     float_ops: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Option:
+    """An option a family adds to ``prunekit init`` or ``prunekit export`` (the command line
+    builds the flag from it, and lists it under the family's name in ``--help``).
+
+    Attributes:
+        name: the flag without its dashes (``hf`` is ``--hf``). No two installed families may
+            declare the same name for the same command, and none may take a name the command
+            has itself (prunekit refuses them at start-up).
+        type: the value's type: ``str``, ``int``, ``float``, ``pathlib.Path``, or ``bool`` (a
+            flag that is off unless given).
+        help: one sentence for ``--help``.
+        imports: ``init`` only: the option names a file or folder to import instead of
+            creating a member (e.g. ``--cfg``, ``--hf``); otherwise it changes the member
+            created (e.g. ``--width``). ``export`` options each name a format the family
+            writes, the value where to write it (e.g. ``--hf DIR``).
+    """
+
+    name: str
+    type: type
+    help: str
+    imports: bool = False
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+
 class Family(ABC):
-    """A kind of detector: builds its modules, and creates or imports new ones."""
+    """A kind of detector: builds its modules, and creates or imports new ones.
+
+    A family is installed through the entry-point group ``prunekit.families`` (the entry
+    point's name is :attr:`name`, its object the family, e.g. ``yolov3 =
+    "prunekit.models.yolov3:FAMILY"``); see :mod:`prunekit.models.registry`.
+    """
 
     name: ClassVar[str]
     members: ClassVar[tuple[str, ...]]
-    # Options of `prunekit init` that import this family's own files (e.g. "cfg", "weights").
-    import_options: ClassVar[tuple[str, ...]] = ()
-    # Formats `prunekit export` writes for this family (e.g. "hf").
-    export_formats: ClassVar[tuple[str, ...]] = ()
+    # The options the family adds to `prunekit init` (member options and imports) and to
+    # `prunekit export` (formats it writes).
+    init_options: ClassVar[tuple[Option, ...]] = ()
+    export_options: ClassVar[tuple[Option, ...]] = ()
+    # Members small enough for unit tests, with the `prunekit.init.init` keyword arguments
+    # that make them so (the conformance suite builds these; default: the first member as it
+    # is).
+    small: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def options(self, command: str) -> tuple[Option, ...]:
+        """The options this family adds to ``command`` (``init`` or ``export``)."""
+        return {"init": self.init_options, "export": self.export_options}[command]
+
+    def small_members(self) -> dict[str, dict[str, Any]]:
+        """:attr:`small`, or the first member with no arguments."""
+        return dict(self.small) or {self.members[0]: {}}
 
     @abstractmethod
     def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
@@ -434,18 +543,20 @@ class Family(ABC):
             classes: class names.
             img_size: input size (default: the member's).
             grey: Rec. 601 grey input.
-            options: member options (e.g. width and depth multipliers); a family refuses the
-                ones it does not know, by name.
+            options: values of the family's member options (:attr:`init_options` that do not
+                import), by name; only those given.
         """
 
-    def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
+    def import_files(self, options: dict[str, Any], classes: list[str] | None, *,
                      img_size: int | None = None, grey: bool = False) -> Detector:
-        """A model from this family's own files (keys from :attr:`import_options`)."""
-        raise NotImplementedError(f"{self.name} imports no files")
+        """A model from this family's own files: ``options`` holds the values of its
+        :attr:`init_options` given (at least one that imports)."""
+        raise PrunekitError(f"the {self.name} family imports no files")
 
     def export(self, model: Detector, fmt: str, out: Path) -> None:
-        """Write ``model`` as ``fmt`` (one of :attr:`export_formats`) to ``out``, atomically."""
-        raise NotImplementedError(f"{self.name} exports no format {fmt!r}")
+        """Write ``model`` as ``fmt`` (the name of one of :attr:`export_options`) to ``out``
+        (its value), atomically."""
+        raise PrunekitError(f"the {self.name} family exports no format {fmt!r}")
 
     @abstractmethod
     def input_spec(self, spec: dict[str, Any] | None = None, *, size: int | None = None,

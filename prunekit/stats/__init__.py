@@ -39,13 +39,17 @@ from prunekit.stats.figures import (
 )
 from prunekit.stats.findings import (
     ALPHA,
+    CONTRADICTED,
+    INCONCLUSIVE,
     NOT_REPRODUCED,
     NOT_TESTABLE,
     PARTLY,
     REPRODUCED,
+    VERSION,
     Finding,
+    Rule,
 )
-from prunekit.stats.findings.paper import CLAIMS, GAP_CLOSED, HALF_LATENCY, RULES, findings
+from prunekit.stats.findings.paper import CLAIMS, RULES, findings
 from prunekit.stats.loading import (
     ANOVA_METRICS,
     ATTRIBUTES,
@@ -73,8 +77,8 @@ __all__ = [
     "ANOVA_METRICS",
     "ATTRIBUTES",
     "CLAIMS",
-    "GAP_CLOSED",
-    "HALF_LATENCY",
+    "CONTRADICTED",
+    "INCONCLUSIVE",
     "KEYS",
     "LABELS",
     "NOT_REPRODUCED",
@@ -82,11 +86,13 @@ __all__ = [
     "PARTLY",
     "REPRODUCED",
     "RULES",
+    "VERSION",
     "TABLE_METRICS",
     "Anova",
     "Comparison",
     "Finding",
     "Results",
+    "Rule",
     "StdKind",
     "anova",
     "anova_markdown",

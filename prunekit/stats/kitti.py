@@ -25,19 +25,24 @@ from pathlib import Path
 import pandas as pd
 
 from prunekit.stats.figures import _COLOURS, _MARKERS, _new_figure, _ratio_axis, figure_png
-from prunekit.stats.findings import ALPHA
-from prunekit.stats.findings.kitti import RULES, findings, prepare
+from prunekit.stats.findings import ALPHA, VERSION
+from prunekit.stats.findings.kitti import prepare
 from prunekit.stats.loading import LABELS, Results, _source_name, load_results
 from prunekit.stats.report import (
     _fmt,
-    _md_table,
     _publish,
     _runs_per_cell,
     _safe,
+)
+from prunekit.stats.tables import StdKind, _ddof, md_table, ratio_label, std_label
+from prunekit.stats.verdicts import (
     findings_json,
     findings_markdown,
+    judge,
+    most_runs,
+    rules_markdown,
+    study,
 )
-from prunekit.stats.tables import StdKind, _ddof, ratio_label, std_label
 
 OWNED = ("report.md", "findings.json", "tables", "figures")
 _METHODS = {"filter": "L1 filter pruning (compacted)", "weight": "magnitude weight pruning"}
@@ -61,7 +66,7 @@ _FIGURES = {
 
 
 def _label(metric: str) -> str:
-    if metric == "retained":
+    if metric == "retained.map":
         return "share of unpruned mAP"
     if metric == "bytes_mb":
         return "checkpoint (MB)"
@@ -138,7 +143,7 @@ def figures(df: pd.DataFrame, std: StdKind = "population") -> dict[str, object]:
     """The report's figures by file stem (those the data allows)."""
     df = df.assign(bytes_mb=df["bytes_stored"] / 1e6 if "bytes_stored" in df else None,
                    macs_g=df["macs"] / 1e9 if "macs" in df else None)
-    plans = {"accuracy_map": "map", "accuracy_map50": "map50", "retained_map": "retained",
+    plans = {"accuracy_map": "map", "accuracy_map50": "map50", "retained_map": "retained.map",
              "latency": "latency_ms", "macs": "macs_g", "bytes": "bytes_mb"}
     out = {}
     for stem, metric in plans.items():
@@ -177,7 +182,7 @@ def _table_md(table: pd.DataFrame) -> str:
         rows.append([_label(name)] + [
             _fmt(v, name) + ("" if pd.isna(s) or s == 0 else f" ± {_fmt(s, name)}")
             for v, s in zip(values, sd, strict=True)])
-    return _md_table(["metric"] + list(table.columns), rows)
+    return md_table(["metric"] + list(table.columns), rows)
 
 
 def report(results: Results, out_dir: str | os.PathLike, *,
@@ -209,10 +214,10 @@ def report(results: Results, out_dir: str | os.PathLike, *,
     figs = figures(df, std)
     for stem, fig in figs.items():
         files[f"figures/{stem}.png"] = figure_png(fig)
-    found = findings(df)
-    found_json, files["findings.json"] = findings_json(found)
+    found, seed = judge(study("kitti"), df)
+    found_json, files["findings.json"] = findings_json(found, seed)
     files["report.md"] = _markdown(df, [_source_name(s) for s in sources], scenarios, std, figs,
-                                   found, table_md).encode()
+                                   found, seed, table_md).encode()
     out = Path(out_dir)
     _publish(files, out, OWNED)
     return {"out_dir": out, "report": out / "report.md",
@@ -223,22 +228,22 @@ def report(results: Results, out_dir: str | os.PathLike, *,
 
 
 def _markdown(df: pd.DataFrame, names: list[str], scenarios: list[str], std: StdKind,
-              figs: dict, found: list, table_md: dict[str, str]) -> str:
+              figs: dict, found: list, seed: list, table_md: dict[str, str]) -> str:
     blocks = ["# The second study: Deformable DETR pruned on KITTI", "## Input"]
     ratios = sorted(df["ratio"].unique())
     blocks.append(f"- results: {', '.join(f'`{n}`' for n in names)} ({len(df)} rows)\n"
                   f"- pruning ratios: {', '.join(ratio_label(r) for r in ratios)}\n"
-                  f"- standard deviation: {std} (ddof = {_ddof(std)}); tests: Welch's t-test "
-                  f"over runs, α = {ALPHA}")
+                  f"- standard deviation: {std} (ddof = {_ddof(std)}); verdicts: the declared "
+                  f"rules, version {VERSION} (α = {ALPHA}; below)")
     rows = []
     for s in scenarios:
         sub = df[df["scenario"] == s]
         steps = int(sub["finetune_steps"].max())
         rows.append([s, str(sub["family"].iloc[0]), _METHODS.get(sub["granularity"].iloc[0], "?"),
                      f"{steps} steps" if steps else "none", _runs_per_cell(df, s)])
-    blocks.append(_md_table(["scenario", "family", "pruning", "fine-tune", "runs per cell"],
+    blocks.append(md_table(["scenario", "family", "pruning", "fine-tune", "runs per cell"],
                             rows, numeric=False))
-    blocks += findings_markdown(found, "the study's")
+    blocks += findings_markdown(study("kitti"), found, seed, most_runs(df))
     if figs:
         blocks.append("## Figures")
         blocks += [f"![{_FIGURES[stem]}](figures/{stem}.png)" for stem in figs]
@@ -249,8 +254,5 @@ def _markdown(df: pd.DataFrame, names: list[str], scenarios: list[str], std: Std
         blocks.append(f"### {s}")
         blocks.append(table_md[s])
     blocks.append("## How the verdicts are decided")
-    blocks.append("Accuracy is clean mAP as a share of the same model's unpruned mAP "
-                  "(`retained`). The study measured straight after pruning; findings 1 and 4 use "
-                  "that state, with the fine-tuned state beside them.")
-    blocks.append("\n".join(f"{n}. {rule}" for n, rule in RULES.items()))
+    blocks.append(rules_markdown(study("kitti")))
     return "\n\n".join(b.strip("\n") for b in blocks) + "\n"

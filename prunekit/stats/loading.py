@@ -24,16 +24,20 @@ Results = pd.DataFrame | str | os.PathLike | Sequence[pd.DataFrame | str | os.Pa
 KEYS = ("scenario", "run", "ratio")
 ATTRIBUTES = ("granularity", "method", "colour")
 #: Metrics that get a runs × ratios table, in report order.
-TABLE_METRICS = ("map", "map50", "map75", "adv_map", "adv_map50", "adv_map75", "latency_ms",
+TABLE_METRICS = ("map", "map50", "map75", "map_conf05", "adv_map", "adv_map50", "adv_map75",
+                 "adv_map_conf05", "latency_ms",
                  "macs", "flops", "params_nonzero", "sparsity", "bytes_stored",
                  "compression_ratio")
 #: Metrics that get ANOVA tables (the paper's Tables I–IV, plus adversarial mAP).
-ANOVA_METRICS = ("map", "latency_ms", "adv_map")
-_OTHER_METRICS = ("latency_iqr_ms", "params_total")
+ANOVA_METRICS = ("map", "map_conf05", "latency_ms", "adv_map")
+_OTHER_METRICS = ("latency_iqr_ms", "params_total", "map50_conf05", "map75_conf05",
+                  "adv_map50_conf05", "adv_map75_conf05", "seconds_score")
 _PER_CLASS = ("ap", "ap50", "adv_ap", "adv_ap50")
 
 LABELS = {
     "map": "mAP@[.5:.95]", "map50": "mAP@.5", "map75": "mAP@.75",
+    "map_conf05": "mAP@[.5:.95] at confidence 0.5",
+    "adv_map_conf05": "adversarial mAP@[.5:.95] at confidence 0.5",
     "adv_map": "adversarial mAP@[.5:.95]", "adv_map50": "adversarial mAP@.5",
     "adv_map75": "adversarial mAP@.75", "latency_ms": "latency per image (ms)", "macs": "MACs",
     "flops": "FLOPs", "params_nonzero": "non-zero parameters", "sparsity": "sparsity",

@@ -10,7 +10,6 @@ only the report's own entries of an existing folder are replaced.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
@@ -23,8 +22,7 @@ import pandas as pd
 
 from prunekit.errors import PrunekitError
 from prunekit.stats.figures import figure_png, figures
-from prunekit.stats.findings import ALPHA, Finding, _p, _significant
-from prunekit.stats.findings.paper import RULES, findings
+from prunekit.stats.findings import ALPHA, Finding, _p
 from prunekit.stats.loading import (
     _PER_CLASS,
     ANOVA_METRICS,
@@ -38,12 +36,21 @@ from prunekit.stats.loading import (
 from prunekit.stats.tables import (
     StdKind,
     _ddof,
+    md_table,
     per_class_table,
     ratio_label,
     runs_table,
     std_label,
 )
 from prunekit.stats.tests import Anova, Comparison, _scenario_attributes, anova, comparisons
+from prunekit.stats.verdicts import (
+    findings_json,
+    findings_markdown,
+    judge,
+    most_runs,
+    rules_markdown,
+    study,
+)
 
 _OWNED = ("report.md", "findings.json", "tables", "anova", "figures")
 
@@ -62,15 +69,6 @@ def _fmt(v: float, metric: str) -> str:
     return f"{v:.4g}"
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: bool = True) -> str:
-    # Written by hand: pandas' to_markdown needs tabulate, a dependency for a dozen lines.
-    rest = "---:" if numeric else ":---"
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join([":---"] + [rest] * (len(header) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def table_markdown(table: pd.DataFrame, metric: str) -> str:
     """A :func:`runs_table` as markdown: values as the metric reads best, std dev as ``8.0e-04``."""
     rows = []
@@ -78,17 +76,21 @@ def table_markdown(table: pd.DataFrame, metric: str) -> str:
         spread = str(name).startswith("std dev")
         rows.append([str(name)] + [("n/a" if not math.isfinite(v) else f"{v:.1e}") if spread
                                    else _fmt(v, metric) for v in values])
-    return _md_table(["pruning ratio", *table.columns], rows)
+    return md_table(["pruning ratio", *table.columns], rows)
 
 
 def anova_markdown(an: Anova) -> str:
     """p-values in the paper's notation (``1.03e-01``), those below ``ALPHA`` in bold."""
     rows = [[label] + [("**" + _p(p) + "**") if _significant(p) else _p(p) for p in values]
             for label, values in an.pvalues.iterrows()]
-    text = _md_table(["comparison", *[ratio_label(r) for r in an.pvalues.columns]], rows)
+    text = md_table(["comparison", *[ratio_label(r) for r in an.pvalues.columns]], rows)
     if an.notes:
         text += "\nNotes: " + "; ".join(an.notes) + ".\n"
     return text
+
+
+def _significant(p: float) -> bool:
+    return math.isfinite(p) and p < ALPHA
 
 
 def _safe(name: str) -> str:
@@ -103,27 +105,6 @@ def _runs_per_cell(df: pd.DataFrame, scenario: str) -> str:
     counts = df[df["scenario"] == scenario].groupby("ratio")["run"].nunique()
     lo, hi = int(counts.min()), int(counts.max())
     return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
-def findings_json(found: Sequence[Finding]) -> tuple[list[dict], bytes]:
-    """The findings as dicts, and as the bytes of ``findings.json``."""
-    rows = [{"number": f.number, "claim": f.claim, "verdict": f.verdict,
-             "evidence": f.evidence} for f in found]
-    return rows, (json.dumps(rows, indent=2, ensure_ascii=False) + "\n").encode()
-
-
-def findings_markdown(found: Sequence[Finding], whose: str) -> list[str]:
-    """The report's "Findings" section: a verdict table, then each finding's evidence."""
-    blocks = ["## Findings",
-              f"Each of {whose} findings, judged on these results by the rules under "
-              "[How the verdicts are decided](#how-the-verdicts-are-decided).",
-              _md_table(["#", f"{whose} finding", "verdict"],
-                        [[str(f.number), f.claim, f"**{f.verdict}**"] for f in found],
-                        numeric=False)]
-    for f in found:
-        blocks.append(f"### {f.number}. {f.claim}: {f.verdict}")
-        blocks.append("\n".join(f"- {line}" for line in f.evidence))
-    return blocks
 
 
 def report(results: Results, out_dir: str | os.PathLike, *, std: StdKind = "population",
@@ -143,7 +124,8 @@ def report(results: Results, out_dir: str | os.PathLike, *, std: StdKind = "popu
 
     Returns:
         Paths written (``report``, ``findings_json``, ``tables``, ``anova``, ``figures``) and
-        ``findings``: a list of ``{"number", "claim", "verdict", "evidence"}``.
+        ``findings``: a list of dicts (:meth:`~prunekit.stats.findings.Finding.as_dict`, with
+        ``seed_verdict``, the verdict on the paper's own data).
     """
     _ddof(std)
     sources = [results] if isinstance(results, pd.DataFrame | str | os.PathLike) else results
@@ -189,10 +171,11 @@ def report(results: Results, out_dir: str | os.PathLike, *, std: StdKind = "popu
     for stem, fig in figs.items():
         files[f"figures/{stem}.png"] = figure_png(fig)
 
-    found = findings(df, std)
-    found_json, files["findings.json"] = findings_json(found)
+    s = study("paper")
+    found, seed = judge(s, df)
+    found_json, files["findings.json"] = findings_json(found, seed)
     md = _report_markdown(df, names, scenarios, ratios, metrics, std, comps, anovas, figs,
-                          found, table_md)
+                          found, seed, table_md)
     files["report.md"] = md.encode()
     _publish(files, out)
     return {
@@ -218,7 +201,8 @@ _FIG_CAPTIONS = {
 def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
                      ratios: list[float], metrics: list[str], std: StdKind,
                      comps: list[Comparison], anovas: dict[str, Anova], figs: dict,
-                     found: list[Finding], table_md: dict[str, list[str]]) -> str:
+                     found: list[Finding], seed: list[Finding],
+                     table_md: dict[str, list[str]]) -> str:
     attrs = _scenario_attributes(df)
     blocks = ["# prunekit statistics report", "## Input"]
     blocks.append(f"- results: {', '.join(f'`{n}`' for n in names)} ({len(df)} rows)\n"
@@ -227,12 +211,13 @@ def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
                   f"- metrics: {', '.join(f'`{m}`' for m in metrics)}\n"
                   f"- standard deviation: {std} (ddof = {_ddof(std)}); ANOVA: one-way, "
                   f"`scipy.stats.f_oneway` over the runs of each group, α = {ALPHA}")
-    blocks.append(_md_table(
+    blocks.append(md_table(
         ["scenario", "granularity", "score method", "images", "runs per cell"],
         [[s, attrs[s]["granularity"] or "?", attrs[s]["method"] or "?",
           attrs[s]["colour"] or "?", _runs_per_cell(df, s)] for s in scenarios], numeric=False))
 
-    blocks += findings_markdown(found, "the paper's")
+    rules = study("paper")
+    blocks += findings_markdown(rules, found, seed, most_runs(df))
 
     if figs:
         blocks.append("## Figures")
@@ -257,12 +242,7 @@ def _report_markdown(df: pd.DataFrame, names: list[str], scenarios: list[str],
         blocks += table_md[s]
 
     blocks.append("## How the verdicts are decided")
-    blocks.append(f"Clean `map` (`latency_ms` for 4 and 5); significant means one-way ANOVA "
-                  f"p < {ALPHA}; a cell without a p-value never counts as significant. For 2–5: "
-                  f"all comparisons pass at every ratio in range: reproduced; some ratio passes "
-                  f"(or one of the paper's comparisons is absent): partly reproduced; none: not "
-                  f"reproduced; scenarios or metric absent: not testable here.")
-    blocks.append("\n".join(f"{n}. {rule}" for n, rule in RULES.items()))
+    blocks.append(rules_markdown(rules))
     return "\n\n".join(b.strip("\n") for b in blocks) + "\n"
 
 

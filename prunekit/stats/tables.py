@@ -9,6 +9,7 @@ ones, as ``std`` says; :func:`ratio_label` and :func:`std_label` are the labels 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import pandas as pd
@@ -72,3 +73,13 @@ def summary(df: pd.DataFrame, metric: str, std: StdKind = "population") -> pd.Da
     """Mean, standard deviation and run count of ``metric`` per (scenario, ratio)."""
     g = df.dropna(subset=[metric]).groupby(["scenario", "ratio"])[metric]
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=_ddof(std)), "n": g.count()})
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: bool = True) -> str:
+    """A markdown table (first column left-aligned; the others right-aligned when numeric)."""
+    # Written by hand: pandas' to_markdown needs tabulate, a dependency for a dozen lines.
+    rest = "---:" if numeric else ":---"
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + [rest] * (len(header) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -328,12 +328,18 @@ class DeformableDETR(Detector):
             mask[i, :mh, :mw] = 1
         return images, mask
 
+    def neutral_inputs(self, images: Tensor) -> tuple[Tensor, ...]:
+        """The images and a pixel mask of ones: no padding, as ``forward`` without
+        geometries."""
+        n, _, h, w = images.shape
+        return images, torch.ones(n, h, w, dtype=torch.long, device=images.device)
+
     def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
             -> tuple[Tensor, ...]:
+        """The images and the pixel mask ``forward`` builds from ``geometries`` (ones without
+        them)."""
         mask = self.pixel_mask(x, geometries)
-        if mask is None:
-            mask = torch.ones(x.shape[0], *x.shape[-2:], dtype=torch.long, device=x.device)
-        return x, mask
+        return self.neutral_inputs(x) if mask is None else (x, mask)
 
     def from_graph(self, outputs: Outputs) -> Outputs:
         """The graph's last-layer logits and boxes as a one-layer stack (N×1×Q×…): what

@@ -11,7 +11,7 @@ import torch
 
 from prunekit.errors import ModelError
 from prunekit.files import folder_atomically
-from prunekit.models.base import COLOURS, MAX_INPUT_SIDE, Detector, Family
+from prunekit.models.base import COLOURS, MAX_INPUT_SIDE, Detector, Family, Option
 from prunekit.models.deformable_detr.config import MEMBERS, config_dict, member_arch, offline
 from prunekit.models.deformable_detr.detector import DeformableDETR
 
@@ -21,8 +21,15 @@ class DeformableDETRFamily(Family):
 
     name: ClassVar[str] = "deformable-detr"
     members: ClassVar[tuple[str, ...]] = tuple(MEMBERS)
-    import_options: ClassVar[tuple[str, ...]] = ("hf",)
-    export_formats: ClassVar[tuple[str, ...]] = ("hf",)
+    init_options: ClassVar[tuple[Option, ...]] = (
+        Option("hf", Path, "A Hugging Face save_pretrained folder "
+                           "(config.json + model.safetensors) to import.", imports=True),
+    )
+    export_options: ClassVar[tuple[Option, ...]] = (
+        Option("hf", Path, "Write a Hugging Face save_pretrained folder "
+                           "(not for compacted models)."),
+    )
+    small: ClassVar[dict[str, dict[str, Any]]] = {"deformable-detr-small": {"img_size": 64}}
 
     def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
               classes: list[str]) -> Detector:
@@ -31,8 +38,8 @@ class DeformableDETRFamily(Family):
     def create(self, member: str, classes: list[str], *, img_size: int | None = None,
                grey: bool = False, options: dict[str, Any] | None = None) -> Detector:
         if options:
-            raise ModelError(f"{member} has no option {sorted(options)[0]!r}; Deformable DETR "
-                             f"members take none (width and depth are YOLOv3 options)")
+            raise ModelError(f"{member} has no option --{sorted(options)[0]}; Deformable "
+                             f"DETR members take none")
         height, width = MEMBERS[member][1]
         if img_size is not None:  # the canvas height; the width keeps the member's aspect
             width = max(32, round(img_size * width / height / 32) * 32)
@@ -43,7 +50,7 @@ class DeformableDETRFamily(Family):
         _init_heads(model.detr)
         return model
 
-    def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
+    def import_files(self, files: dict[str, Any], classes: list[str] | None, *,
                      img_size: int | None = None, grey: bool = False) -> Detector:
         folder = Path(files["hf"])
         hf = _from_pretrained(folder, _read_config(folder))
@@ -91,6 +98,8 @@ class DeformableDETRFamily(Family):
 
     def export(self, model: Detector, fmt: str, out: Path) -> None:
         """Write ``model`` as a ``save_pretrained`` folder (``fmt`` ``hf``), atomically."""
+        if fmt != "hf":
+            raise ModelError(f"the deformable-detr family exports no format {fmt!r}")
         if model.arch.get("widths"):
             raise ModelError("this model is compacted: its pruned widths do not fit HF's "
                              "config (one width per kind of layer), so "

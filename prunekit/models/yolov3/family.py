@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 import torch
 
 from prunekit.errors import ModelError
-from prunekit.models.base import COLOURS, MAX_INPUT_SIDE, Detector, Family, default_names
+from prunekit.models.base import (
+    COLOURS,
+    MAX_INPUT_SIDE,
+    Detector,
+    Family,
+    Option,
+    default_names,
+)
 from prunekit.models.yolov3 import darknet
 from prunekit.models.yolov3.arch import (
     MEMBERS,
@@ -26,8 +33,17 @@ class YOLOv3Family(Family):
 
     name: ClassVar[str] = "yolov3"
     members: ClassVar[tuple[str, ...]] = tuple(MEMBERS)
-    import_options: ClassVar[tuple[str, ...]] = ("cfg", "weights")
-    options: ClassVar[tuple[str, ...]] = ("width", "depth")
+    init_options: ClassVar[tuple[Option, ...]] = (
+        Option("width", float, "Channel multiplier (default: the member's)."),
+        Option("depth", float, "Depth multiplier (default: the member's)."),
+        Option("cfg", Path, "A Darknet .cfg to build instead of a member.",
+               imports=True),
+        Option("weights", Path, "Darknet .weights for --cfg.", imports=True),
+    )
+    small: ClassVar[dict[str, dict[str, Any]]] = {
+        "yolov3-small": {"img_size": 64, "options": {"width": 0.125}},
+        "yolov3-tiny": {"img_size": 64, "options": {"width": 0.25}},
+    }
 
     def build(self, arch: dict[str, Any], input_spec: dict[str, Any],
               classes: list[str]) -> Detector:
@@ -36,10 +52,10 @@ class YOLOv3Family(Family):
     def create(self, member: str, classes: list[str], *, img_size: int | None = None,
                grey: bool = False, options: dict[str, Any] | None = None) -> Detector:
         options = dict(options or {})
-        unknown = sorted(set(options) - set(self.options))
+        unknown = sorted(set(options) - {"width", "depth"})
         if unknown:
-            raise ModelError(f"{member} has no option {unknown[0]!r}; YOLOv3 members take "
-                             f"{' and '.join(self.options)}")
+            raise ModelError(f"{member} has no option --{unknown[0]}; YOLOv3 members take "
+                             f"--width and --depth")
         arch = build_arch(member, len(classes), **options)
         size = default_img_size(member) if img_size is None else img_size
         if member == "yolov3-small":
@@ -51,12 +67,15 @@ class YOLOv3Family(Family):
         _init_head_biases(model)
         return model
 
-    def import_files(self, files: dict[str, Path], classes: list[str] | None, *,
+    def import_files(self, files: dict[str, Any], classes: list[str] | None, *,
                      img_size: int | None = None, grey: bool = False) -> Detector:
+        if set(files) & {"width", "depth"}:
+            raise ModelError("--width and --depth change a member; a Darknet .cfg gives its "
+                             "own widths and depths (edit it instead)")
         if "cfg" not in files:
             raise ModelError("--weights needs --cfg: Darknet weights only make sense with "
                              "their .cfg")
-        cfg = files["cfg"]
+        cfg = Path(files["cfg"])
         arch, cfg_size = darknet.parse_cfg(cfg)
         n = arch["num_classes"]
         if classes is not None and len(classes) != n:

@@ -13,7 +13,7 @@ from prunekit.cli import app
 from prunekit.errors import PrunekitError
 from prunekit.export import export
 from prunekit.init import init
-from prunekit.mask import mask
+from prunekit.mask import PruneConfig, mask
 from prunekit.score import score
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
@@ -77,7 +77,7 @@ def test_reference_member_has_hfs_parameter_count():
 
 def test_imported_folder_gives_hfs_outputs_and_exports_back(hf_folder, tmp_path):
     folder, hf = hf_folder
-    ck = init(hf=folder, img_size=128)
+    ck = init(options={"hf": folder}, img_size=128)
     assert ck.family == "deformable-detr" and ck.classes == CLASSES
     assert ck.arch["batchnorm"] == "frozen"
     model = ck.build()
@@ -90,7 +90,7 @@ def test_imported_folder_gives_hfs_outputs_and_exports_back(hf_folder, tmp_path)
     # through a prunekit checkpoint file and back out to HF
     path = tmp_path / "imported.st"
     checkpoint.save(ck, path)
-    out = export(checkpoint.load(path), tmp_path / "exported")
+    out = export(checkpoint.load(path), tmp_path / "exported", fmt="hf")
     from transformers import DeformableDetrForObjectDetection
 
     back = DeformableDetrForObjectDetection.from_pretrained(out, local_files_only=True).eval()
@@ -100,7 +100,7 @@ def test_imported_folder_gives_hfs_outputs_and_exports_back(hf_folder, tmp_path)
 
 def test_pixel_mask_follows_each_images_geometry(hf_folder):
     folder, hf = hf_folder
-    model = init(hf=folder, img_size=128).build()
+    model = init(options={"hf": folder}, img_size=128).build()
     h, w = model.input_shape[1:]
     wide = model.transform.geometry(w, h // 2)  # fills the width, half the height
     x = torch.rand(1, 3, h, w)
@@ -149,7 +149,7 @@ def test_bad_folders_get_one_line_errors_and_no_file(hf_folder, tmp_path, runner
 
 def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
     ck = score(init("deformable-detr-small", names=CLASSES, img_size=64), "l1-filter")
-    small = mask(ck, 0.5, granularity="filter", compact=True)
+    small = mask(ck, PruneConfig(0.5, granularity="filter", compact=True))
     widths = small.arch["widths"]
     assert widths and all(v < 256 for k, v in widths.items() if k.endswith(".mlp"))
     path = tmp_path / "small.st"
@@ -158,10 +158,10 @@ def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
     assert sum(p.numel() for p in again.parameters()) < sum(
         p.numel() for p in ck.build().parameters())
     with pytest.raises(PrunekitError, match="compacted"):
-        export(small, tmp_path / "hf")
+        export(small, tmp_path / "hf", fmt="hf")
     assert not (tmp_path / "hf").exists()
-    masked = mask(ck, 0.5, granularity="filter")
-    export(masked, tmp_path / "hf-masked")  # a masked model keeps HF's widths: it exports
+    masked = mask(ck, PruneConfig(0.5, granularity="filter"))
+    export(masked, tmp_path / "hf-masked", fmt="hf")  # a masked model keeps HF's widths: it exports
     assert (tmp_path / "hf-masked" / "model.safetensors").exists()
 
 
@@ -180,8 +180,8 @@ def test_nothing_reaches_the_network(hf_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     folder, _ = hf_folder
     ck = init("deformable-detr-small", names=CLASSES, img_size=64)
-    imported = init(hf=folder, img_size=64)
-    export(imported, tmp_path / "back")
+    imported = init(options={"hf": folder}, img_size=64)
+    export(imported, tmp_path / "back", fmt="hf")
     x = torch.rand(1, *ck.build().input_shape)
     with torch.no_grad():
         ck.build()(x)
@@ -190,8 +190,8 @@ def test_nothing_reaches_the_network(hf_folder, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_full_model_compacted_equals_masked_at_half():
     ck = score(init("deformable-detr", classes=3, img_size=256), "l1-filter")
-    masked = mask(ck, 0.5, granularity="filter")
-    small = mask(ck, 0.5, granularity="filter", compact=True)
+    masked = mask(ck, PruneConfig(0.5, granularity="filter"))
+    small = mask(ck, PruneConfig(0.5, granularity="filter", compact=True))
     m_masked, m_small = masked.build(), small.build()
     x = torch.rand(1, *m_masked.input_shape)
     with torch.no_grad():
