@@ -37,6 +37,9 @@ export, the MACs of its architecture, its own size in ``bytes_stored`` and its `
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import warnings
 from typing import Any
 
@@ -358,3 +361,15 @@ def bench(ck: Checkpoint | OnnxFile, *, device: str = "cpu", batch: int = 1,
                       throughput=batch / median, runtime=timed.runtime,
                       runtime_fallback=timed.fallback_reason)
     return result
+
+
+def format_csv_row(figures: dict[str, Any]) -> str:
+    """A header line and one row of :func:`bench`'s ``figures``, for appending the rows of
+    several models (a checkpoint and its exported files) into one table: every model gives
+    the same columns. ``None`` is an empty cell; a list (a non-square ``img_size``) is JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(figures)
+    writer.writerow("" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else
+                    repr(v) if isinstance(v, float) else v for v in figures.values())
+    return out.getvalue()

@@ -165,6 +165,26 @@ def test_bench_of_a_file_has_the_checkpoints_fields(models, tmp_path):
         decoded.build()
 
 
+def test_cli_bench_of_a_checkpoint_and_its_file_make_one_table(models, tmp_path, runner):
+    src, onnx_path = tmp_path / "m.st", tmp_path / "m.onnx"
+    checkpoint.save(models["yolov3-compact"], src)
+    export_onnx(models["yolov3-compact"], onnx_path)
+    rows = []
+    for args in ([str(src), "--runtime", "onnxruntime"], [str(onnx_path)]):
+        result = runner.invoke(app, ["bench", *args, "--threads", "1", "--min-time", "0.2",
+                                     "--format", "csv"])
+        assert result.exit_code == 0, result.stderr
+        assert len(result.stdout.splitlines()) == 2  # a header and one row
+        rows.append(result.stdout)
+    assert rows[0].splitlines()[0] == rows[1].splitlines()[0]  # the same columns
+    table = pd.read_csv(io.StringIO(rows[0] + rows[1].split("\n", 1)[1]))
+    assert len(table) == 2
+    assert (table.runtime == "onnxruntime").all() and (table.latency_ms > 0).all()
+    for key in ("params_total", "macs", "flops", "img_size", "precision"):
+        assert table[key].nunique() == 1, key
+    assert table.bytes_stored.iloc[1] == onnx_path.stat().st_size
+
+
 def test_what_is_an_onnx_file(models, tmp_path):
     export_onnx(models["yolov3"], tmp_path / "m.onnx")
     data = (tmp_path / "m.onnx").read_bytes()

@@ -14,7 +14,7 @@ import pytest
 from prunekit import quantize
 from prunekit.cli import app
 from prunekit.errors import PrunekitError
-from prunekit.export import Int8Config, export_int8
+from prunekit.export import MIN_SQNR_DB, Int8Config, export_int8
 from prunekit.init import init
 from prunekit.onnxfile import load_model
 from tests.test_onnxfile import lively
@@ -33,14 +33,15 @@ def test_yolov3_int8_file(names, synth_data, tmp_path):
     ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
                         seed=0), 64)
     val = str(synth_data / "val.json")
-    done = export_int8(ck, tmp_path / "q.onnx", Int8Config(data=val, calib=3, seed=1,
-                                                           min_sqnr_db=0.0))
+    # the default check: every output within MIN_SQNR_DB of the float file's (measured here:
+    # 18.9, 19.8 and 21.4 dB), so INT8 meets the bound the command applies
+    done = export_int8(ck, tmp_path / "q.onnx", Int8Config(data=val, calib=3, seed=1))
     # 8 validation images: 3 calibrate, the other 5 are the check's
     assert done.held_out == 5 and len(done.calibration) == 3
     assert done.metrics["int8"]["images"] == 5
     assert set(done.metrics) == {"float", "int8"}
     assert set(done.sqnr_db) == {"stride32", "stride16", "stride8"}
-    assert all(np.isfinite(v) and v > 0 for v in done.sqnr_db.values())
+    assert all(np.isfinite(v) and v >= MIN_SQNR_DB for v in done.sqnr_db.values())
     convs = sum(1 for n in onnx.load_from_string(done.float.data).graph.node
                 if n.op_type == "Conv")
     assert done.quantized.quantized["Conv"] == convs  # every convolution runs in integers
@@ -57,8 +58,8 @@ def test_yolov3_int8_file(names, synth_data, tmp_path):
 def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path):
     ck = init("deformable-detr-small", names=names, img_size=64, seed=0)
     val = str(synth_data / "val.json")
-    done = export_int8(ck, tmp_path / "d.onnx", Int8Config(data=val, calib=2,
-                                                           min_sqnr_db=0.0))
+    done = export_int8(ck, tmp_path / "d.onnx", Int8Config(data=val, calib=2))
+    assert all(v >= MIN_SQNR_DB for v in done.sqnr_db.values())  # 27–29 dB measured
     assert done.quantized.quantized["MatMul"] > 0 and done.quantized.quantized["Conv"] > 0
     assert "GridSample" not in done.quantized.quantized
     (sampling,) = [k for k in done.quantized.kept_float if k.startswith("GridSample")]
@@ -81,8 +82,7 @@ def test_calibrating_on_one_file_and_checking_on_another(names, synth_data, tmp_
     ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
                         seed=0), 64)
     done = export_int8(ck, tmp_path / "q.onnx", Int8Config(
-        data=str(synth_data / "train.json"), calib=4, val=str(synth_data / "val.json"),
-        min_sqnr_db=0.0))
+        data=str(synth_data / "train.json"), calib=4, val=str(synth_data / "val.json")))
     assert done.held_out == 8  # other images: every validation image checks
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -24,7 +25,14 @@ EXAMPLE = """Examples:
   prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
 
   prunekit bench pruned-int8.onnx --threads 2 --batch 1
+
+  prunekit bench model.st --runtime onnxruntime --format csv > speed.csv; prunekit bench model.onnx --format csv | tail -n 1 >> speed.csv
 """
+
+
+class Format(str, Enum):
+    json = "json"
+    csv = "csv"
 
 
 @app.command("bench", epilog=EXAMPLE)
@@ -41,15 +49,19 @@ def bench_cmd(
              "conv, bias, LeakyReLU and residual add fused by oneDNN), eager, or onnxruntime "
              "(CPU: the model's ONNX export in an onnxruntime session; the only one, and "
              "auto's choice, for an .onnx file).")] = "auto",
+    fmt: Annotated[Format, typer.Option("--format", help="json (indented), or csv: a header "
+                                        "and one row, the same columns for a checkpoint and "
+                                        "a file, for one table.")] = Format.json,
 ) -> None:
     """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON.
 
     MODEL is a checkpoint, or an ONNX file `prunekit export` wrote (float or INT8), timed in
     onnxruntime with the same fields."""
-    from prunekit.bench import bench
+    from prunekit.bench import bench, format_csv_row
 
     ck = read_model(model)
     with console.status("benchmarking", spinner="dots"):
         result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,
                        min_run_time=min_time, runtime=runtime)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(format_csv_row(result) if fmt is Format.csv else json.dumps(result, indent=2),
+               nl=fmt is Format.json)
