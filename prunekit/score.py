@@ -157,7 +157,7 @@ class ScoreConfig:
         if self.method in NEEDS_DATA and self.data is None:
             raise PrunekitError(f"--method {self.method} needs training images: give --data "
                                 f"train.json")
-        if self.steps < 1 or self.batches < 1 or (self.batch_size or 1) < 1:
+        if self.steps < 1 or self.batches < 1 or (1 if self.batch_size is None else self.batch_size) < 1:
             raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
         return self
 

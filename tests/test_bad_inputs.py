@@ -160,7 +160,7 @@ CASES = [
     case("score {y} --method deeplift2 -o {out}/x.st", "--method 'deeplift2' is unknown"),
     case("score {y} --method taylor -o {out}/x.st", "--method taylor needs training images"),
     case("score {y} --method hydra --data {train} --ratio 1.5 -o {out}/x.st",
-         "--ratio must lie in [0, 1), got 1.5"),
+         "--ratio must lie in [0, 1) (the fraction removed), got 1.5"),
     case("score {y} --method hydra --data {train} --granularity channel -o {out}/x.st",
          "--granularity 'channel' is unknown"),
     case("score {y} --method hydra --data {train} --scope all -o {out}/x.st",
@@ -250,6 +250,8 @@ CASES = [
          "Invalid value for '--format'", code=2),
     # --- bench --------------------------------------------------------------------------------
     case("bench {text}", "is truncated or not safetensors"),
+    # --- history ------------------------------------------------------------------------------
+    case("history {text}", "is truncated or not safetensors"),
     case("bench {y} --batch 0 --no-latency", "--batch must be at least 1, got 0"),
     case("bench {y} --device tpu --no-latency", "--device 'tpu' is unknown"),
     case("bench {y} --runtime tensorrt --no-latency", "--runtime 'tensorrt' is unknown"),

@@ -83,6 +83,12 @@ def progress_bar(description: str):
         def __enter__(self) -> _Lazy:
             return self
 
+        def __exit__(self, *exc: object) -> None:
+            # rich's stop() prints a blank line on a console that is not a terminal even when
+            # nothing was shown: an error before the first update would come second
+            if self.live.is_started:
+                self.stop()
+
         def update(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 (rich's signature)
             if not self.live.is_started:
                 self.start()

@@ -14,7 +14,7 @@ from prunekit.errors import PrunekitError
 from prunekit.export import export
 from prunekit.init import init
 from prunekit.mask import PruneConfig, mask
-from prunekit.score import score
+from prunekit.score import ScoreConfig, score
 
 CLASSES = ["Car", "Pedestrian", "Cyclist"]
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -168,7 +168,7 @@ def test_compacted_models_refuse_hf_export_and_reload_at_their_widths(tmp_path):
 def test_deeplift_is_refused_with_the_reason():
     ck = init("deformable-detr-small", names=CLASSES, img_size=64)
     with pytest.raises(PrunekitError, match="DeepLIFT cannot be right for Deformable DETR"):
-        score(ck, "deeplift", data="unused.json")
+        score(ck, ScoreConfig(method="deeplift", data="unused.json"))
 
 
 def test_nothing_reaches_the_network(hf_folder, tmp_path, monkeypatch):
