@@ -38,3 +38,57 @@ def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = Tru
     print(f"{name} = {ratio:.3f} (target {sign} {limit:.3f}) {'ok' if ok else 'MISSED'}"
           f"{'  ' + detail if detail else ''}", flush=True)
     return ok
+
+
+def module_profile(model: torch.nn.Module, x: torch.Tensor, names: list[str], *,
+                   runs: int = 5, call=None) -> dict[str, tuple[float, int]]:
+    """Median milliseconds and MACs of each named submodule in one forward pass of ``model``
+    on ``x`` (eager, inference mode; ``call(model, x)`` runs it, default ``model(x)``).
+    Hooks time each module from its first input to its output, children included."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    call = call or (lambda m, t: m(t))
+    modules = dict(model.named_modules())
+    times: dict[str, list[float]] = {n: [] for n in names}
+    starts: dict[str, float] = {}
+    hooks = []
+    for n in names:
+        m = modules[n]
+        hooks.append(m.register_forward_pre_hook(
+            lambda mod, inp, n=n: starts.__setitem__(n, time.perf_counter())))
+        hooks.append(m.register_forward_hook(
+            lambda mod, inp, out, n=n: times[n].append(time.perf_counter() - starts[n])))
+    with torch.inference_mode():
+        for _ in range(2):
+            call(model, x)
+        for v in times.values():
+            v.clear()
+        for _ in range(runs):
+            call(model, x)
+    for h in hooks:
+        h.remove()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        call(model, x)
+    flops = counter.get_flop_counts()
+    return {n: (statistics.median(times[n]) * 1e3 if times[n] else 0.0,
+                int(sum(flops.get(n, {}).values()) // 2)) for n in names}
+
+
+def print_excess(dense: dict[str, tuple[float, int]], small: dict[str, tuple[float, int]],
+                 top: int = 15) -> None:
+    """Where the compacted model's time goes beyond its MACs: per module, its time minus the
+    dense module's time scaled by the MACs ratio (the time it would take if every MAC saved
+    saved its share of time), largest first."""
+    rows = []
+    for n, (t_small, m_small) in small.items():
+        t_dense, m_dense = dense[n]
+        ideal = t_dense * (m_small / m_dense) if m_dense else 0.0
+        rows.append((t_small - ideal, n, t_dense, t_small, m_dense, m_small))
+    rows.sort(reverse=True)
+    total_small = sum(r[3] for r in rows)
+    print(f"{'module':<40} {'dense ms':>9} {'compact ms':>10} {'MACs x':>7} {'excess ms':>9}")
+    for excess, n, t_dense, t_small, m_dense, m_small in rows[:top]:
+        ratio = f"{m_dense / m_small:.1f}" if m_small else "-"
+        print(f"{n:<40} {t_dense:9.3f} {t_small:10.3f} {ratio:>7} {excess:9.3f}")
+    print(f"excess in all {len(rows)} modules: {sum(r[0] for r in rows):.2f} ms of "
+          f"{total_small:.2f} ms", flush=True)

@@ -295,7 +295,7 @@ def attack_dataset(ck, data: str | Path, out: str | Path, config: AttackConfig, 
         coco.setdefault("info", {})
         if isinstance(coco["info"], dict):
             coco["info"]["prunekit_attack"] = {**describe(config), "seed": seed,
-                                               "source": str(data)}
+                                               "source": str(data), "model": ck.name}
         (tmp / Path(data).name).write_text(json.dumps(coco))
     return {"images": done, "json": str(out / Path(data).name), "max_change": worst,
             "mean_max_change": total_change / max(done, 1), "eps_levels": config.eps * 255}

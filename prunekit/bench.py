@@ -27,11 +27,19 @@ figures):
   (:mod:`prunekit.onnx`: the same deployment form, exported with a fixed batch), run by an
   onnxruntime session on the CPU execution provider with ``threads`` intra-op threads,
   sequential execution and full graph optimisation: what a deployment outside PyTorch runs.
+
+An exported file (``bench model.onnx``, float or INT8) is timed in that same onnxruntime
+session, as it was written (its batch, its precision), and reports the same fields, so
+``bench model.st`` and ``bench model.onnx`` compare in one table: its parameters as recorded at
+export, the MACs of its architecture, its own size in ``bytes_stored`` and its ``precision``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
 import warnings
 from typing import Any
 
@@ -45,6 +53,7 @@ from prunekit.device import resolve_device
 from prunekit.device import threads as _threads
 from prunekit.errors import PrunekitError
 from prunekit.models.base import Detector
+from prunekit.onnxfile import OnnxDetector, OnnxFile
 
 
 def count_macs(model: Detector, batch: int = 1) -> tuple[int, int, int, str]:
@@ -156,10 +165,14 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def _onnxruntime_step(model: Detector, x: torch.Tensor, threads: int) -> Any:
-    """One forward pass of ``model``'s ONNX export on ``x`` in an onnxruntime session."""
+def _onnxruntime_step(model: Detector | OnnxDetector, x: torch.Tensor, threads: int) -> Any:
+    """One forward pass of ``model``'s ONNX export on ``x`` in an onnxruntime session, or of
+    the exported file itself (an :class:`~prunekit.onnxfile.OnnxDetector`)."""
     from prunekit import onnx
 
+    if isinstance(model, OnnxDetector):
+        session, feeds = model.session(threads), model.feeds(x)
+        return lambda: session.run(None, feeds)
     exported = onnx.export(model, batch=x.shape[0], verify=False)
     session = onnx.session(exported.data, threads=threads)
     # The images, and the family's neutral value for any other input (as the PyTorch runtimes
@@ -235,13 +248,57 @@ class Latency:
         return m.median, m.iqr
 
 
-def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int | None = None,
-          latency: bool = True, min_run_time: float = 2.0, runtime: str = "auto") \
-        -> dict[str, Any]:
-    """Measure a checkpoint.
+def resolve_file_runtime(file: OnnxFile, runtime: str, device: torch.device) -> str:
+    """The runtime of an exported file: onnxruntime (CPU), for ``auto`` too; the PyTorch
+    runtimes run checkpoints, and an INT8 file not at all."""
+    if runtime not in RUNTIMES:
+        raise PrunekitError(f"--runtime {runtime!r} is unknown; use {', '.join(RUNTIMES)}")
+    if runtime not in ("auto", "onnxruntime"):
+        if file.precision == "int8":
+            raise PrunekitError(f"{file.name} is an INT8 model (QDQ): --runtime {runtime} runs "
+                                f"float PyTorch models and has no INT8 kernels for it; use "
+                                f"--runtime onnxruntime (the default for a file)")
+        raise PrunekitError(f"{file.name} is an ONNX file: --runtime {runtime} runs PyTorch "
+                            f"checkpoints; use --runtime onnxruntime (the default for a "
+                            f"file), or bench its checkpoint")
+    if device.type != "cpu":
+        raise PrunekitError(f"{file.name} runs in onnxruntime on the CPU here (the onnxruntime "
+                            f"package has no {device.type} provider); use --device cpu")
+    return "onnxruntime"
+
+
+def _checkpoint_figures(ck: Checkpoint, model: Detector) -> dict[str, Any]:
+    params = list(model.parameters())
+    total = sum(p.numel() for p in params)
+    nonzero = sum(int((p != 0).sum()) for p in params)
+    dense_bytes = sum(t.numel() * 4 for t in ck.state.values() if t.is_floating_point())
+    macs, macs_nonzero, macs_formula, formula_note = count_macs(model)
+    return {"params_total": total, "params_nonzero": nonzero, "macs": macs,
+            "macs_nonzero": macs_nonzero, "macs_by_formula": macs_formula,
+            "macs_note": formula_note or None, "bytes_dense": dense_bytes,
+            "precision": "float32"}
+
+
+def _file_figures(file: OnnxFile, reference: Detector) -> dict[str, Any]:
+    """An exported file's figures: parameters as recorded at export, MACs of its architecture
+    (the same dense counts; its zero weights are not seen, so ``macs_nonzero`` is None: bench
+    the checkpoint for it), and the file's own size against float32 weights."""
+    total, nonzero = file.params
+    macs, _, macs_formula, formula_note = count_macs(reference)
+    return {"params_total": total, "params_nonzero": nonzero, "macs": macs,
+            "macs_nonzero": None, "macs_by_formula": macs_formula,
+            "macs_note": formula_note or None, "bytes_dense": 4 * total,
+            "precision": file.precision}
+
+
+def bench(ck: Checkpoint | OnnxFile, *, device: str = "cpu", batch: int = 1,
+          threads: int | None = None, latency: bool = True, min_run_time: float = 2.0,
+          runtime: str = "auto") -> dict[str, Any]:
+    """Measure a checkpoint, or an ONNX file ``prunekit export`` wrote (timed in onnxruntime,
+    the same fields, so the two compare in one table).
 
     Args:
-        ck: the checkpoint (its ``stored_bytes`` is reported as ``bytes_stored``).
+        ck: the checkpoint or file (its ``stored_bytes`` is reported as ``bytes_stored``).
         device: ``cpu``, ``cuda`` or ``auto``.
         batch: images per forward pass for latency and throughput.
         threads: CPU threads for the timed runs (default: torch's current setting).
@@ -261,29 +318,30 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
     dev = resolve_device(device)
-    used = resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
-    model = ck.build()
+    if isinstance(ck, OnnxFile):
+        used = resolve_file_runtime(ck, runtime, dev)
+        if ck.batch not in (None, batch):
+            raise PrunekitError(f"{ck.name} was exported with a fixed batch of {ck.batch}; "
+                                f"bench it with --batch {ck.batch}, or export with --batch "
+                                f"dynamic")
+        model = ck.build(threads=threads, decoded_ok=True)
+        static = _file_figures(ck, model.reference)
+    else:
+        used = resolve_runtime(runtime, dev)  # a bad --runtime fails before any work
+        model = ck.build()
+        used = resolve_runtime(runtime, dev, model.runtimes)
+        static = _checkpoint_figures(ck, model)
     shape = model.input_shape
-    params = [p for p in model.parameters()]
-    total = sum(p.numel() for p in params)
-    nonzero = sum(int((p != 0).sum()) for p in params)
-    dense_bytes = sum(t.numel() * 4 for t in ck.state.values() if t.is_floating_point())
-    used = resolve_runtime(runtime, dev, model.runtimes)
-    macs, macs_nonzero, macs_formula, formula_note = count_macs(model)
+    total, nonzero = static["params_total"], static["params_nonzero"]
     stored = ck.stored_bytes
     result: dict[str, Any] = {
+        "model": ck.name,
         "arch": ck.arch.get("name"),
-        "params_total": total,
-        "params_nonzero": nonzero,
+        **static,
         "sparsity": 1 - nonzero / total if total else 0.0,
-        "macs": macs,
-        "macs_nonzero": macs_nonzero,
-        "flops": 2 * macs,
-        "macs_by_formula": macs_formula,
-        "macs_note": formula_note or None,
+        "flops": 2 * static["macs"],
         "bytes_stored": stored,
-        "bytes_dense": dense_bytes,
-        "compression_ratio": dense_bytes / stored if stored else None,
+        "compression_ratio": static["bytes_dense"] / stored if stored else None,
         "latency_ms": None,
         "latency_iqr_ms": None,
         "throughput": None,
@@ -303,3 +361,15 @@ def bench(ck: Checkpoint, *, device: str = "cpu", batch: int = 1, threads: int |
                       throughput=batch / median, runtime=timed.runtime,
                       runtime_fallback=timed.fallback_reason)
     return result
+
+
+def format_csv_row(figures: dict[str, Any]) -> str:
+    """A header line and one row of :func:`bench`'s ``figures``, for appending the rows of
+    several models (a checkpoint and its exported files) into one table: every model gives
+    the same columns. ``None`` is an empty cell; a list (a non-square ``img_size``) is JSON."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(figures)
+    writer.writerow("" if v is None else json.dumps(v) if isinstance(v, (list, dict)) else
+                    repr(v) if isinstance(v, float) else v for v in figures.values())
+    return out.getvalue()

@@ -15,9 +15,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from prunekit.checkpoint import Checkpoint
 from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.models.base import Detector
+from prunekit.onnxfile import OnnxFile
 
 
 @dataclass
@@ -45,7 +47,8 @@ def detect(model: Detector, batches, *, conf: float = 0.5, iou: float = 0.45,
     """Run a model over batches from :func:`prunekit.data.coco.loader`.
 
     Args:
-        model: a detector in eval mode.
+        model: a detector in eval mode, or an exported file's
+            :class:`~prunekit.onnxfile.OnnxDetector`.
         batches: an iterable of (images, targets, records).
         conf: score threshold.
         iou: NMS IoU threshold.
@@ -91,7 +94,8 @@ def category_ids(classes: list[str], gt_json: str | Path | None) -> list[int]:
     return [by_name.get(name, -1) for name in classes]
 
 
-def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | None = None,
+def detect_dataset(ck: Checkpoint | OnnxFile, *, data: str | Path | None = None,
+                   images: str | Path | None = None,
                    conf: float = 0.5, iou: float = 0.45, max_det: int = 100,
                    batch_size: int = 16, workers: int = 0, device: str = "auto",
                    threads: int | None = None, attack=None, seed: int = 0) \
@@ -99,7 +103,9 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
     """Detections for every image of a COCO JSON (``data``) or a folder (``images``).
 
     Args:
-        ck: the checkpoint.
+        ck: the checkpoint, or an ONNX file ``prunekit export`` wrote (run by onnxruntime on
+            the CPU with the same input transform and post-processing; see
+            :mod:`prunekit.onnxfile`).
         data: COCO JSON; ``images`` then overrides its image root.
         images: a folder of images (without ``data``).
         conf: score threshold (the paper's 0.5; use 0.001 for mAP).
@@ -111,7 +117,7 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
         threads: CPU threads (default: unchanged).
         attack: an :class:`prunekit.attack.AttackConfig` to attack each image first (in
             original pixel space; the attacked image is quantised to 8 bits, as a PNG would
-            hold it, before detection).
+            hold it, before detection). Not for a file: gradients do not run through it.
         seed: seed for the attack's random start.
 
     Returns:
@@ -125,6 +131,15 @@ def detect_dataset(ck, *, data: str | Path | None = None, images: str | Path | N
         raise PrunekitError("what to detect on? give --data val.json or --images DIR")
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
+    if isinstance(ck, OnnxFile):
+        if attack is not None:
+            raise PrunekitError(
+                f"{ck.name} cannot be attacked: gradients do not run through an ONNX file "
+                f"(nor through INT8 at all); attack its source checkpoint and detect the images "
+                f"with the file, a transferred attack: prunekit attack model.st --data "
+                f"{data or 'val.json'} -o adv/, then prunekit detect {ck.name} --data "
+                f"adv/{Path(data).name if data else 'val.json'}")
+        device = "cpu" if device == "auto" else device
     model = ck.build()
     dev = resolve_device(device)
     want_originals = attack is not None

@@ -51,7 +51,7 @@ FLAGS: dict[str, dict[type, dict[str, str]]] = {
     },
     "mask": {
         PruneConfig: {"ratio": "--ratio", "granularity": "--granularity", "scope": "--scope",
-                      "compact": "--compact"},
+                      "compact": "--compact", "round_to": "--round-to"},
     },
 }
 # Fields written whatever their value: required flags, and those whose command-line default

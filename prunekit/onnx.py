@@ -114,7 +114,7 @@ def export(model: Detector, *, batch: int | None = None, opset: int = DEFAULT_OP
     capture = batch or _CAPTURE_BATCH
     inputs = model.graph_inputs(capture, torch.Generator().manual_seed(0))
     proto = _capture(graph, inputs, dynamic=batch is None, opset=opset, name=name)
-    _describe(proto, model, graph, batch, name)
+    _describe(proto, model, graph, batch, name, decoded)
     data = proto.SerializeToString()
     _check(data, name)
     errors: dict[str, float] = {}
@@ -128,6 +128,11 @@ def export(model: Detector, *, batch: int | None = None, opset: int = DEFAULT_OP
 def write(exported: Exported, out: str | Path) -> None:
     """Write the file (complete or not at all)."""
     write_atomic(out, exported.data)
+
+
+def write_bytes(data: bytes, out: str | Path) -> None:
+    """Write a serialised model (complete or not at all)."""
+    write_atomic(out, data)
 
 
 def _capture(graph: Graph, inputs: tuple[torch.Tensor, ...], *, dynamic: bool, opset: int,
@@ -185,14 +190,21 @@ def _register_dangling_constants(graph: Any) -> None:
 
 
 def _describe(proto: Any, model: Detector, graph: Graph, batch: int | None,
-              name: str) -> None:
-    """The metadata a deployment needs to use the file."""
+              name: str, decoded: bool) -> None:
+    """The metadata a deployment needs to use the file, and prunekit to run it as a model
+    (:mod:`prunekit.onnxfile`: the family, architecture, input pipeline and outputs)."""
     height, width = model.input_shape[1:]
+    params = list(model.parameters())
     props = {
         "prunekit.version": __version__,
         "prunekit.family": model.family,
         "prunekit.arch": str(model.arch.get("name", "")),
         "prunekit.source": name,
+        "prunekit.model": json.dumps({"arch": model.arch, "input": model.input_spec}),
+        "prunekit.outputs": "decoded" if decoded else "raw",
+        "prunekit.precision": "float32",
+        "prunekit.params": json.dumps([sum(p.numel() for p in params),
+                                       sum(int((p != 0).sum()) for p in params)]),
         "classes": json.dumps(model.classes),
         "input_size": json.dumps([height, width]),
         "colour": str(model.input_spec.get("colour", "rgb")),

@@ -193,6 +193,10 @@ CASES = [
          "--structured means --granularity filter, not kernel"),
     case("mask {empty} --ratio 0.5 -o {out}/x.st", "is empty; expected a prunekit safetensors"),
     case("mask {trunc} --ratio 0.5 -o {out}/x.st", "is truncated or not safetensors"),
+    case("mask {ys} --ratio 0.5 --structured --round-to 0 -o {out}/x.st",
+         "--round-to must be at least 1"),
+    case("mask {ys} --ratio 0.5 --round-to 8 -o {out}/x.st",
+         "--round-to rounds the filters a layer keeps; it needs --granularity filter"),
     case("mask {text} --ratio 0.5 -o {out}/x.st", "is truncated or not safetensors"),
     case("mask {pickle} --ratio 0.5 -o {out}/x.st", "is a pickle / torch.save file"),
     case("mask {out}/none.st --ratio 0.5 -o {out}/x.st", "does not exist; check the path"),
@@ -216,6 +220,8 @@ CASES = [
     case("mask {ys} --ratios-from {out}/none.csv --target-macs 0.5 -o {out}/x.st",
          "none.csv does not exist"),
     case("mask {ys} --ratios-from {sens_y} -o {out}/x.st", "takes one of --target-macs"),
+    case("mask {ys} --ratios-from {sens_y} --target-macs 0.5 --structured --round-to 8 "
+         "-o {out}/x.st", "--round-to rounds a uniform --ratio"),
     case("mask {ys} --ratios-from {sens_y} --target-macs 0.5 --ratio 0.5 -o {out}/x.st",
          "without --ratio"),
     case("mask {ys} -o {out}/x.st", "how much to prune? give --ratio R"),
@@ -320,6 +326,36 @@ CASES = [
     case("export {pickle} --hf {out}/hf", "is a pickle / torch.save file"),
     case("export {dc} --hf {out}/hf", "this model is compacted"),
     case("export {d} --hf {synth}", "exists; remove it or choose another folder"),
+    # --- export --int8 and the exported file as a model (issue 27) ------------------------------
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 0",
+         "--calib must be at least 1"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib -3",
+         "--calib must be at least 1"),
+    case("export {y} -o {out}/q.onnx --int8 --data {kitti_val} --calib 2",
+         "holds classes the model does not detect (Car, Pedestrian, Cyclist"),
+    case("export {y} -o {out}/q.onnx --int8", "--int8 calibrates on images: give --data"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 100",
+         "--calib 100 is more than the 8 images of"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 8",
+         "is left to check the INT8 model on; lower --calib or give --val"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib-method kl",
+         "--calib-method 'kl' is unknown; use minmax, entropy, percentile"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --decode", "leave out --decode"),
+    case("detect {foreign_onnx} --data {val} -o {out}/d.csv",
+         "without prunekit's metadata (family, classes, input pipeline): prunekit did not "
+         "write it"),
+    case("bench {foreign_onnx} --no-latency", "prunekit did not write it"),
+    case("detect {old_onnx} --data {val} -o {out}/d.csv", "before files described their model"),
+    case("detect {bad_onnx} --data {val} -o {out}/d.csv", "is not an ONNX model"),
+    case("detect {yo_decoded} --data {val} -o {out}/d.csv", "was exported with --decode"),
+    case("detect {yo} --data {val} --attack pgd -o {out}/d.csv",
+         "gradients do not run through an ONNX file"),
+    case("bench {yq} --runtime onednn-graph --no-latency",
+         "is an INT8 model (QDQ): --runtime onednn-graph runs float PyTorch models"),
+    case("bench {yq} --runtime eager --no-latency", "has no INT8 kernels for it"),
+    case("bench {yo} --runtime eager --no-latency", "runs PyTorch checkpoints; use --runtime "
+                                                    "onnxruntime"),
+    case("bench {yo_decoded} --batch 1 --no-latency", "fixed batch of 2; bench it with --batch 2"),
     # --- grid ---------------------------------------------------------------------------------
     case("grid subset {val} {out}/sub.json", "must be in the same folder as"),
     case("grid subset {out}/none.json {out}/sub.json", "does not exist"),
@@ -355,6 +391,38 @@ CASES = [
     case("stats {y} -o {out}/rep", "is not a readable CSV"),
     case("stats {stats_cols} --std biased -o {out}/rep", "Invalid value for '--std'", code=2),
 ]
+
+
+def _onnx_files(f: dict[str, Path], root: Path) -> None:
+    """Exported files: float, decoded at batch 2, INT8, one without prunekit's metadata, one
+    from before files described their model, and one that is not ONNX at all."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from prunekit import checkpoint
+    from prunekit.export import Int8Config, export_int8, export_onnx
+
+    y = checkpoint.load(f["y"])
+    for key, kw in {"yo": {}, "yo_decoded": {"batch": 2, "decoded": True}}.items():
+        f[key] = root / f"{key}.onnx"
+        export_onnx(y, f[key], **kw)
+    f["yq"] = root / "yq.onnx"
+    export_int8(y, f["yq"], Int8Config(data=str(f["val"]), calib=4,
+                                       min_sqnr_db=float("-inf")))
+    old = onnx.load(str(f["yo"]))
+    kept = [p for p in old.metadata_props if p.key != "prunekit.model"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(kept)
+    f["old_onnx"] = root / "old.onnx"
+    onnx.save(old, str(f["old_onnx"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])
+    y_out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    foreign = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])],
+                                                  "g", [x], [y_out]))
+    f["foreign_onnx"] = root / "foreign.onnx"
+    onnx.save(foreign, str(f["foreign_onnx"]))
+    f["bad_onnx"] = root / "bad.onnx"
+    f["bad_onnx"].write_bytes(f["yo"].read_bytes()[:1000])
 
 
 @pytest.fixture(scope="module")
@@ -398,6 +466,8 @@ def files(tmp_path_factory) -> dict[str, str]:
         _sensitivity_csv(ck, f[key])
     f["sens_bad"] = root / "sens_bad.csv"
     f["sens_bad"].write_text(_with_ratio(f["sens_y"], 1.5))
+
+    _onnx_files(f, root)
 
     f["empty"] = root / "empty.st"
     f["empty"].write_bytes(b"")

@@ -161,3 +161,33 @@ def test_make_masks_leaves_the_checkpoint_alone():
     before = {k: v.clone() for k, v in ck.state.items()}
     make_masks(ck, 0.5, granularity="filter")
     assert all(torch.equal(v, before[k]) for k, v in ck.state.items())
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_round_to_keeps_a_multiple_of_channels_and_the_best_ones(scope):
+    ck = _scored(width=0.5)
+    plain = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope))
+    rounded = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope, round_to=8))
+    grew = 0
+    for group in filter_groups(ck.arch):
+        if not group.prunable:
+            continue
+        w = f"layers.{group.layers[0]}.conv.weight"
+        keep = rounded.masks[w].flatten(1).any(1)
+        before = plain.masks[w].flatten(1).any(1)
+        kept = int(keep.sum())
+        assert kept % 8 == 0 or kept == group.size, (group.layers, kept, group.size)
+        assert bool((keep | ~before).all())  # what plain pruning keeps is kept
+        assert kept - int(before.sum()) < 8
+        grew += kept - int(before.sum())
+    assert grew > 0  # the rounding did something
+    assert rounded.history[-1]["args"]["prune"]["round_to"] == 8
+    compacted = mask(ck, PruneConfig(0.7, granularity="filter", scope=scope, round_to=8,
+                                     compact=True))
+    widths = [m.weight.shape[0] for m in compacted.build().modules()
+              if isinstance(m, torch.nn.Conv2d)]
+    assert sum(w % 8 == 0 for w in widths) > 0.8 * len(widths)
+    with pytest.raises(PrunekitError, match="--round-to rounds the filters"):
+        mask(ck, PruneConfig(0.5, round_to=8))
+    with pytest.raises(PrunekitError, match="--round-to must be at least 1"):
+        mask(ck, PruneConfig(0.5, granularity="filter", round_to=0))

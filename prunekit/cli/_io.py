@@ -20,6 +20,13 @@ def read_checkpoint(path: str | None) -> Checkpoint:
     return checkpoint.load(path)
 
 
+def read_model(path: str | None):  # -> Checkpoint | OnnxFile (imported when needed)
+    """A checkpoint, or an ONNX file `prunekit export` wrote (detect and bench take both)."""
+    from prunekit.onnxfile import load_model
+
+    return load_model(path)
+
+
 def write_checkpoint(ck: Checkpoint, output: Path | None) -> None:
     """Write to ``output``, or to stdout unless it is a terminal."""
     if output is None or str(output) == "-":

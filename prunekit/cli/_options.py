@@ -21,6 +21,11 @@ CheckpointArg = Annotated[
     str | None,
     typer.Argument(help="Checkpoint path; `-` or omitted reads stdin.", show_default=False),
 ]
+ModelArg = Annotated[
+    str | None,
+    typer.Argument(help="Checkpoint, or an .onnx file `prunekit export` wrote; `-` or omitted "
+                   "reads stdin.", show_default=False),
+]
 OutputOpt = Annotated[
     Path | None,
     typer.Option("-o", "--output", help="Output path; omitted writes to stdout when it is not a "

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from typing import Annotated
 
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, ThreadsOpt
+from prunekit.cli._io import console, read_model
+from prunekit.cli._options import DeviceOpt, ModelArg, ThreadsOpt
 
 EXAMPLE = """Examples:
 
@@ -22,12 +23,21 @@ EXAMPLE = """Examples:
   prunekit bench pruned.st --runtime onnxruntime --threads 2
 
   prunekit init yolov3-tiny --classes 80 | prunekit bench --no-latency
+
+  prunekit bench pruned-int8.onnx --threads 2 --batch 1
+
+  prunekit bench model.st --runtime onnxruntime --format csv > speed.csv; prunekit bench model.onnx --format csv | tail -n 1 >> speed.csv
 """
+
+
+class Format(str, Enum):
+    json = "json"
+    csv = "csv"
 
 
 @app.command("bench", epilog=EXAMPLE)
 def bench_cmd(
-    model: CheckpointArg = None,
+    model: ModelArg = None,
     device: DeviceOpt = "cpu",
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     threads: ThreadsOpt = None,
@@ -37,13 +47,21 @@ def bench_cmd(
     runtime: Annotated[str, typer.Option(
         help="auto (onednn-graph on CPU, eager on CUDA), onednn-graph (TorchScript with "
              "conv, bias, LeakyReLU and residual add fused by oneDNN), eager, or onnxruntime "
-             "(CPU: the model's ONNX export in an onnxruntime session).")] = "auto",
+             "(CPU: the model's ONNX export in an onnxruntime session; the only one, and "
+             "auto's choice, for an .onnx file).")] = "auto",
+    fmt: Annotated[Format, typer.Option("--format", help="json (indented), or csv: a header "
+                                        "and one row, the same columns for a checkpoint and "
+                                        "a file, for one table.")] = Format.json,
 ) -> None:
-    """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON."""
-    from prunekit.bench import bench
+    """Print parameters, sparsity, MACs/FLOPs, bytes, latency and throughput as JSON.
 
-    ck = read_checkpoint(model)
+    MODEL is a checkpoint, or an ONNX file `prunekit export` wrote (float or INT8), timed in
+    onnxruntime with the same fields."""
+    from prunekit.bench import bench, format_csv_row
+
+    ck = read_model(model)
     with console.status("benchmarking", spinner="dots"):
         result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,
                        min_run_time=min_time, runtime=runtime)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(format_csv_row(result) if fmt is Format.csv else json.dumps(result, indent=2),
+               nl=fmt is Format.json)

@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from prunekit.cli._app import app
-from prunekit.cli._io import check_output, console, progress_bar, read_checkpoint
+from prunekit.cli._io import check_output, console, progress_bar, read_model
 from prunekit.cli._options import (
     AlphaOpt,
-    CheckpointArg,
     DeviceOpt,
     EpsOpt,
+    ModelArg,
     SeedOpt,
     ThreadsOpt,
     WorkersOpt,
@@ -26,12 +26,16 @@ EXAMPLE = """Examples:
   prunekit detect model.st --images photos/ --conf 0.5 > dets.csv
 
   prunekit detect robust.st --data data/synth/val.json --attack pgd --eps 0.05 --alpha 0.02 --steps 5 -o adv-dets.csv
+
+  prunekit detect model-int8.onnx --data data/synth/val.json --conf 0.001 -o dets.csv
+
+  prunekit attack model.st --data data/synth/val.json -o adv/ && prunekit detect model-int8.onnx --data adv/val.json --conf 0.001 -o adv-dets.csv
 """
 
 
 @app.command("detect", epilog=EXAMPLE)
 def detect_cmd(
-    model: CheckpointArg = None,
+    model: ModelArg = None,
     data: Annotated[Path | None, typer.Option(help="COCO JSON of the images.",
                                               show_default=False)] = None,
     images: Annotated[Path | None, typer.Option(help="A folder of images (without --data), "
@@ -56,13 +60,19 @@ def detect_cmd(
     output: Annotated[Path | None, typer.Option("-o", "--output", help="CSV path (default: "
                                                 "stdout).", show_default=False)] = None,
 ) -> None:
-    """Detect objects and write the detections CSV (boxes in original-image pixels)."""
+    """Detect objects and write the detections CSV (boxes in original-image pixels).
+
+    MODEL is a checkpoint or an ONNX file `prunekit export` wrote, run by onnxruntime (CPU)
+    with the checkpoint's own input transform and post-processing. A file is not attacked
+    (no gradients through it): detect with it the images `prunekit attack` wrote on its source
+    checkpoint (a transferred attack)."""
     from prunekit.attack import AttackConfig
     from prunekit.detect import detect_dataset
     from prunekit.detections import DetectionWriter
+    from prunekit.onnxfile import OnnxFile, transferred_attack
 
     check_output(output)
-    ck = read_checkpoint(model)
+    ck = read_model(model)
     config = None
     if attack is not None:
         config = AttackConfig(method=attack, eps=eps, alpha=alpha, steps=steps,
@@ -71,6 +81,8 @@ def detect_cmd(
                                          max_det=max_det, batch_size=batch_size,
                                          workers=workers, device=device, threads=threads,
                                          attack=config, seed=seed)
+    if isinstance(ck, OnnxFile):
+        _say_what_runs(ck, transferred_attack(data) if data is not None else None)
     names = {cid: name for cid, name in zip(ids, ck.classes, strict=True)}
     with progress_bar("detect") as bar, DetectionWriter(output) as out:
         task = bar.add_task("detect", total=total, info="")
@@ -85,3 +97,14 @@ def detect_cmd(
             bar.update(task, advance=1, info=f"{out.rows} detections")
     if output is not None:
         console.print(f"wrote {output} ({out.rows:,} detections)", highlight=False)
+
+
+def _say_what_runs(file, attack: dict | None) -> None:
+    """On stderr: the file runs in onnxruntime, and, on attacked images, that the attack was
+    made on another model (its source checkpoint), not on the file."""
+    console.print(f"detecting with {file.describe()} in onnxruntime (CPU)", highlight=False)
+    if attack is not None:
+        console.print(f"transferred attack: these images were attacked by {attack.get('method')} "
+                      f"(eps {attack.get('eps')}, {attack.get('steps')} steps) on "
+                      f"{attack.get('model', 'another model')}, not on {file.name}: gradients "
+                      f"do not run through an ONNX file", highlight=False)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._families import FamilyOptionsCommand, with_family_options
 from prunekit.cli._io import check_output, console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, OutputOpt
+from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt
+
+if TYPE_CHECKING:
+    from prunekit.checkpoint import Checkpoint
+    from prunekit.export import Int8Config
 
 EXAMPLE = """Examples:
 
@@ -20,6 +25,8 @@ EXAMPLE = """Examples:
   prunekit score --method l1-filter model.st | prunekit mask --ratio 0.5 --granularity filter --compact | prunekit export -o small.onnx
 
   prunekit export detr.st --hf detr-hf/
+
+  prunekit export model.st -o model-int8.onnx --int8 --data data/synth/val.json --calib 100
 """
 
 
@@ -48,6 +55,24 @@ def export_cmd(
     verify: Annotated[bool, typer.Option("--verify/--no-verify", help="ONNX: run the file with "
                                          "onnxruntime and refuse to write it when its outputs "
                                          "differ from PyTorch's by more than 1e-4.")] = True,
+    int8: Annotated[bool, typer.Option("--int8", help="ONNX: static INT8 (QDQ, per-channel "
+                                       "weights), calibrated on --calib images of --data, "
+                                       "checked against the float file on the images of "
+                                       "--val that did not calibrate.")] = False,
+    data: Annotated[Path | None, typer.Option("--data", help="--int8: COCO JSON of the "
+                                              "calibration images (the model's own data).",
+                                              show_default=False)] = None,
+    calib: Annotated[int, typer.Option("--calib", help="--int8: calibration images, drawn "
+                                       "from --data with --seed.")] = 100,
+    calib_method: Annotated[str, typer.Option("--calib-method", help="--int8: minmax, "
+                                              "entropy or percentile.")] = "minmax",
+    val: Annotated[Path | None, typer.Option("--val", help="--int8: COCO JSON of the check "
+                                             "(default: --data, less the calibration "
+                                             "images).", show_default=False)] = None,
+    images: Annotated[Path | None, typer.Option("--images", help="--int8: image root of --data "
+                                                "and --val (default: each JSON's folder).",
+                                                show_default=False)] = None,
+    seed: SeedOpt = 0,
     *,
     options: dict[str, Any],
 ) -> None:
@@ -72,7 +97,13 @@ def export_cmd(
         return
     check_output(output)
     check_opset(opset if opset is not None else DEFAULT_OPSET)
+    if int8:
+        config = _int8_config(data, calib, calib_method, val, images, seed, decoded)
     ck = read_checkpoint(model)
+    if int8:
+        _export_int8(ck, output, config, None if batch == "dynamic" else int(batch),
+                     opset if opset is not None else DEFAULT_OPSET)
+        return
     with console.status("exporting to ONNX", spinner="dots"):
         done = export_onnx(ck, output, batch=None if batch == "dynamic" else int(batch),
                            opset=opset if opset is not None else DEFAULT_OPSET, decoded=decoded,
@@ -81,3 +112,45 @@ def export_cmd(
                f"{done.verified_batch}" if done.verified_batch else "not verified")
     console.print(f"wrote {output} ({len(done.data):,} bytes, opset {done.opset}, batch "
                   f"{done.batch}; {checked})", highlight=False)
+
+
+def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
+                 images: Path | None, seed: int, decoded: bool) -> Int8Config:
+    """The INT8 settings, checked before the checkpoint is read."""
+    from prunekit.errors import PrunekitError
+    from prunekit.export import Int8Config
+
+    if data is None:
+        raise PrunekitError("--int8 calibrates on images: give --data DATASET.json (the "
+                            "model's own data) and --calib N")
+    if decoded:
+        raise PrunekitError("--int8 writes the raw outputs (decoding stays in float outside "
+                            "the file); leave out --decode")
+    return Int8Config(data=str(data), calib=calib, method=method,
+                      val=str(val) if val is not None else None,
+                      images=str(images) if images is not None else None, seed=seed).check()
+
+
+def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | None,
+                 opset: int) -> None:
+    """Export, then say what was quantized, what stayed in float and what the check measured."""
+    from prunekit.export import export_int8
+
+    with console.status(f"INT8: calibrating on {config.calib} images, checking on the rest",
+                        spinner="dots"):
+        done = export_int8(ck, output, config, batch=batch, opset=opset)
+    q = done.quantized
+    console.print(f"wrote {output} ({len(done.data):,} bytes, INT8 QDQ, {config.method} "
+                  f"calibration on {config.calib} images of {config.data}; float export = "
+                  f"PyTorch within {max(done.float.max_error.values()):.1e})", highlight=False)
+    console.print("quantized: " + ", ".join(f"{n} {op}" for op, n in q.quantized.items()),
+                  highlight=False)
+    for what, why in q.kept_float.items():
+        console.print(f"kept in float: {what}: {why}", highlight=False)
+    console.print("INT8 against float, signal-to-noise: " + ", ".join(
+        f"{k} {v:.1f} dB" for k, v in done.sqnr_db.items()), highlight=False)
+    f, i = done.metrics["float"], done.metrics["int8"]
+    console.print(f"on {done.held_out} held-out images of {config.val or config.data} (not "
+                  f"used for calibration), confidence 0.001: mAP50 float {f['map50']:.4f}, "
+                  f"INT8 {i['map50']:.4f} ({100 * (i['map50'] - f['map50']):+.2f} points); mAP "
+                  f"float {f['map']:.4f}, INT8 {i['map']:.4f}", highlight=False)

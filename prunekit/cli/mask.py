@@ -18,6 +18,8 @@ EXAMPLE = """Examples:
 
   prunekit mask scored.st --structured --ratio 0.5 --compact -o small.st
 
+  prunekit mask scored.st --structured --ratio 0.75 --compact --round-to 16 -o small16.st
+
   prunekit score --method l1-filter model.st | prunekit mask --granularity filter --scope global --ratio 0.3 > pruned.st
 
   prunekit mask scored.st --ratios-from sens.csv --target-macs 0.5 --compact -o half.st
@@ -58,6 +60,10 @@ def mask_cmd(
     = "auto",
     threads: ThreadsOpt = None,
     device: DeviceOpt = "cpu",
+    round_to: Annotated[int, typer.Option("--round-to", help="Filters: keep a multiple of this "
+                                          "many channels in every layer (8 or 16: the widths "
+                                          "CPU kernels vectorise), a few more than --ratio "
+                                          "leaves; 1: none.")] = 1,
     output: OutputOpt = None,
 ) -> None:
     """Build masks from the scores, apply them, and drop the scores."""
@@ -73,12 +79,15 @@ def mask_cmd(
             raise PrunekitError("--ratios-from takes one of --target-macs, --target-params or "
                                 "--target-latency, without --ratio or --scope global")
         _check_target(*next(iter(targets.items())))
+        if round_to != 1:
+            raise PrunekitError("--round-to rounds a uniform --ratio; --ratios-from allocates "
+                                "each group's ratio to the budget exactly: drop one of them")
     elif ratio is None or targets:
         raise PrunekitError("how much to prune? give --ratio R, or --ratios-from sens.csv "
                             "with --target-macs, --target-params or --target-latency")
     gran = "filter" if structured else (granularity or "weight")
-    config = PruneConfig(ratio=ratio or 0.0, granularity=gran, scope=scope,
-                         compact=compact).check()
+    config = PruneConfig(ratio=ratio or 0.0, granularity=gran, scope=scope, compact=compact,
+                         round_to=round_to).check()
     check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     if ratios_from is not None:

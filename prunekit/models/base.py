@@ -26,11 +26,12 @@ Members every family must implement are abstract; the others have a documented d
 fits a family which does not need them: ``evidence`` (none: DeepLIFT is refused for the family,
 through ``score``'s usual refusal), ``vanish`` (none: the ``obj`` attack is refused),
 ``loss_sums_batch`` (False), ``uncounted_macs`` (none), ``graph`` (the raw outputs of
-``forward``, no decoded form), ``graph_inputs`` and ``neutral_inputs`` (images only),
-``deployed`` (the model itself), ``param_groups``, ``prunable``, ``runtimes`` and
-``max_grad_norm``. A :class:`Family` declares the options it adds to ``prunekit init`` and
-``prunekit export`` (:class:`Option`); families are installed through the entry-point group
-``prunekit.families`` (:mod:`prunekit.models.registry`).
+``forward``, no decoded form), ``graph_inputs``, ``neutral_inputs`` and ``graph_feeds``
+(images only), ``from_graph`` (the graph's outputs as they are), ``quantization``
+(convolutions and matrix products), ``deployed`` (the model itself), ``param_groups``,
+``prunable``, ``runtimes`` and ``max_grad_norm``. A :class:`Family` declares the options it
+adds to ``prunekit init`` and ``prunekit export`` (:class:`Option`); families are installed
+through the entry-point group ``prunekit.families`` (:mod:`prunekit.models.registry`).
 """
 
 from __future__ import annotations
@@ -404,6 +405,22 @@ class Detector(nn.Module, ABC):
         runtimes run the model without geometries."""
         return (images,)
 
+    def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
+            -> tuple[Tensor, ...]:
+        """The inputs of :meth:`graph` for a batch ``x`` that :meth:`forward` would take with
+        ``geometries``. Default: :meth:`neutral_inputs`, for a family whose other graph inputs
+        (if any) do not depend on where each image lies in the batch."""
+        return self.neutral_inputs(x)
+
+    def from_graph(self, outputs: Outputs) -> Outputs:
+        """The raw outputs :meth:`postprocess` reads, from the outputs of :meth:`graph`
+        (not decoded), so an exported file is post-processed by the same code as the model."""
+        return outputs
+
+    def quantization(self) -> Quantization:
+        """What INT8 export quantizes and what it keeps in float (see :class:`Quantization`)."""
+        return Quantization()
+
 
 class _ImagesOnly(nn.Module):
     """A detector's forward on images alone, as the default graph traces it."""
@@ -435,6 +452,25 @@ class Graph:
     outputs: tuple[str, ...]
     meaning: dict[str, str]
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """A family's plan for static INT8 quantization of its :meth:`Detector.graph`.
+
+    Attributes:
+        op_types: ONNX operator types quantized (inputs and outputs through QDQ pairs);
+            everything else runs in float between them.
+        float_modules: glob patterns over module paths (``*.sampling_offsets``; a node's
+            path is what ``named_modules`` calls the module it was exported from, with a
+            leading dot) whose operators stay in float → why.
+        float_ops: operator types outside ``op_types`` that compute and stay in float → why
+            (``export --int8`` names them with the modules).
+    """
+
+    op_types: tuple[str, ...] = ("Conv", "MatMul", "Gemm")
+    float_modules: dict[str, str] = field(default_factory=dict)
+    float_ops: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

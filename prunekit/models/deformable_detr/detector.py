@@ -38,6 +38,7 @@ from prunekit.models.base import (
     Grey,
     InputTransform,
     Outputs,
+    Quantization,
     Target,
 )
 from prunekit.models.deformable_detr import groups
@@ -283,6 +284,15 @@ class DeformableDETR(Detector):
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
         return install(model, kernel=False) if runtime == "onnxruntime" else lean_sampling(model)
 
+    def quantization(self) -> Quantization:
+        """The backbone's convolutions and the transformer's matrix products in integers; the
+        deformable sampling (``GridSample``) in float."""
+        return Quantization(
+            op_types=("Conv", "MatMul", "Gemm"),
+            float_ops={"GridSample": "the deformable sampling: bilinear interpolation at "
+                                     "fractional positions, which onnxruntime runs in float "
+                                     "only"})
+
     def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()
         c, q = self.num_classes, self.config.num_queries
@@ -323,6 +333,19 @@ class DeformableDETR(Detector):
         geometries."""
         n, _, h, w = images.shape
         return images, torch.ones(n, h, w, dtype=torch.long, device=images.device)
+
+    def graph_feeds(self, x: Tensor, geometries: list[Geometry] | None = None) \
+            -> tuple[Tensor, ...]:
+        """The images and the pixel mask ``forward`` builds from ``geometries`` (ones without
+        them)."""
+        mask = self.pixel_mask(x, geometries)
+        return self.neutral_inputs(x) if mask is None else (x, mask)
+
+    def from_graph(self, outputs: Outputs) -> Outputs:
+        """The graph's last-layer logits and boxes as a one-layer stack (N×1×Q×…): what
+        :meth:`postprocess` reads (the last layer)."""
+        logits, boxes = outputs
+        return logits.unsqueeze(1), boxes.unsqueeze(1)
 
     def uncounted_macs(self, x: Tensor) -> tuple[int, str]:
         """Multiply–accumulates of the deformable sampling, which ``FlopCounterMode`` does not

@@ -24,6 +24,7 @@ from prunekit.models.base import (
     Grey,
     InputTransform,
     Outputs,
+    Quantization,
     Target,
 )
 from prunekit.models.yolov3 import boxes, deploy, evidence, groups
@@ -167,6 +168,14 @@ class YOLOv3(Detector):
 
     def deployed(self, runtime: str = "eager") -> nn.Module:
         return deploy.deployed(self, runtime)
+
+    def quantization(self) -> Quantization:
+        """Every convolution, LeakyReLU, residual addition, upsampling and concatenation in
+        integers, so activations stay uint8 from the first convolution to the heads
+        (onnxruntime: QLinearConv, QLinearLeakyRelu, QLinearAdd, QLinearConcat, and Resize on
+        uint8)."""
+        return Quantization(op_types=("Conv", "LeakyRelu", "Add", "Concat", "Resize",
+                                      "MaxPool"))
 
     def graph(self, *, decoded: bool = False, deployed: bool = True) -> Graph:
         net = self.deployed("onnxruntime") if deployed else copy.deepcopy(self).eval()

@@ -1,0 +1,110 @@
+"""INT8 export (issue 27): static QDQ quantization with per-channel weights, calibrated on
+images of the model's data and checked against the float file on the images that did not
+calibrate; what stays in float is named; a failed check writes nothing."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+
+from prunekit import quantize
+from prunekit.cli import app
+from prunekit.errors import PrunekitError
+from prunekit.export import MIN_SQNR_DB, Int8Config, export_int8
+from prunekit.init import init
+from prunekit.onnxfile import load_model
+from tests.test_onnxfile import lively
+
+
+@pytest.fixture(scope="module")
+def names(synth_data) -> list[str]:
+    return [c["name"] for c in json.loads((synth_data / "val.json").read_text())["categories"]]
+
+
+def _initializer_types(path) -> set[int]:
+    return {t.data_type for t in onnx.load(str(path)).graph.initializer}
+
+
+def test_yolov3_int8_file(names, synth_data, tmp_path):
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
+    val = str(synth_data / "val.json")
+    # the default check: every output within MIN_SQNR_DB of the float file's (measured here:
+    # 18.9, 19.8 and 21.4 dB), so INT8 meets the bound the command applies
+    done = export_int8(ck, tmp_path / "q.onnx", Int8Config(data=val, calib=3, seed=1))
+    # 8 validation images: 3 calibrate, the other 5 are the check's
+    assert done.held_out == 5 and len(done.calibration) == 3
+    assert done.metrics["int8"]["images"] == 5
+    assert set(done.metrics) == {"float", "int8"}
+    assert set(done.sqnr_db) == {"stride32", "stride16", "stride8"}
+    assert all(np.isfinite(v) and v >= MIN_SQNR_DB for v in done.sqnr_db.values())
+    convs = sum(1 for n in onnx.load_from_string(done.float.data).graph.node
+                if n.op_type == "Conv")
+    assert done.quantized.quantized["Conv"] == convs  # every convolution runs in integers
+    assert {"LeakyRelu", "Add"} <= set(done.quantized.quantized)
+    file = load_model(tmp_path / "q.onnx")
+    assert file.precision == "int8" and file.classes == ck.classes
+    meta = file.quantization
+    assert meta["method"] == "minmax" and meta["calibration_images"] == 3
+    assert onnx.TensorProto.INT8 in _initializer_types(tmp_path / "q.onnx")
+    # a quarter of the float file's weight bytes, and more besides (scales, zero points)
+    assert (tmp_path / "q.onnx").stat().st_size < 0.4 * len(done.float.data)
+
+
+def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path):
+    ck = init("deformable-detr-small", names=names, img_size=64, seed=0)
+    val = str(synth_data / "val.json")
+    done = export_int8(ck, tmp_path / "d.onnx", Int8Config(data=val, calib=2))
+    assert all(v >= MIN_SQNR_DB for v in done.sqnr_db.values())  # 27–29 dB measured
+    assert done.quantized.quantized["MatMul"] > 0 and done.quantized.quantized["Conv"] > 0
+    assert "GridSample" not in done.quantized.quantized
+    (sampling,) = [k for k in done.quantized.kept_float if k.startswith("GridSample")]
+    assert "deformable sampling" in done.quantized.kept_float[sampling]
+    assert load_model(tmp_path / "d.onnx").quantization["kept_float"] == \
+        done.quantized.kept_float
+
+
+def test_a_check_the_int8_model_misses_writes_nothing(names, synth_data, tmp_path):
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
+    val = str(synth_data / "val.json")
+    with pytest.raises(PrunekitError, match=r"too far from the float one: .* dB .* nothing "
+                                            r"was written"):
+        export_int8(ck, tmp_path / "q.onnx", Int8Config(data=val, calib=2, min_sqnr_db=200))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_calibrating_on_one_file_and_checking_on_another(names, synth_data, tmp_path):
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
+    done = export_int8(ck, tmp_path / "q.onnx", Int8Config(
+        data=str(synth_data / "train.json"), calib=4, val=str(synth_data / "val.json")))
+    assert done.held_out == 8  # other images: every validation image checks
+
+
+def test_cli_export_int8_says_what_it_measured(names, synth_data, tmp_path, runner):
+    from prunekit import checkpoint
+
+    src = tmp_path / "m.st"
+    checkpoint.save(init("deformable-detr-small", names=names, img_size=64, seed=0), src)
+    result = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "q.onnx"), "--int8",
+                                 "--data", str(synth_data / "val.json"), "--calib", "2"])
+    assert result.exit_code == 0, result.stderr
+    err = " ".join(result.stderr.split())
+    assert "INT8 QDQ, minmax calibration on 2 images of" in err
+    assert "kept in float: GridSample (" in err and "the deformable sampling" in err
+    assert "INT8 against float, signal-to-noise: logits" in err
+    assert "on 6 held-out images of" in err and "mAP50 float" in err
+    assert result.stdout == ""
+
+
+def test_sqnr_and_rounds():
+    ref = np.array([3.0, 4.0])
+    assert quantize.sqnr_db(ref, ref) == math.inf
+    assert quantize.sqnr_db(ref, ref * 0.9) == pytest.approx(20.0)  # noise is a tenth
+    assert quantize._round(100) == 5 and quantize._round(7) == 7 and quantize._round(13) == 1
+    assert quantize._round(64) == 8
