@@ -738,6 +738,27 @@ def test_hf_config_fuzz(config, tmp_path_factory):
     _refused_or_accepted(init, options={"hf": folder})
 
 
+@pytest.mark.parametrize(("backbone", "fragment"), [
+    ({"hidden_sizes": [2**20] * 4}, "describes about"),
+    ({"depths": [10**6, 1, 1, 1]}, "blocks"),
+    ({"embedding_size": 2**40}, "describes about"),
+    ({"hidden_sizes": "64"}, "backbone_config.hidden_sizes"),
+    ({"depths": [1, 0, 1, 1]}, "backbone_config.depths is 0"),
+])
+def test_a_backbone_too_large_to_build_is_refused_before_building(backbone, fragment,
+                                                                   tmp_path):
+    """A fuzzed backbone_config once allocated gigabytes inside HF's ResNet constructor."""
+    from prunekit.init import init
+
+    folder = tmp_path / "detr"
+    shutil.copytree(_hf_folder(), folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["backbone_config"].update(backbone)
+    (folder / "config.json").write_text(json.dumps(config))
+    error = _refused_or_accepted(init, options={"hf": folder})
+    assert error is not None and fragment in str(error), error
+
+
 # ------------------------------------------------------------------------------ CLI sample
 
 

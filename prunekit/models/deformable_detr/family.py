@@ -221,6 +221,7 @@ _SIZES = ("d_model", "encoder_layers", "decoder_layers", "encoder_ffn_dim", "dec
 # More than this is a typo in config.json (the reference model has 40 million parameters), and
 # building it would exhaust memory before anything could say so.
 MAX_PARAMETERS = 2_000_000_000
+MAX_BLOCKS = 1000  # residual blocks in the backbone
 
 
 def _check_sizes(config: dict[str, Any], folder: Path) -> None:
@@ -237,10 +238,42 @@ def _check_sizes(config: dict[str, Any], folder: Path) -> None:
     rough = (sizes["encoder_layers"] * (4 * d * d + 2 * d * sizes["encoder_ffn_dim"])
              + sizes["decoder_layers"] * (8 * d * d + 2 * d * sizes["decoder_ffn_dim"])
              + 2 * d * sizes["num_queries"] + d * sizes["num_labels"])
+    rough += _backbone_rough(config["backbone_config"], folder)
     if rough > MAX_PARAMETERS:
         raise ModelError(f"{folder}/config.json describes about {rough:,} weights, more than "
                          f"{MAX_PARAMETERS:,}; check d_model, the layer counts, the "
-                         f"feed-forward sizes and num_queries")
+                         f"feed-forward sizes, num_queries and the backbone's hidden_sizes, "
+                         f"depths and embedding_size")
+
+
+def _backbone_rough(backbone: dict[str, Any], folder: Path) -> int:
+    """The ResNet backbone's sizes whole and positive, and a generous count of its weights
+    (every block as two 3 × 3 convolutions of its stage's width; HF's defaults where a size is
+    not given)."""
+    def whole(key: str, value: Any) -> int:  # noqa: ANN401 (any JSON value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelError(f"{folder}/config.json: backbone_config.{key} is {value!r}; "
+                             f"expected whole numbers of at least 1; give the folder "
+                             f"`save_pretrained` wrote")
+        return value
+
+    sizes = {}
+    for key, default in (("hidden_sizes", [256, 512, 1024, 2048]), ("depths", [3, 4, 6, 3])):
+        values = backbone.get(key, default)
+        if not isinstance(values, list) or not values:
+            raise ModelError(f"{folder}/config.json: backbone_config.{key} is {values!r}; "
+                             f"expected a list of whole numbers; give the folder "
+                             f"`save_pretrained` wrote")
+        sizes[key] = [whole(key, v) for v in values]
+    stem = whole("embedding_size", backbone.get("embedding_size", 64)) \
+        * whole("num_channels", backbone.get("num_channels", 3)) * 49
+    if sum(sizes["depths"]) > MAX_BLOCKS:
+        raise ModelError(f"{folder}/config.json: backbone_config.depths {sizes['depths']} add "
+                         f"up to more than {MAX_BLOCKS} blocks (ResNet-152 has 50); check them")
+    # HF pairs the stages' widths and depths as zip does: the shorter list decides
+    return stem + sum(18 * width * width * depth
+                      for width, depth in zip(sizes["hidden_sizes"], sizes["depths"],
+                                              strict=False))
 
 
 def _from_pretrained(folder: Path, config: dict[str, Any]):
