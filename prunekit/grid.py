@@ -16,6 +16,13 @@ Thresholds: detections are made once at confidence 0.001 and evaluated twice, as
 ``map50_conf05``: the paper's threshold). Filtering a 0.001 run at 0.5 gives exactly what a
 0.5 run would: NMS only lets a higher-scoring box suppress a lower one. The adversarial figures
 (``adv_*``) use PGD with the paper's settings (ε 0.05, step 0.02, 5 steps) on the same images.
+
+The schedule study (`make schedule-study`) gives each cell a *schedule*: ``one-shot`` (masked,
+compacted for filters, then fine-tuned: the first two studies' cell), ``linear`` or ``cubic``
+(pruned while fine-tuning, along :class:`prunekit.schedule.Schedule`, then compacted), or
+``sensitivity`` (masked once at per-group ratios allocated from a ``prunekit sensitivity`` CSV for
+the MACs or parameters that the uniform ratio leaves, then fine-tuned). Every schedule takes the
+same fine-tuning steps, and its ratio 0 is fine-tuned as long too: the control.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from prunekit.attack import AttackConfig
 from prunekit.errors import PrunekitError
 from prunekit.finetune import TrainConfig
 from prunekit.mask import PruneConfig
+
+#: A cell's schedules (:func:`cell`); ``linear`` and ``cubic`` prune while fine-tuning.
+SCHEDULES = ("one-shot", "linear", "cubic", "sensitivity")
+GRADUAL = ("linear", "cubic")
 
 SCENARIOS: dict[str, dict[str, str]] = {
     "unstructured-deeplift": {"granularity": "weight", "method": "deeplift", "colour": "rgb"},
@@ -108,7 +119,8 @@ class Measure:
 def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: PruneConfig,
          train: TrainConfig | None, attack: AttackConfig | None, measure: Measure,
          method: str | None = None, device: str = "cpu",
-         reuse: str | Path | None = None) -> dict[str, Any]:
+         reuse: str | Path | None = None, schedule: str | None = None,
+         sensitivity: str | Path | None = None) -> dict[str, Any]:
     """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
 
     Args:
@@ -129,6 +141,11 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
         reuse: the ``result.json`` of an identical cell to copy instead of measuring again
             (ratio 0: the four colour scenarios share the same unpruned model), relabelled for
             this scenario.
+        schedule: the schedule study's schedule (module docstring; recorded): ``linear`` and
+            ``cubic`` take ``prune.schedule`` set to the same; ``sensitivity`` takes
+            ``sensitivity``. With any schedule, ratio 0 is fine-tuned under ``attack`` too.
+            None: the first two studies' cell.
+        sensitivity: the ``prunekit sensitivity`` CSV of ``model`` (``schedule="sensitivity"``).
     """
     import torch
 
@@ -146,6 +163,7 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
     if method is not None and method not in METHODS:
         raise PrunekitError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
     prune.check()
+    _check_schedule(schedule, prune, train, sensitivity)
     torch.set_num_threads(measure.threads)
     resolve_runtime(measure.runtime, resolve_device(device))  # a bad --runtime fails first
     out = Path(out)
@@ -154,13 +172,15 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
               **SCENARIOS.get(scenario, {"granularity": prune.granularity}),
               **({"method": method} if method else {}),
               "finetune_steps": train.steps if train is not None else 0,
+              **({"schedule": schedule} if schedule else {}),
               "source": str(model)}
     if reuse is not None:
         row = _reused(reuse, prune.ratio, labels)
     else:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        ck = _pruned(checkpoint.load(model), prune, train, attack, times, device)
+        ck = _pruned(checkpoint.load(model), prune, train, attack, times, device, schedule,
+                     sensitivity)
         path = out / "model.st"
         checkpoint.save(ck, path)
         ck = checkpoint.load(path)
@@ -188,28 +208,83 @@ def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str
     return row
 
 
+def _check_schedule(schedule: str | None, prune: PruneConfig, train: TrainConfig | None,
+                    sensitivity: str | Path | None) -> None:
+    """Refuse a schedule its other settings do not match, before anything runs."""
+    if schedule is None:
+        if sensitivity is not None:
+            raise PrunekitError("--ratios-from goes with --schedule sensitivity")
+        return
+    if schedule not in SCHEDULES:
+        raise PrunekitError(f"--schedule {schedule!r} is unknown; use one of "
+                            f"{', '.join(SCHEDULES)}")
+    if train is None:
+        raise PrunekitError(f"--schedule {schedule} compares fine-tunes; give --steps above 0")
+    if (schedule == "sensitivity") != (sensitivity is not None):
+        raise PrunekitError("--schedule sensitivity takes --ratios-from SENSITIVITY.csv, and "
+                            "only it does")
+    if schedule in GRADUAL and prune.ratio > 0:
+        from prunekit.schedule import Schedule
+
+        if prune.schedule != schedule:
+            raise PrunekitError(f"--schedule {schedule}: the pruning's schedule is "
+                                f"{prune.schedule}")
+        Schedule.of(prune).check(train.steps)
+
+
 def _pruned(ck, prune: PruneConfig, train: TrainConfig | None, attack: AttackConfig | None,
-            times: dict[str, float], device: str):
-    """The cell's model: masked (compacted for filters), then fine-tuned (under ``attack``
-    unless it is None; not at all without ``train``); ratio 0 is the model as it is, without
-    its scores, fine-tuned the same way (the control for the fine-tune itself)."""
+            times: dict[str, float], device: str, schedule: str | None = None,
+            sensitivity: str | Path | None = None):
+    """The cell's model: masked (compacted for filters; at allocated ratios for the
+    ``sensitivity`` schedule), then fine-tuned (under ``attack`` unless it is None; not at all
+    without ``train``); pruned while fine-tuning for a gradual ``schedule``. Ratio 0 is the
+    model as it is, without its scores: in the first study the robust model itself, elsewhere
+    fine-tuned the same way (the control for the fine-tune itself)."""
     from prunekit.finetune import finetune
     from prunekit.mask import mask
 
+    gradual = schedule in GRADUAL and prune.ratio > 0
     if prune.ratio == 0:
         ck.scores = {}
-        if train is None or attack is not None:  # the first study's ratio 0: the robust model
-            return ck
-    else:
+        if train is None or (attack is not None and schedule is None):
+            return ck  # the first study's ratio 0: the robust model
+    elif not gradual:
         t = time.perf_counter()
+        if schedule == "sensitivity":
+            ck, prune = _allocated(ck, prune, sensitivity)
         ck = mask(ck, prune)
         times["mask"] = time.perf_counter() - t
     if train is None:
         return ck
     t = time.perf_counter()
-    ck = finetune(ck, train, attack, device=device)
+    ck = finetune(ck, train, attack, device=device, prune=prune if gradual else None)
     times["finetune"] = time.perf_counter() - t
     return ck
+
+
+def _allocated(ck, prune: PruneConfig, sensitivity: str | Path):
+    """The checkpoint (its history noting the allocation) and the pruning at per-group ratios
+    from ``sensitivity`` for the MACs (filters) or non-zero parameters (weights) that
+    ``prune.ratio`` everywhere leaves: the least predicted mAP loss at the uniform cost."""
+    import copy
+    from dataclasses import replace
+
+    from prunekit.budget import Costs
+    from prunekit.sensitivity import ratios_for_budget
+
+    costs = Costs(ck, prune.granularity)
+    kind = "macs" if prune.granularity == "filter" else "params"
+    uniform = costs.of({label: prune.ratio for label in costs.labels})
+    fraction = uniform[kind] / costs.base[kind]
+    alloc, _ = ratios_for_budget(ck, sensitivity, target=kind, value=fraction,
+                                 granularity=prune.granularity)
+    staged = copy.copy(ck)
+    staged.history = list(ck.history)
+    staged.add_history("allocate", {"sensitivity": str(sensitivity), "metric": "map",
+                                    "granularity": prune.granularity, "uniform": prune.ratio,
+                                    **alloc.record()})
+    return staged, replace(prune, ratio=0.0,
+                           ratios={g: r for g, r in alloc.ratios.items() if r > 0})
 
 
 def _measured(ck, measure: Measure, times: dict[str, float], *,

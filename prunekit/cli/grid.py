@@ -27,6 +27,8 @@ CELL_EXAMPLE = """Examples:
 
   prunekit grid cell runs/grid/run1/deeplift-rgb.st /tmp/cell --scenario unstructured-deeplift --run 1 --ratio 0.5 --data data/synth/train.json --val data/synth/val-grid.json --runtime onednn-graph
 
+  prunekit grid cell runs/schedule-study/yolov3-small/scores-weight.st /tmp/cell --scenario yolov3-small.weight.cubic --schedule cubic --run 1 --ratio 0.9 --steps 150 --data data/synth/train.json --val data/synth/val-grid.json
+
   prunekit grid cell runs/kitti-study/yolov3-small/scores-filter.st /tmp/cell --scenario yolov3-small.filter.pruned --run 1 --ratio 0.3 --granularity filter --method l1-filter --steps 0 --adv none --no-adv-eval --data data/kitti-synth/coco/train.json --val data/kitti-synth/coco/val-study.json --images data/kitti-synth/training
 """
 
@@ -67,12 +69,28 @@ def cell_cmd(
     reuse: Annotated[Path | None, typer.Option(help="Copy the result.json of an identical "
                                                "ratio-0 cell instead of measuring again.",
                                                show_default=False)] = None,
+    schedule: Annotated[str | None, typer.Option(
+        help="The schedule study's schedule: one-shot (prune, then fine-tune), linear or cubic "
+             "(prune while fine-tuning, Zhu & Gupta), sensitivity (prune at ratios allocated "
+             "from --ratios-from for the uniform ratio's MACs, then fine-tune). Ratio 0 is then "
+             "fine-tuned too (the control).", show_default=False)] = None,
+    prune_end: Annotated[int | None, typer.Option(
+        help="linear, cubic: the last update's step (default two thirds of --steps).",
+        show_default=False)] = None,
+    prune_every: Annotated[int | None, typer.Option(
+        help="linear, cubic: steps between updates (default a tenth of --prune-end).",
+        show_default=False)] = None,
+    ratios_from: Annotated[Path | None, typer.Option(
+        help="sensitivity: the `prunekit sensitivity` CSV of MODEL.", show_default=False)]
+    = None,
 ) -> None:
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
+    from dataclasses import replace
+
     from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
     from prunekit.finetune import TrainConfig
-    from prunekit.grid import Measure, cell
+    from prunekit.grid import GRADUAL, Measure, cell
     from prunekit.mask import PruneConfig
 
     if threads < 1:
@@ -82,6 +100,12 @@ def cell_cmd(
     root = str(images) if images else None
     # Filter masks are compacted: the compacted model computes the same, faster.
     prune = PruneConfig(ratio=ratio, granularity=granularity, compact=granularity == "filter")
+    if schedule in GRADUAL and ratio > 0:
+        end = prune_end if prune_end is not None else max(1, 2 * steps // 3)
+        every = prune_every if prune_every is not None else max(1, end // 10)
+        prune = replace(prune, schedule=schedule, end=end, every=every)
+    elif prune_end is not None or prune_every is not None:
+        raise PrunekitError("--prune-end and --prune-every go with --schedule linear or cubic")
     train = TrainConfig(data=str(data), steps=steps, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, images=root, workers=0, seed=seed) \
         if steps else None
@@ -92,7 +116,8 @@ def cell_cmd(
     measure = Measure(val=str(val), images=root, attack=evaluation, bench_seconds=bench_seconds,
                       runtime=runtime, threads=threads, seed=seed)
     row = cell(model, out, scenario=scenario, run=run, prune=prune, train=train, attack=attack,
-               measure=measure, method=method, device=device, reuse=reuse)
+               measure=measure, method=method, device=device, reuse=reuse, schedule=schedule,
+               sensitivity=ratios_from)
     adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
     seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "
