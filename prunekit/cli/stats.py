@@ -18,6 +18,8 @@ EXAMPLE = """Examples:
 
   prunekit stats runs/kitti-study/results.csv --study kitti -o runs/kitti-study/report
 
+  prunekit stats runs/schedule-study/results.csv --study schedule -o runs/schedule-study/report
+
   prunekit stats --rules --study kitti > rules.md
 """
 
@@ -33,9 +35,10 @@ def stats_cmd(
     std: Annotated[Literal["population", "sample"], typer.Option(
         "--std", help="Standard deviation over runs: population (ddof=0, as the paper's "
         "tables) or sample (ddof=1).")] = "population",
-    study: Annotated[Literal["paper", "kitti"], typer.Option(
+    study: Annotated[Literal["paper", "kitti", "schedule"], typer.Option(
         "--study", help="Whose findings to judge: paper (the first study, `make "
-        "all-scenarios`) or kitti (the second, `make kitti-study`).")] = "paper",
+        "all-scenarios`), kitti (the second, `make kitti-study`) or schedule (`make "
+        "schedule-study`).")] = "paper",
     rules: Annotated[bool, typer.Option(
         "--rules", help="Print the study's declared rules (the claims, tests, margins and "
         "verdicts, with their version and calibration) as markdown, and nothing else.")] = False,
@@ -55,6 +58,8 @@ def stats_cmd(
                                  "declaration alone)")
     if study == "kitti":
         from prunekit.stats.kitti import report
+    elif study == "schedule":
+        from prunekit.stats.schedule import report
     else:
         from prunekit.stats import report
 

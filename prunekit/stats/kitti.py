@@ -68,6 +68,8 @@ _FIGURES = {
 def _label(metric: str) -> str:
     if metric == "retained.map":
         return "share of unpruned mAP"
+    if metric == "retained.adv_map":
+        return "share of unpruned adversarial mAP"
     if metric == "bytes_mb":
         return "checkpoint (MB)"
     if metric == "macs_g":
@@ -76,8 +78,11 @@ def _label(metric: str) -> str:
 
 
 def _panel_figure(df: pd.DataFrame, metric: str, title: str, std: StdKind,
-                  states: Sequence[str] = ("pruned", "finetuned")):
-    """One panel per method; a curve per model and state with ±1 std dev error bars."""
+                  states: Sequence[str] = ("pruned", "finetuned"), *, series: str = "state",
+                  names: dict[str, str] = _STATES,
+                  styles: dict[str, dict] = _STATE_STYLE):
+    """One panel per method; a curve per model and ``series`` value (``states``, named by
+    ``names`` and drawn in ``styles``) with ±1 std dev error bars."""
     data = df.dropna(subset=[metric])
     methods = [m for m in _METHODS if (data["granularity"] == m).any()]
     if not methods:
@@ -89,7 +94,7 @@ def _panel_figure(df: pd.DataFrame, metric: str, title: str, std: StdKind,
         ratios = sorted(sub["ratio"].unique())
         for i, model in enumerate(models):
             for j, state in enumerate(states):
-                cell = sub[(sub["model"] == model) & (sub["state"] == state)]
+                cell = sub[(sub["model"] == model) & (sub[series] == state)]
                 if cell.empty:
                     continue
                 g = cell.groupby("ratio")[metric]
@@ -98,7 +103,7 @@ def _panel_figure(df: pd.DataFrame, metric: str, title: str, std: StdKind,
                 ax.errorbar(mean.index * 100 + shift, mean, yerr=sd, capsize=3,
                             color=_COLOURS[i % len(_COLOURS)], marker=_MARKERS[i % len(_MARKERS)],
                             markersize=5, linewidth=1.5, elinewidth=1.1,
-                            label=f"{model}, {_STATES[state]} (n={n})", **_STATE_STYLE[state])
+                            label=f"{model}, {names[state]} (n={n})", **styles[state])
         _ratio_axis(ax, ratios)
         ax.set_title(_METHODS[method], fontsize=10)
         ax.set_ylabel(_label(metric))
@@ -157,11 +162,12 @@ def figures(df: pd.DataFrame, std: StdKind = "population") -> dict[str, object]:
     return out
 
 
-def scenario_table(df: pd.DataFrame, scenario: str, std: StdKind) -> pd.DataFrame:
-    """Mean and std dev over runs (rows ``<metric>`` and ``<metric> std``) of each tabulated
-    metric per ratio (columns)."""
+def scenario_table(df: pd.DataFrame, scenario: str, std: StdKind,
+                   tabulated: Sequence[str] = TABLE_METRICS) -> pd.DataFrame:
+    """Mean and std dev over runs (rows ``<metric>`` and ``<metric> std``) of each
+    ``tabulated`` metric per ratio (columns)."""
     sub = df[df["scenario"] == scenario]
-    metrics = [m for m in TABLE_METRICS if m in sub.columns and sub[m].notna().any()]
+    metrics = [m for m in tabulated if m in sub.columns and sub[m].notna().any()]
     g = sub.groupby("ratio")[metrics]
     mean, sd = g.mean().T, g.std(ddof=_ddof(std)).T
     rows = {}

@@ -40,15 +40,21 @@ class Study:
     title: str
     rules: Sequence[Rule]
     prepare: Callable[[pd.DataFrame], pd.DataFrame]
-    seed_table: Callable[[], pd.DataFrame]
+    seed_table: Callable[[], pd.DataFrame] | None
     seed_label: str
     preamble: tuple[str, ...] = ()
 
 
 def study(name: str) -> Study:
-    """The study called ``paper`` or ``kitti``."""
+    """The study called ``paper``, ``kitti`` or ``schedule``."""
     from prunekit.stats import seeds
 
+    if name == "schedule":
+        from prunekit.stats.findings import schedule
+        return Study("schedule", "The schedule study (one-shot, gradual and sensitivity-"
+                     "allocated pruning under attack, `make schedule-study`)", schedule.RULES,
+                     schedule.prepare, None, "a seed (none: the study asks its own questions)",
+                     schedule.PREAMBLE)
     if name == "kitti":
         from prunekit.stats.findings import kitti
         return Study("kitti", "The second study (Deformable DETR pruned on KITTI, seeds/003)",
@@ -63,6 +69,8 @@ def study(name: str) -> Study:
 @cache
 def _seed_findings(name: str) -> tuple[Finding, ...]:
     s = study(name)
+    if s.seed_table is None:
+        return ()
     return tuple(judge_all(s.rules, s.prepare(load_results(s.seed_table())), beside=False))
 
 
@@ -94,19 +102,24 @@ def findings_markdown(s: Study, found: Sequence[Finding], seed: Sequence[Finding
     calibration says that many runs cannot decide."""
     by_id = {f.id: f for f in seed}
     beside = sorted({m for f in found for m in f.beside})
+    seeded = s.seed_table is not None
     header = ["#", "finding", "verdict", "cells passing",
-              *[f"beside: {LABELS.get(m, m)} (`{m}`)" for m in beside], s.seed_label,
-              "runs per cell to decide"]
+              *[f"beside: {LABELS.get(m, m)} (`{m}`)" for m in beside],
+              *([s.seed_label] if seeded else []), "runs per cell to decide"]
     rows = []
     for f in found:
         rows.append([f.id, f.claim, f"**{f.verdict}** (`{f.metric}`)",
                      f"{f.passed} of {f.cells}" if f.cells else "",
                      *[f.beside.get(m, "") for m in beside],
-                     by_id[f.id].verdict if f.id in by_id else "", _runs(f)])
+                     *([by_id[f.id].verdict if f.id in by_id else ""] if seeded else []),
+                     _runs(f)])
+    how = (f"the declared rules (version {VERSION}, under [How the verdicts are decided]"
+           f"(#how-the-verdicts-are-decided))")
     blocks = ["## Findings",
-              f"Each finding of the seed, judged on these results by the declared rules "
-              f"(version {VERSION}, under [How the verdicts are decided]"
-              f"(#how-the-verdicts-are-decided)), and the same rules on {s.seed_label}.",
+              f"Each finding of the seed, judged on these results by {how}, and the same rules "
+              f"on {s.seed_label}." if seeded else
+              f"Each of the study's questions, judged on these results by {how}, declared "
+              f"before the study was first run.",
               md_table(header, rows, numeric=False)]
     undecided = [f for f in found if f.verdict == INCONCLUSIVE]
     if undecided:
