@@ -85,6 +85,28 @@ def test_kitti_full_plan_runs_through_the_prefix(tmp_path):
     assert not out.exists()
 
 
+def test_schedule_plan_runs_through_the_prefix(tmp_path):
+    out = tmp_path / "study"
+    # the data and baselines in tmp_path too, so that the plan is the whole study's
+    plan = _make("-n", "schedule-study", f"OUT={out}", f"LAUNCH={SRUN}",
+                 f"DATA={tmp_path / 'synth'}", f"KITTI_SYNTH={tmp_path / 'kitti-synth'}",
+                 f"BASE={tmp_path / 'baseline'}", f"DETR_BASE={tmp_path / 'detr-baseline'}")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    steps = [s for s in _steps(plan.stdout) if f" {out} -- " in s]  # logged in the study
+    assert all(f" -- {SRUN} bash -o pipefail -c '" in s for s in steps)
+    stages = [s.split()[1] for s in steps]
+    # per model and run: weight (one-shot, cubic) × 2 ratios, filter (one-shot, cubic,
+    # sensitivity) × 2 ratios, and the control, once
+    assert stages.count("cell") == 2 * 3 * (2 * 2 + 3 * 2 + 1)
+    assert "reuse" not in stages
+    assert stages.count("score") == 4 and stages.count("sensitivity") == 2
+    assert {"robust", "subset", "collect", "stats"} <= set(stages)
+    every = {s.split()[1] for s in _steps(plan.stdout)}
+    assert {"data", "baseline", "robust"} <= every  # the baselines it starts from, when absent
+    assert all(f" -- {SRUN} bash -o pipefail -c '" in s for s in _steps(plan.stdout))
+    assert not out.exists()
+
+
 def test_without_launch_a_step_is_plain_bash():
     plan = _make("-n", "all-scenarios", "SCALE=smoke", "OUT=/nonexistent/grid")
     steps = _steps(plan.stdout)
