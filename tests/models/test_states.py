@@ -83,6 +83,12 @@ def _commands(family, synth_data, out):
     return found
 
 
+# The fine-tuned state is the masked one's architecture, masks and metadata with other weights:
+# its ONNX export (the costliest command: about a minute for Deformable DETR on two cores) is
+# the masked state's.
+_SAME_AS_MASKED = {("finetuned", "export onnx")}
+
+
 def _run(runner, argv):
     result = runner.invoke(app, argv)
     if result.exit_code == 0:
@@ -103,6 +109,8 @@ def test_every_state_through_every_command_works_or_refuses_in_one_line(states, 
     for state, path in paths.items():
         skeleton = checkpoint.load(path).skeleton()
         for name, argv in _commands(family, synth_data, tmp_path / state).items():
+            if (state, name) in _SAME_AS_MASKED:
+                continue
             (tmp_path / state).mkdir(exist_ok=True)
             line = _run(runner, [argv[0], str(path), *argv[1:]])
             if line is not None:
