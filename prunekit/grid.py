@@ -46,6 +46,25 @@ from prunekit.mask import PruneConfig
 SCHEDULES = ("one-shot", "linear", "cubic", "sensitivity")
 GRADUAL = ("linear", "cubic")
 
+
+@dataclass(frozen=True)
+class CellSchedule:
+    """The schedule study's schedule of a cell (module docstring).
+
+    Attributes:
+        name: ``one-shot``, ``linear``, ``cubic`` (the cell's :class:`PruneConfig` carries
+            the same ``schedule``) or ``sensitivity``.
+        sensitivity: the ``prunekit sensitivity`` CSV of the cell's model (``sensitivity``
+            only).
+    """
+
+    name: str
+    sensitivity: str | None = None
+
+    @property
+    def gradual(self) -> bool:
+        return self.name in GRADUAL
+
 SCENARIOS: dict[str, dict[str, str]] = {
     "unstructured-deeplift": {"granularity": "weight", "method": "deeplift", "colour": "rgb"},
     "unstructured-hydra": {"granularity": "weight", "method": "hydra", "colour": "rgb"},
@@ -119,8 +138,8 @@ class Measure:
 def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: PruneConfig,
          train: TrainConfig | None, attack: AttackConfig | None, measure: Measure,
          method: str | None = None, device: str = "cpu",
-         reuse: str | Path | None = None, schedule: str | None = None,
-         sensitivity: str | Path | None = None) -> dict[str, Any]:
+         reuse: str | Path | None = None,
+         schedule: CellSchedule | None = None) -> dict[str, Any]:
     """Run one grid cell and write ``out/result.json`` (and ``out/model.st``).
 
     Args:
@@ -141,11 +160,8 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
         reuse: the ``result.json`` of an identical cell to copy instead of measuring again
             (ratio 0: the four colour scenarios share the same unpruned model), relabelled for
             this scenario.
-        schedule: the schedule study's schedule (module docstring; recorded): ``linear`` and
-            ``cubic`` take ``prune.schedule`` set to the same; ``sensitivity`` takes
-            ``sensitivity``. With any schedule, ratio 0 is fine-tuned under ``attack`` too.
-            None: the first two studies' cell.
-        sensitivity: the ``prunekit sensitivity`` CSV of ``model`` (``schedule="sensitivity"``).
+        schedule: the schedule study's schedule (recorded). With any schedule, ratio 0 is
+            fine-tuned under ``attack`` too. None: the first two studies' cell.
     """
     import torch
 
@@ -163,7 +179,7 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
     if method is not None and method not in METHODS:
         raise PrunekitError(f"--method {method!r} is unknown; use one of {', '.join(METHODS)}")
     prune.check()
-    _check_schedule(schedule, prune, train, sensitivity)
+    _check_schedule(schedule, prune, train)
     torch.set_num_threads(measure.threads)
     resolve_runtime(measure.runtime, resolve_device(device))  # a bad --runtime fails first
     out = Path(out)
@@ -172,15 +188,14 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
               **SCENARIOS.get(scenario, {"granularity": prune.granularity}),
               **({"method": method} if method else {}),
               "finetune_steps": train.steps if train is not None else 0,
-              **({"schedule": schedule} if schedule else {}),
+              **({"schedule": schedule.name} if schedule else {}),
               "source": str(model)}
     if reuse is not None:
         row = _reused(reuse, prune.ratio, labels)
     else:
         times: dict[str, float] = {}
         t0 = time.perf_counter()
-        ck = _pruned(checkpoint.load(model), prune, train, attack, times, device, schedule,
-                     sensitivity)
+        ck = _pruned(checkpoint.load(model), prune, train, attack, times, device, schedule)
         path = out / "model.st"
         checkpoint.save(ck, path)
         ck = checkpoint.load(path)
@@ -208,33 +223,30 @@ def _reused(reuse: str | Path, ratio: float, labels: dict[str, Any]) -> dict[str
     return row
 
 
-def _check_schedule(schedule: str | None, prune: PruneConfig, train: TrainConfig | None,
-                    sensitivity: str | Path | None) -> None:
+def _check_schedule(schedule: CellSchedule | None, prune: PruneConfig,
+                    train: TrainConfig | None) -> None:
     """Refuse a schedule its other settings do not match, before anything runs."""
     if schedule is None:
-        if sensitivity is not None:
-            raise PrunekitError("--ratios-from goes with --schedule sensitivity")
         return
-    if schedule not in SCHEDULES:
-        raise PrunekitError(f"--schedule {schedule!r} is unknown; use one of "
-                            f"{', '.join(SCHEDULES)}")
+    name = schedule.name
+    if name not in SCHEDULES:
+        raise PrunekitError(f"--schedule {name!r} is unknown; use one of {', '.join(SCHEDULES)}")
     if train is None:
-        raise PrunekitError(f"--schedule {schedule} compares fine-tunes; give --steps above 0")
-    if (schedule == "sensitivity") != (sensitivity is not None):
+        raise PrunekitError(f"--schedule {name} compares fine-tunes; give --steps above 0")
+    if (name == "sensitivity") != (schedule.sensitivity is not None):
         raise PrunekitError("--schedule sensitivity takes --ratios-from SENSITIVITY.csv, and "
                             "only it does")
-    if schedule in GRADUAL and prune.ratio > 0:
+    if schedule.gradual and prune.ratio > 0:
         from prunekit.schedule import Schedule
 
-        if prune.schedule != schedule:
-            raise PrunekitError(f"--schedule {schedule}: the pruning's schedule is "
+        if prune.schedule != name:
+            raise PrunekitError(f"--schedule {name}: the pruning's schedule is "
                                 f"{prune.schedule}")
         Schedule.of(prune).check(train.steps)
 
 
 def _pruned(ck, prune: PruneConfig, train: TrainConfig | None, attack: AttackConfig | None,
-            times: dict[str, float], device: str, schedule: str | None = None,
-            sensitivity: str | Path | None = None):
+            times: dict[str, float], device: str, schedule: CellSchedule | None = None):
     """The cell's model: masked (compacted for filters; at allocated ratios for the
     ``sensitivity`` schedule), then fine-tuned (under ``attack`` unless it is None; not at all
     without ``train``); pruned while fine-tuning for a gradual ``schedule``. Ratio 0 is the
@@ -243,15 +255,15 @@ def _pruned(ck, prune: PruneConfig, train: TrainConfig | None, attack: AttackCon
     from prunekit.finetune import finetune
     from prunekit.mask import mask
 
-    gradual = schedule in GRADUAL and prune.ratio > 0
+    gradual = schedule is not None and schedule.gradual and prune.ratio > 0
     if prune.ratio == 0:
         ck.scores = {}
         if train is None or (attack is not None and schedule is None):
             return ck  # the first study's ratio 0: the robust model
     elif not gradual:
         t = time.perf_counter()
-        if schedule == "sensitivity":
-            ck, prune = _allocated(ck, prune, sensitivity)
+        if schedule is not None and schedule.sensitivity is not None:
+            ck, prune = _allocated(ck, prune, schedule.sensitivity)
         ck = mask(ck, prune)
         times["mask"] = time.perf_counter() - t
     if train is None:

@@ -90,7 +90,7 @@ def cell_cmd(
     from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
     from prunekit.finetune import TrainConfig
-    from prunekit.grid import GRADUAL, Measure, cell
+    from prunekit.grid import GRADUAL, CellSchedule, Measure, cell
     from prunekit.mask import PruneConfig
 
     if threads < 1:
@@ -100,6 +100,8 @@ def cell_cmd(
     root = str(images) if images else None
     # Filter masks are compacted: the compacted model computes the same, faster.
     prune = PruneConfig(ratio=ratio, granularity=granularity, compact=granularity == "filter")
+    if ratios_from is not None and schedule is None:
+        raise PrunekitError("--ratios-from goes with --schedule sensitivity")
     if schedule in GRADUAL and ratio > 0:
         end = prune_end if prune_end is not None else max(1, 2 * steps // 3)
         every = prune_every if prune_every is not None else max(1, end // 10)
@@ -116,8 +118,9 @@ def cell_cmd(
     measure = Measure(val=str(val), images=root, attack=evaluation, bench_seconds=bench_seconds,
                       runtime=runtime, threads=threads, seed=seed)
     row = cell(model, out, scenario=scenario, run=run, prune=prune, train=train, attack=attack,
-               measure=measure, method=method, device=device, reuse=reuse, schedule=schedule,
-               sensitivity=ratios_from)
+               measure=measure, method=method, device=device, reuse=reuse,
+               schedule=None if schedule is None else CellSchedule(
+                   schedule, None if ratios_from is None else str(ratios_from)))
     adversarial = f", adversarial {row['adv_map']:.3f}" if "adv_map" in row else ""
     seconds = f", {row['seconds_total']:.0f} s" if "seconds_total" in row else ""
     console.print(f"{scenario} run {run} ratio {ratio:g}: mAP {row['map']:.3f}{adversarial}, "
