@@ -209,21 +209,32 @@ def report(results: Results, out_dir: str | os.PathLike, *,
         raise DataError(f"the results have no {missing[0]!r} column: this is not a table from "
                         f"`make kitti-study` (use `prunekit stats` without --study for the "
                         f"first study's grid)")
-    df = prepare(df)
+    return write_report(prepare(df), out_dir, sources, "kitti", std)
+
+
+def write_report(df: pd.DataFrame, out_dir: str | os.PathLike, sources: Sequence, name: str,
+                 std: StdKind, *, shown: pd.DataFrame | None = None,
+                 tabulated: Sequence[str] = TABLE_METRICS, draw=None, markdown=None) -> dict:
+    """A later study's report from its prepared table: per-scenario tables (of ``tabulated``),
+    figures (``draw``), the verdicts of study ``name`` and ``report.md`` (``markdown``),
+    published into ``out_dir`` (this study's by default). ``shown``: the table the tables and
+    figures are drawn from (default ``df``; the verdicts always judge ``df``)."""
+    shown = df if shown is None else shown
+    draw, markdown = draw or figures, markdown or _markdown
     files: dict[str, bytes] = {}
     scenarios = sorted(df["scenario"].unique())
     table_md = {}
     for s in scenarios:
-        t = scenario_table(df, s, std)
+        t = scenario_table(shown, s, std, tabulated)
         files[f"tables/{_safe(s)}.csv"] = t.to_csv(float_format="%.6g").encode()
         table_md[s] = _table_md(t)
-    figs = figures(df, std)
+    figs = draw(shown, std)
     for stem, fig in figs.items():
         files[f"figures/{stem}.png"] = figure_png(fig)
-    found, seed = judge(study("kitti"), df)
+    found, seed = judge(study(name), df)
     found_json, files["findings.json"] = findings_json(found, seed)
-    files["report.md"] = _markdown(df, [_source_name(s) for s in sources], scenarios, std, figs,
-                                   found, seed, table_md).encode()
+    files["report.md"] = markdown(df, [_source_name(s) for s in sources], scenarios, std, figs,
+                                  found, seed, table_md).encode()
     out = Path(out_dir)
     _publish(files, out, OWNED)
     return {"out_dir": out, "report": out / "report.md",

@@ -19,27 +19,22 @@ publishing (everything in memory, then renamed into place) is the first study's.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
-from prunekit.stats.figures import figure_png
 from prunekit.stats.findings import ALPHA, VERSION
 from prunekit.stats.findings.schedule import prepare
-from prunekit.stats.kitti import _METHODS, _panel_figure, _table_md, scenario_table
-from prunekit.stats.loading import Results, _source_name, load_results
-from prunekit.stats.report import _publish, _runs_per_cell, _safe
+from prunekit.stats.kitti import _METHODS, _panel_figure, write_report
+from prunekit.stats.loading import Results, load_results
+from prunekit.stats.report import _runs_per_cell
 from prunekit.stats.tables import StdKind, _ddof, md_table, ratio_label, std_label
 from prunekit.stats.verdicts import (
-    findings_json,
     findings_markdown,
-    judge,
     most_runs,
     rules_markdown,
     study,
 )
 
-OWNED = ("report.md", "findings.json", "tables", "figures")
 SCHEDULES = {"one-shot": "one-shot", "linear": "linear schedule", "cubic": "cubic schedule",
              "sensitivity": "sensitivity-allocated"}
 _STYLE = {"one-shot": {"linestyle": "--", "alpha": 0.8}, "linear": {"linestyle": "-."},
@@ -104,28 +99,8 @@ def report(results: Results, out_dir: str | os.PathLike, *,
         raise DataError(f"the results have no {missing[0]!r} column: this is not a table from "
                         f"`make schedule-study` (give --study for the study that made it)")
     df = prepare(df)
-    shown = with_controls(df)
-    files: dict[str, bytes] = {}
-    scenarios = sorted(df["scenario"].unique())
-    table_md = {}
-    for s in scenarios:
-        t = scenario_table(shown, s, std, TABLE_METRICS)
-        files[f"tables/{_safe(s)}.csv"] = t.to_csv(float_format="%.6g").encode()
-        table_md[s] = _table_md(t)
-    figs = figures(shown, std)
-    for stem, fig in figs.items():
-        files[f"figures/{stem}.png"] = figure_png(fig)
-    found, seed = judge(study("schedule"), df)
-    found_json, files["findings.json"] = findings_json(found, seed)
-    files["report.md"] = _markdown(df, [_source_name(s) for s in sources], scenarios, std, figs,
-                                   found, seed, table_md).encode()
-    out = Path(out_dir)
-    _publish(files, out, OWNED)
-    return {"out_dir": out, "report": out / "report.md",
-            "findings_json": out / "findings.json",
-            "tables": [out / k for k in files if k.startswith("tables/")],
-            "figures": [out / k for k in files if k.startswith("figures/")],
-            "findings": found_json}
+    return write_report(df, out_dir, sources, "schedule", std, shown=with_controls(df),
+                        tabulated=TABLE_METRICS, draw=figures, markdown=_markdown)
 
 
 def _markdown(df: pd.DataFrame, names: list[str], scenarios: list[str], std: StdKind,
