@@ -50,7 +50,7 @@ $(STAMP): pyproject.toml examples/family-plugin/pyproject.toml
 
 # The full suite, slow end-to-end tests included (CI runs this).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=30
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=30
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -49,10 +50,28 @@ def make_killed_after(args: list[str], done: Callable[[], dict], count: int,
 
 
 @pytest.fixture(scope="session")
-def smoke_grid(tmp_path_factory):
+def smoke_grid(tmp_path_factory, worker_id):
     """`make all-scenarios SCALE=smoke`, killed once 4 cells are done and run again: (OUT, the
-    results finished before the kill, by path, with their modification times)."""
-    tmp = tmp_path_factory.mktemp("smoke-grid")
+    results finished before the kill, by path, with their modification times). Built once per
+    test run, however many pytest-xdist workers ask for it: the first builds it under a lock in
+    their shared temporary folder, the others wait for it and read what it recorded."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base if worker_id == "master" else base.parent
+    with FileLock(str(shared / "smoke-grid.lock")):
+        record = shared / "smoke-grid.json"
+        if record.exists():
+            saved = json.loads(record.read_text())
+            return Path(saved["out"]), {Path(p): t for p, t in saved["finished"].items()}
+        out, finished = _smoke_grid(shared / "smoke-grid")
+        record.write_text(json.dumps({"out": str(out),
+                                      "finished": {str(p): t for p, t in finished.items()}}))
+        return out, finished
+
+
+def _smoke_grid(tmp: Path) -> tuple[Path, dict]:
+    tmp.mkdir()
     out = tmp / "grid"
 
     def results() -> dict:
@@ -109,3 +128,13 @@ def synth_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth") / "data"
     synth(out, train=24, val=8, size=64, seed=0)
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Files with slow tests first, most first: `make test` runs the files on two workers
+    (`pytest -n 2 --dist loadfile`, in collection order), so the longest file should not start
+    last while the other worker sits idle."""
+    slow: dict[Path, int] = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: -slow[item.path])

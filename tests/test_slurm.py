@@ -51,9 +51,10 @@ def _rows(path):
             for r in rows}
 
 
-def _kill_one_cell(stop: threading.Event, killed: list):
+def _kill_one_cell(stop: threading.Event, killed: list, out: Path):
     """SIGKILL the first `prunekit grid cell` process of a structured-deeplift cell at ratio 0.9
-    (pruned, compacted and fine-tuned: a cell with real work in it)."""
+    (pruned, compacted and fine-tuned: a cell with real work in it) writing under ``out`` (not
+    one of another test's grids: `make test` runs two test files at once)."""
     while not stop.is_set() and not killed:
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -63,7 +64,7 @@ def _kill_one_cell(stop: threading.Event, killed: list):
             except OSError:
                 continue
             if b"cell" in cmd and b"structured-deeplift" in cmd and b"prunekit" in cmd[1] \
-                    and b"0.9" in cmd:
+                    and b"0.9" in cmd and any(bytes(out) in c for c in cmd):
                 time.sleep(0.5)  # mid-way, not before it started
                 try:
                     os.kill(int(entry), signal.SIGKILL)
@@ -92,7 +93,7 @@ def test_the_smoke_grid_runs_as_slurm_job_steps(cluster, smoke_grid, tmp_path):
     out = tmp_path / "grid"
     log = tmp_path / "job.out"
     stop, killed = threading.Event(), []
-    killer = threading.Thread(target=_kill_one_cell, args=(stop, killed))
+    killer = threading.Thread(target=_kill_one_cell, args=(stop, killed, out))
     killer.start()
     try:
         job = subprocess.run(
