@@ -67,11 +67,22 @@ def module_profile(model: torch.nn.Module, x: torch.Tensor, names: list[str], *,
             call(model, x)
     for h in hooks:
         h.remove()
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        call(model, x)
-    flops = counter.get_flop_counts()
+    # FlopCounterMode's module tracker hooks the gradients of inputs that require them, and
+    # fails on a parameter a module takes as its input (Deformable DETR's query embeddings):
+    # counted with every parameter frozen, as inference runs.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            call(model, x)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    flops = counter.get_flop_counts()  # keyed by path under the root's class name
+    root = type(model).__name__
     return {n: (statistics.median(times[n]) * 1e3 if times[n] else 0.0,
-                int(sum(flops.get(n, {}).values()) // 2)) for n in names}
+                int(sum(flops.get(f"{root}.{n}", {}).values()) // 2)) for n in names}
 
 
 def print_excess(dense: dict[str, tuple[float, int]], small: dict[str, tuple[float, int]],
