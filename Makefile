@@ -25,7 +25,7 @@ LAUNCH  ?=
 RETRIES ?= $(if $(strip $(LAUNCH)),2,0)
 export STEP_RETRIES = $(RETRIES)
 Q       := $(if $(filter 1,$(V)),,@)
-STEP    := scripts/step
+STEP    := scripts/step scripts/int8_sqnr.py
 step = $(Q)$(STEP) $(1) $@ $(or $(3),$(OUT)) --$(if $(strip $(LAUNCH)), $(strip $(LAUNCH))) bash -o pipefail -c '$(subst ','\'',$(2))'
 
 # The embedded dataset and baseline, shared by everything that follows.
@@ -58,7 +58,7 @@ test-fast: $(STAMP)
 
 # Style (ruff) and the layering (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
-	$(BIN)/ruff check prunekit tests benchmarks examples scripts/step
+	$(BIN)/ruff check prunekit tests benchmarks examples scripts/step scripts/int8_sqnr.py
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
