@@ -25,7 +25,7 @@ LAUNCH  ?=
 RETRIES ?= $(if $(strip $(LAUNCH)),2,0)
 export STEP_RETRIES = $(RETRIES)
 Q       := $(if $(filter 1,$(V)),,@)
-STEP    := scripts/step scripts/int8_sqnr.py
+STEP    := scripts/step
 step = $(Q)$(STEP) $(1) $@ $(or $(3),$(OUT)) --$(if $(strip $(LAUNCH)), $(strip $(LAUNCH))) bash -o pipefail -c '$(subst ','\'',$(2))'
 
 # The embedded dataset and baseline, shared by everything that follows.
@@ -54,7 +54,7 @@ test: $(STAMP)
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 # Style (ruff) and the layering (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
