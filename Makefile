@@ -54,7 +54,7 @@ test: $(STAMP)
 
 # Everything but the slow end-to-end tests.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 # Style (ruff) and the layering (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
