@@ -44,8 +44,15 @@ def test_yolov3_int8_file(names, synth_data, tmp_path):
     assert all(np.isfinite(v) and v >= MIN_SQNR_DB for v in done.sqnr_db.values())
     convs = sum(1 for n in onnx.load_from_string(done.float.data).graph.node
                 if n.op_type == "Conv")
-    assert done.quantized.quantized["Conv"] == convs  # every convolution runs in integers
+    # every convolution runs in integers but the first, which reads the image
+    assert done.quantized.quantized["Conv"] == convs - 1
     assert {"LeakyRelu", "Add"} <= set(done.quantized.quantized)
+    assert list(done.quantized.kept_float) == ["layers.0.* (1 Conv, 1 LeakyRelu)"]
+    graph = onnx.load_from_string(done.data).graph
+    made = {o: n.op_type for n in graph.node for o in n.output}
+    first = next(n for n in graph.node if n.op_type == "Conv")
+    assert first.input[0] == "images"  # the image reaches it in float, not through a Q/DQ pair
+    assert all(made.get(i) != "DequantizeLinear" for i in first.input)
     file = load_model(tmp_path / "q.onnx")
     assert file.precision == "int8" and file.classes == ck.classes
     meta = file.quantization
