@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,7 +77,7 @@ def cpu_int8() -> str:
     uint8 × int8 pairs; with AVX2 alone it takes two or three, about twice the float FMA's
     throughput at most."""
     try:
-        text = open("/proc/cpuinfo").read()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return "CPU unknown"
     model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
