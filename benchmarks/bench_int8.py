@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from _common import report  # noqa: E402
 
 from prunekit import checkpoint, onnx, quantize  # noqa: E402
 from prunekit.bench import Latency, count_macs  # noqa: E402
+from prunekit.device import cpu_info  # noqa: E402
 from prunekit.init import init  # noqa: E402
 from prunekit.mask import PruneConfig, mask, prunable  # noqa: E402
 from prunekit.onnxfile import from_file_bytes  # noqa: E402
@@ -76,16 +76,13 @@ def cpu_int8() -> str:
     can reach: with AVX-512 VNNI (or AVX-VNNI, AMX) one instruction multiplies and adds four
     uint8 × int8 pairs; with AVX2 alone it takes two or three, about twice the float FMA's
     throughput at most."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    info = cpu_info("model name", "flags")
+    if info is None:
         return "CPU unknown"
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("model name")), "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
-                  if line.startswith("flags")), [])
+    flags = info["flags"].split()
     dot = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
     widest = next((f for f in ("avx512f", "avx2", "sse4_1") if f in flags), "no SIMD found")
+    model = info["model name"] or "unknown"
     return f"CPU {model}: {widest}, {', '.join(dot) if dot else 'no VNNI'}"
 
 

@@ -4,10 +4,23 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
 from prunekit.errors import PrunekitError
+
+
+def cpu_info(*keys: str) -> dict[str, str] | None:
+    """The first line of each ``/proc/cpuinfo`` field in ``keys`` (``model name``, ``flags``),
+    its value stripped; ``""`` for a field the CPU does not list, ``None`` without a
+    ``/proc/cpuinfo`` (not Linux)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return {key: next((x.split(":", 1)[1].strip() for x in lines
+                       if x.startswith(key) and ":" in x), "") for key in keys}
 
 
 def resolve_device(device: str) -> torch.device:

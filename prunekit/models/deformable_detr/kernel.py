@@ -41,6 +41,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from prunekit.device import cpu_info
+
 SOURCE = r"""
 #include <algorithm>
 #include <cmath>
@@ -259,12 +261,10 @@ def _cpu() -> str:
     """What ``-march=native`` compiles for: this CPU's model and instruction-set flags, so that
     a cache shared by different machines (a cluster's home directory) keeps one build per kind
     of CPU and never loads one that uses instructions this CPU lacks."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
+    info = cpu_info("model name", "flags", "Features", "CPU part")
+    if info is None:
         return platform.machine() + platform.processor()
-    return "\n".join(next((x for x in lines if x.startswith(key)), "")
-                     for key in ("model name", "flags", "Features", "CPU part"))
+    return "\n".join(f"{key}: {value}" for key, value in info.items())
 
 
 def _build(cxx: str, target: Path) -> None:
