@@ -31,6 +31,18 @@ the next one, so a curve that is flat after a first drop is still found cheap. C
 measured ratios only: the loss between two measured ratios is a guess, so the allocation never
 rests on one.
 
+**A ceiling** (``max_ratio``): no group goes beyond it. The additive prediction rests on groups
+measured one at a time, and is worst far from the unpruned model. On the embedded YOLOv3 (the
+schedule study's start model, filters at the MACs of uniform 50 %), the unbounded greedy took 23
+of its 30 pruned groups to 80 %, the deep layers and heads that cost least alone; after the
+study's fine-tune that model kept 0.09 mAP where uniform 50 % kept 0.37. Capped at 60 %, the
+next measured ratio above the uniform one, the allocation is uniform 60 % but for the most
+sensitive groups (the first convolution and the second stage's residual group at 20 %), and it
+kept 0.385, 0.395 and 0.382 mAP against uniform's 0.393, 0.394 and 0.392, with twice uniform's
+mAP under PGD (0.108, 0.086, 0.116 against 0.046, 0.050, 0.054; development runs 11–13, stop
+34). The schedule study caps every allocation so (``prunekit grid cell --schedule
+sensitivity``, :func:`ceiling`).
+
 **Latency** targets (:func:`allocate_latency`) are met by measurement, since latency has no exact
 model: the largest MACs budget whose allocation, compacted and timed with ``bench``'s runtime on
 the current device, meets the target (bisection over the MACs fraction). Unstructured masks do
@@ -260,6 +272,7 @@ class Allocation:
     losses: dict[str, float]
     unmeasured: list[str] = field(default_factory=list)
     timings: list[tuple[float, float]] = field(default_factory=list)
+    max_ratio: float | None = None
 
     def record(self) -> dict[str, Any]:
         """What the checkpoint's history keeps of it."""
@@ -268,6 +281,7 @@ class Allocation:
                 "predicted_loss": self.predicted_loss, "params": self.cost.params,
                 "macs": self.cost.macs, "params_base": self.base.params,
                 "macs_base": self.base.macs, "unmeasured": self.unmeasured,
+                **({"max_ratio": self.max_ratio} if self.max_ratio is not None else {}),
                 **({"timings": self.timings} if self.timings else {})}
 
 
@@ -277,8 +291,31 @@ def check_fraction(fraction: float, what: str) -> None:
                             f"got {fraction}")
 
 
+def check_max_ratio(max_ratio: float | None) -> None:
+    if max_ratio is not None and not 0 < max_ratio < 1:
+        raise PrunekitError(f"--max-ratio must lie in (0, 1) (the most any group is pruned), "
+                            f"got {max_ratio}")
+
+
+def ceiling(curves: Mapping[str, Curve], ratio: float) -> float:
+    """The smallest ratio the curves measured above ``ratio`` (the schedule study's ceiling
+    for an allocation at the cost of uniform ``ratio``: one measured step of room; the highest
+    measured when none is higher)."""
+    measured = sorted({r for c in curves.values() for r in c.ratios})
+    if not measured:
+        raise PrunekitError("the sensitivity CSV measured no ratios; run `prunekit "
+                            "sensitivity` with --ratios")
+    return next((r for r in measured if r > ratio + 1e-9), measured[-1])
+
+
+def _options(curves: Mapping[str, Curve], label: str, max_ratio: float | None) \
+        -> tuple[float, ...]:
+    return tuple(r for r in curves[label].ratios
+                 if max_ratio is None or r <= max_ratio + 1e-9)
+
+
 def allocate(costs: Costs, curves: Mapping[str, Curve], base_metric: float, *, target: str,
-             fraction: float) -> Allocation:
+             fraction: float, max_ratio: float | None = None) -> Allocation:
     """Ratios per group that bring ``target`` (``params`` or ``macs``) to at most ``fraction``
     of the unpruned model's at the least predicted loss (greedy; module docstring).
 
@@ -288,6 +325,7 @@ def allocate(costs: Costs, curves: Mapping[str, Curve], base_metric: float, *, t
         base_metric: the unpruned model's metric.
         target: ``params`` or ``macs``.
         fraction: in (0, 1].
+        max_ratio: no group beyond this ratio (None: up to the highest measured).
 
     Raises:
         PrunekitError: a fraction out of range, or one the measured ratios cannot reach.
@@ -295,21 +333,24 @@ def allocate(costs: Costs, curves: Mapping[str, Curve], base_metric: float, *, t
     if target not in KINDS:
         raise PrunekitError(f"target {target!r} is unknown; use {', '.join(KINDS)}")
     check_fraction(fraction, f"--target-{target}")
+    check_max_ratio(max_ratio)
     limit = fraction * costs.base[target]
     groups = [costs.index(g) for g in curves]
     cur = {i: 0.0 for i in groups}
     effects = costs.vector({})
     total = costs.base[target]
-    options = {i: curves[costs.labels[i]].ratios for i in groups}
+    options = {i: _options(curves, costs.labels[i], max_ratio) for i in groups}
     lowest = costs.total(costs.vector({costs.labels[i]: max(options[i]) for i in groups
                                        if options[i]}))[target]
     if lowest > limit:
         what = "MACs" if target == "macs" else "parameters"
+        highest, fix = ("its highest ratio", "measure higher --ratios with `prunekit "
+                        "sensitivity`") if max_ratio is None else \
+            (f"its highest ratio up to --max-ratio {max_ratio:g}", "raise --max-ratio")
         raise PrunekitError(f"--target-{target} {fraction:g} is below what the measured ratios "
-                            f"reach: every group at its highest ratio keeps {lowest:,} {what}, "
+                            f"reach: every group at {highest} keeps {lowest:,} {what}, "
                             f"{lowest / costs.base[target]:.3f} of the unpruned model's; raise "
-                            f"the target, or measure higher --ratios with `prunekit "
-                            f"sensitivity`")
+                            f"the target, or {fix}")
 
     def loss(i: int, r: float) -> float:
         return curves[costs.labels[i]].loss(base_metric, r)
@@ -354,12 +395,12 @@ def allocate(costs: Costs, curves: Mapping[str, Curve], base_metric: float, *, t
     losses = {costs.labels[i]: loss(i, cur[i]) for i in groups}
     unmeasured = [g for g in costs.labels if g not in curves]
     return Allocation(ratios, target, limit, costs.base, costs.total(effects),
-                      sum(losses.values()), losses, unmeasured)
+                      sum(losses.values()), losses, unmeasured, max_ratio=max_ratio)
 
 
 def allocate_latency(costs: Costs, curves: Mapping[str, Curve], base_metric: float, *,
                      target_ms: float, time: Callable[[Checkpoint], float],
-                     steps: int = 6) -> Allocation:
+                     steps: int = 6, max_ratio: float | None = None) -> Allocation:
     """The allocation of the largest MACs fraction whose pruned, compacted model runs within
     ``target_ms`` as ``time`` measures it (bisection over the fraction, ``steps`` halvings).
 
@@ -370,6 +411,7 @@ def allocate_latency(costs: Costs, curves: Mapping[str, Curve], base_metric: flo
         target_ms: the latency budget in milliseconds.
         time: a pruned checkpoint → its latency in milliseconds (``bench``'s).
         steps: bisection steps after the two ends.
+        max_ratio: no group beyond this ratio (None: up to the highest measured).
     """
     from prunekit.mask import PruneConfig, compact_checkpoint, mask
 
@@ -383,22 +425,25 @@ def allocate_latency(costs: Costs, curves: Mapping[str, Curve], base_metric: flo
     timings: list[tuple[float, float]] = []
 
     def trial(fraction: float) -> tuple[Allocation, bool]:
-        alloc = allocate(costs, curves, base_metric, target="macs", fraction=fraction)
+        alloc = allocate(costs, curves, base_metric, target="macs", fraction=fraction,
+                         max_ratio=max_ratio)
         pruned = mask(costs.ck, PruneConfig(0.0, "filter", ratios=alloc.ratios))
         ms = time(compact_checkpoint(pruned))
         timings.append((fraction, ms))
         return alloc, ms <= target_ms
 
-    lowest = costs.of({g: max(c.ratios) for g, c in curves.items() if c.ratios}).macs \
-        / costs.base.macs
+    check_max_ratio(max_ratio)
+    lowest = costs.of({g: max(o) for g in curves if (o := _options(curves, g, max_ratio))}) \
+        .macs / costs.base.macs
     best, ok = trial(1.0)
     if not ok:
         best, ok = trial(lowest)
         if not ok:
+            fix = "measure higher --ratios with `prunekit sensitivity`" if max_ratio is None \
+                else "raise --max-ratio"
             raise PrunekitError(f"--target-latency {target_ms:g} is below what the measured "
                                 f"ratios reach: every group at its highest ratio runs in "
-                                f"{timings[-1][1]:.3g} ms; raise the target, or measure higher "
-                                f"--ratios with `prunekit sensitivity`")
+                                f"{timings[-1][1]:.3g} ms; raise the target, or {fix}")
         lo, hi = lowest, 1.0
         for _ in range(steps):
             mid = (lo + hi) / 2

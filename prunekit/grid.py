@@ -277,19 +277,23 @@ def _pruned(ck, prune: PruneConfig, train: TrainConfig | None, attack: AttackCon
 def _allocated(ck, prune: PruneConfig, sensitivity: str | Path):
     """The checkpoint (its history noting the allocation) and the pruning at per-group ratios
     from ``sensitivity`` for the MACs (filters) or non-zero parameters (weights) that
-    ``prune.ratio`` everywhere leaves: the least predicted mAP loss at the uniform cost."""
+    ``prune.ratio`` everywhere leaves: the least predicted mAP loss at the uniform cost, no
+    group beyond the smallest measured ratio above the uniform one (the ceiling of
+    :mod:`prunekit.budget`, since stop 34: unbounded, the allocation pruned groups that were
+    free alone so far that together they lost what uniform pruning kept)."""
     import copy
     from dataclasses import replace
 
-    from prunekit.budget import Costs
-    from prunekit.sensitivity import ratios_for_budget
+    from prunekit.budget import Costs, ceiling
+    from prunekit.sensitivity import curves, ratios_for_budget, read
 
     costs = Costs(ck, prune.granularity)
     kind = "macs" if prune.granularity == "filter" else "params"
     uniform = costs.of({label: prune.ratio for label in costs.labels})
     fraction = uniform[kind] / costs.base[kind]
     alloc, _ = ratios_for_budget(ck, sensitivity, target=kind, value=fraction,
-                                 granularity=prune.granularity)
+                                 granularity=prune.granularity,
+                                 max_ratio=ceiling(curves(read(sensitivity))[1], prune.ratio))
     staged = copy.copy(ck)
     staged.history = list(ck.history)
     staged.add_history("allocate", {"sensitivity": str(sensitivity), "metric": "map",

@@ -479,7 +479,8 @@ def curves(frame: pd.DataFrame, metric: str = "map") -> tuple[float, dict[str, C
 def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value: float,
                       metric: str = "map", granularity: str | None = None,
                       runtime: str = "auto", device: str = "cpu", threads: int | None = None,
-                      min_run_time: float = 1.0) -> tuple[Allocation, str]:
+                      min_run_time: float = 1.0, max_ratio: float | None = None) \
+        -> tuple[Allocation, str]:
     """Per-group ratios for a budget from a sensitivity CSV of this checkpoint
     (:mod:`prunekit.budget`).
 
@@ -495,6 +496,7 @@ def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value:
         device: where latency is measured.
         threads: CPU threads for latency.
         min_run_time: seconds of timed runs per latency measurement.
+        max_ratio: no group beyond this ratio (None: up to the highest measured).
 
     Returns:
         The allocation and the granularity the CSV was measured at.
@@ -517,8 +519,10 @@ def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value:
             return bench(pruned, device=device, threads=threads, runtime=runtime,
                          min_run_time=min_run_time)["latency_ms"]
 
-        return allocate_latency(costs, found, base, target_ms=value, time=time), measured
-    return allocate(costs, found, base, target=target, fraction=value), measured
+        return allocate_latency(costs, found, base, target_ms=value, time=time,
+                                max_ratio=max_ratio), measured
+    return allocate(costs, found, base, target=target, fraction=value,
+                    max_ratio=max_ratio), measured
 
 
 # ---------------------------------------------------------------------------------- figure

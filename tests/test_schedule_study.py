@@ -92,6 +92,8 @@ def test_sensitivity_cells_prune_at_allocated_ratios_within_the_uniform_macs(
     allocation = next(h["args"] for h in ck.history if h["command"] == "allocate")
     assert allocation["uniform"] == 0.5 and allocation["target"] == "macs"
     assert len(set(allocation["ratios"].values())) > 1  # not one ratio everywhere
+    # no group beyond the next measured ratio above the uniform one (measured: 0.25, 0.5, 0.75)
+    assert allocation["max_ratio"] == 0.75 and max(allocation["ratios"].values()) <= 0.75
 
 
 @pytest.mark.parametrize(("extra", "message"), [

@@ -12,7 +12,7 @@ import torch
 from prunekit import checkpoint
 from prunekit import sensitivity as sens
 from prunekit.bench import bench
-from prunekit.budget import Costs, Curve, allocate, allocate_latency
+from prunekit.budget import Costs, Curve, allocate, allocate_latency, ceiling
 from prunekit.cli import app
 from prunekit.errors import PrunekitError
 from prunekit.init import init
@@ -318,6 +318,29 @@ def test_an_unreachable_budget_is_refused(models):
         allocate(costs, curves, 0.5, target="macs", fraction=0)
 
 
+def test_a_ceiling_allocates_as_if_only_the_ratios_under_it_were_measured(models):
+    """``max_ratio`` is the same allocation as curves cut at it, no group goes beyond it, and
+    the ceiling the schedule study uses is the next measured ratio above the uniform one."""
+    _, ck = models["yolov3"]
+    costs = Costs(ck, "filter")
+    # the deep groups are free alone, the early ones are not: unbounded, the greedy takes the
+    # free ones to the top
+    curves = {g: Curve((0.2, 0.4, 0.6, 0.8), (0.5, 0.5, 0.5, 0.5) if k >= len(costs.labels) // 2
+                       else (0.45, 0.4, 0.3, 0.2)) for k, g in enumerate(costs.labels)}
+    free = allocate(costs, curves, 0.5, target="macs", fraction=0.4)
+    assert max(free.ratios.values()) == 0.8
+    capped = allocate(costs, curves, 0.5, target="macs", fraction=0.4, max_ratio=0.6)
+    cut = {g: Curve(c.ratios[:3], c.values[:3]) for g, c in curves.items()}
+    assert capped.ratios == allocate(costs, cut, 0.5, target="macs", fraction=0.4).ratios
+    assert max(capped.ratios.values()) == 0.6 and capped.cost.macs <= 0.4 * costs.base.macs
+    assert capped.record()["max_ratio"] == 0.6 and "max_ratio" not in free.record()
+    with pytest.raises(PrunekitError, match="up to --max-ratio 0.3 .*raise --max-ratio"):
+        allocate(costs, curves, 0.5, target="macs", fraction=0.1, max_ratio=0.3)
+    with pytest.raises(PrunekitError, match=r"--max-ratio must lie in \(0, 1\)"):
+        allocate(costs, curves, 0.5, target="macs", fraction=0.4, max_ratio=1.0)
+    assert [ceiling(curves, r) for r in (0.1, 0.4, 0.5, 0.7, 0.9)] == [0.2, 0.6, 0.6, 0.8, 0.8]
+
+
 def test_latency_budget_by_bisection(models):
     """With a stand-in clock proportional to MACs, the largest MACs fraction that meets the
     latency is found, and every trial is recorded."""
@@ -364,3 +387,16 @@ def test_mask_ratios_from_meets_the_budget(runner, models, tmp_path, granularity
     mean = [sum(ratios.get(g, 0) for k, g in enumerate(labels) if k % 5 == m) /
             sum(1 for k in range(len(labels)) if k % 5 == m) for m in range(5)]
     assert mean[4] < mean[0]
+
+
+def test_mask_max_ratio_bounds_every_group(runner, models, tmp_path):
+    path, ck = models["yolov3"]
+    csv = _fake_table(ck, "filter", tmp_path / "sens.csv")  # ratios 0.3, 0.6, 0.9
+    out = tmp_path / "pruned.st"
+    done = runner.invoke(app, ["mask", str(path), "--ratios-from", str(csv), "--target-macs",
+                               "0.6", "--max-ratio", "0.6", "-o", str(out)])
+    assert done.exit_code == 0, done.stderr
+    assert "none beyond 0.6" in done.stderr
+    allocated = next(h for h in checkpoint.load(out).history
+                     if h["command"] == "allocate")["args"]
+    assert allocated["max_ratio"] == 0.6 and max(allocated["ratios"].values()) <= 0.6

@@ -23,6 +23,8 @@ EXAMPLE = """Examples:
   prunekit score --method l1-filter model.st | prunekit mask --granularity filter --scope global --ratio 0.3 > pruned.st
 
   prunekit mask scored.st --ratios-from sens.csv --target-macs 0.5 --compact -o half.st
+
+  prunekit mask scored.st --ratios-from sens.csv --target-macs 0.26 --max-ratio 0.6 --compact -o quarter.st
 """
 
 
@@ -56,6 +58,10 @@ def mask_cmd(
     metric: Annotated[str, typer.Option(help="With --ratios-from: the CSV's metric whose "
                                         "predicted loss is least (map, map50, adv_map, "
                                         "...).")] = "map",
+    max_ratio: Annotated[float | None, typer.Option(
+        help="With --ratios-from: no group pruned beyond this ratio (the losses measured one "
+             "group at a time add up badly far from the unpruned model).",
+        show_default=False)] = None,
     runtime: Annotated[str, typer.Option(help="With --target-latency: bench's runtime.")]
     = "auto",
     threads: ThreadsOpt = None,
@@ -67,6 +73,7 @@ def mask_cmd(
     output: OutputOpt = None,
 ) -> None:
     """Build masks from the scores, apply them, and drop the scores."""
+    from prunekit.budget import check_max_ratio
     from prunekit.errors import PrunekitError
     from prunekit.mask import PruneConfig, mask
 
@@ -82,9 +89,13 @@ def mask_cmd(
         if round_to != 1:
             raise PrunekitError("--round-to rounds a uniform --ratio; --ratios-from allocates "
                                 "each group's ratio to the budget exactly: drop one of them")
+        check_max_ratio(max_ratio)
     elif ratio is None or targets:
         raise PrunekitError("how much to prune? give --ratio R, or --ratios-from sens.csv "
                             "with --target-macs, --target-params or --target-latency")
+    elif max_ratio is not None:
+        raise PrunekitError("--max-ratio bounds the ratios --ratios-from allocates; with "
+                            "--ratio every group is pruned at that ratio: drop --max-ratio")
     gran = "filter" if structured else (granularity or "weight")
     config = PruneConfig(ratio=ratio or 0.0, granularity=gran, scope=scope, compact=compact,
                          round_to=round_to).check()
@@ -94,7 +105,7 @@ def mask_cmd(
         out = _mask_to_budget(ck, ratios_from, targets,
                               granularity="filter" if structured else granularity,
                               compact=compact, metric=metric, runtime=runtime,
-                              threads=threads, device=device)
+                              threads=threads, device=device, max_ratio=max_ratio)
     else:
         out = mask(ck, config)
         entry = next(h for h in reversed(out.history) if h["command"] == "mask")["args"]
@@ -119,7 +130,7 @@ def _check_target(kind: str, value: float) -> None:
 
 def _mask_to_budget(ck, source: Path, targets: dict[str, float], *,  # noqa: ANN001
                     granularity: str | None, compact: bool, metric: str, runtime: str,
-                    threads: int | None, device: str):
+                    threads: int | None, device: str, max_ratio: float | None):
     """Allocate ratios from the sensitivity CSV, print them, record them, and mask."""
     from rich.table import Table
 
@@ -130,8 +141,11 @@ def _mask_to_budget(ck, source: Path, targets: dict[str, float], *,  # noqa: ANN
     with console.status("allocating ratios", spinner="dots"):
         alloc, gran = ratios_for_budget(ck, source, target=kind, value=value, metric=metric,
                                         granularity=granularity, runtime=runtime,
-                                        device=device, threads=threads)
-    table = Table(title=f"ratios for --target-{kind} {value:g} (least predicted {metric} loss)",
+                                        device=device, threads=threads,
+                                        max_ratio=max_ratio)
+    ceiling = "" if max_ratio is None else f", none beyond {max_ratio:g}"
+    table = Table(title=f"ratios for --target-{kind} {value:g} (least predicted {metric} "
+                        f"loss{ceiling})",
                   title_justify="left")
     for column in ("group", "ratio", f"predicted {metric} loss"):
         table.add_column(column, justify="left" if column == "group" else "right")
