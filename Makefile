@@ -522,7 +522,8 @@ kitti-study: | $(STAMP)
 # validation subset; then per run and ratio every schedule gets the same FGSM fine-tune
 # (`prunekit grid cell --schedule`): `one-shot` prunes before it (filters compacted), `cubic`
 # along it (pruning ends at two thirds of the steps, then compacted), `sensitivity` prunes once
-# at the ratios allocated for the uniform ratio's MACs. Ratio 0 is the unpruned model fine-tuned
+# at the ratios allocated for the uniform ratio's MACs (no group beyond the next measured ratio
+# above the uniform one). Ratio 0 is the unpruned model fine-tuned
 # as long (the control). Every cell is measured clean and under PGD (ε 0.05, step 0.02, 5 steps)
 # on the subset. OUT (default runs/schedule-study)/report/report.md has the verdicts (`prunekit
 # stats --study schedule`, rules declared in prunekit/stats/findings/schedule.py); targets are
