@@ -186,6 +186,7 @@ def cell(model: str | Path, out: str | Path, *, scenario: str, run: int, prune: 
     out.mkdir(parents=True, exist_ok=True)
     labels = {"scenario": scenario, "run": run, "ratio": prune.ratio,
               **SCENARIOS.get(scenario, {"granularity": prune.granularity}),
+              **({"scope": prune.scope} if prune.scope != "layer" else {}),
               **({"method": method} if method else {}),
               "finetune_steps": train.steps if train is not None else 0,
               **({"schedule": schedule.name} if schedule else {}),

@@ -75,6 +75,27 @@ def test_cubic_cells_reach_the_ratio_and_one_shot_controls_are_fine_tuned(
     assert row["seconds_finetune"] > 0 and row["sparsity"] == 0
 
 
+def test_a_global_scope_cell_reaches_the_ratio_over_all_layers_not_in_each(
+        scored, synth_data, tmp_path, runner):
+    result, row = _cell(runner, synth_data, scored["weight"], tmp_path / "global", "--scenario",
+                        "y.weight.cubic", "--schedule", "cubic", "--ratio", "0.75", "--scope",
+                        "global")
+    assert result.exit_code == 0, result.output
+    assert row["scope"] == "global"
+    ck = checkpoint.load(tmp_path / "global" / "model.st")
+    names = ck.skeleton().prunable()
+    zero = {n: int((ck.state[n] == 0).sum()) / ck.state[n].numel() for n in names}
+    total = sum(ck.state[n].numel() for n in names)
+    assert sum(zero[n] * ck.state[n].numel() for n in names) / total == \
+        pytest.approx(0.75, abs=0.01)
+    assert max(zero.values()) - min(zero.values()) > 0.1  # not 75 % in every layer
+    result, _ = _cell(runner, synth_data, scored["filter"], tmp_path / "bad", "--scenario",
+                      "y.filter.sensitivity", "--schedule", "sensitivity", "--ratios-from",
+                      str(scored["csv"]), "--granularity", "filter", "--ratio", "0.5",
+                      "--scope", "global")
+    assert result.exit_code == 1 and "drop --scope" in result.output
+
+
 def test_sensitivity_cells_prune_at_allocated_ratios_within_the_uniform_macs(
         scored, synth_data, tmp_path, runner):
     result, uniform = _cell(runner, synth_data, scored["filter"], tmp_path / "uniform",

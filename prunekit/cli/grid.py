@@ -43,6 +43,8 @@ def cell_cmd(
     data: Annotated[Path, typer.Option(help="Training COCO JSON.", show_default=False)] = ...,
     val: Annotated[Path, typer.Option(help="Validation COCO JSON.", show_default=False)] = ...,
     granularity: Annotated[str, typer.Option(help="weight or filter.")] = "weight",
+    scope: Annotated[str, typer.Option(help="layer (the ratio in every layer) or global (one "
+                                       "score threshold across layers).")] = "layer",
     steps: Annotated[int, typer.Option(help="Fine-tuning steps after pruning.")] = 20,
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 16,
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-3,
@@ -99,9 +101,13 @@ def cell_cmd(
         raise PrunekitError(f"--adv {adv!r} is unknown; use fgsm, pgd or none")
     root = str(images) if images else None
     # Filter masks are compacted: the compacted model computes the same, faster.
-    prune = PruneConfig(ratio=ratio, granularity=granularity, compact=granularity == "filter")
+    prune = PruneConfig(ratio=ratio, granularity=granularity, scope=scope,
+                        compact=granularity == "filter")
     if ratios_from is not None and schedule is None:
         raise PrunekitError("--ratios-from goes with --schedule sensitivity")
+    if schedule == "sensitivity" and scope != "layer":
+        raise PrunekitError("--schedule sensitivity allocates a ratio per group from "
+                            "--ratios-from; --scope global has no say in it: drop --scope")
     if schedule in GRADUAL and ratio > 0:
         end = prune_end if prune_end is not None else max(1, 2 * steps // 3)
         every = prune_every if prune_every is not None else max(1, end // 10)
