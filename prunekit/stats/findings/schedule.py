@@ -40,7 +40,8 @@ PREAMBLE = (
     "number of steps whatever its schedule: `one-shot` prunes before the first step, `cubic` "
     "raises the sparsity along Zhu & Gupta's schedule during the steps, `sensitivity` prunes "
     "once at per-layer ratios allocated from `prunekit sensitivity` for the MACs of the uniform "
-    "ratio (since stop 34 no group beyond the next measured ratio above the uniform one). mAP is COCO's (confidence 0.001); adversarial mAP is under PGD (ε 0.05, step 0.02, "
+    "ratio (since stop 34 no group beyond the next measured ratio above the uniform one). "
+    "mAP is COCO's (confidence 0.001); adversarial mAP is under PGD (ε 0.05, step 0.02, "
     "5 steps). 'High' ratios are 75 % and above for weights, 50 % and above for filters.",
 )
 KEYS = ("model", "granularity", "schedule", "ratio")
