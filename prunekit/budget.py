@@ -38,10 +38,10 @@ of its 30 pruned groups to 80 %, the deep layers and heads that cost least alone
 study's fine-tune that model kept 0.09 mAP where uniform 50 % kept 0.37. Capped at 60 %, the
 next measured ratio above the uniform one, the allocation is uniform 60 % but for the most
 sensitive groups (convolutions 1 and 3 left whole, the first convolution and the residual group
-of convolutions 9, 11, 14 and 17 at 20 %, two more at 40 %), and it kept 0.385, 0.395 and 0.382 mAP against uniform's 0.393, 0.394 and 0.392, with twice uniform's
-mAP under PGD (0.108, 0.086, 0.116 against 0.046, 0.050, 0.054; development runs 11–13, stop
-34). The schedule study caps every allocation so (``prunekit grid cell --schedule
-sensitivity``, :func:`ceiling`).
+of convolutions 9, 11, 14 and 17 at 20 %, two more at 40 %), and it kept 0.385, 0.395 and 0.382
+mAP against uniform's 0.393, 0.394 and 0.392, with twice uniform's mAP under PGD (0.108, 0.086,
+0.116 against 0.046, 0.050, 0.054; development runs 11–13, stop 34). The schedule study caps
+every allocation so (``prunekit grid cell --schedule sensitivity``, :func:`ceiling`).
 
 **Latency** targets (:func:`allocate_latency`) are met by measurement, since latency has no exact
 model: the largest MACs budget whose allocation, compacted and timed with ``bench``'s runtime on
