@@ -382,6 +382,8 @@ CASES = [
          "--threads 0 --data {train} --val {val}", "--threads must be at least 1, got 0"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--runtime tensorrt --data {train} --val {val}", "--runtime 'tensorrt' is unknown"),
+    case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
+         "--scope model --data {train} --val {val}", "--scope 'model' is unknown"),
     # The scenario is a free label (the Makefile names cells); what is wrong is refused.
     case("grid cell {ys} {out}/cell --scenario a/b --run 1 --ratio 0.5 --data {train} "
          "--val {val}", "--scenario 'a/b' is not a usable name"),

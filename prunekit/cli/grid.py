@@ -29,6 +29,8 @@ CELL_EXAMPLE = """Examples:
 
   prunekit grid cell runs/schedule-study/yolov3-small/scores-weight.st /tmp/cell --scenario yolov3-small.weight.cubic --schedule cubic --run 1 --ratio 0.9 --steps 150 --data data/synth/train.json --val data/synth/val-grid.json
 
+  prunekit grid cell runs/schedule-study/yolov3-small/scores-weight.st /tmp/cell --scenario yolov3-small.weight.cubic --schedule cubic --scope global --run 1 --ratio 0.9 --steps 60 --data data/synth/train.json --val data/synth/val-grid.json
+
   prunekit grid cell runs/kitti-study/yolov3-small/scores-filter.st /tmp/cell --scenario yolov3-small.filter.pruned --run 1 --ratio 0.3 --granularity filter --method l1-filter --steps 0 --adv none --no-adv-eval --data data/kitti-synth/coco/train.json --val data/kitti-synth/coco/val-study.json --images data/kitti-synth/training
 """
 
