@@ -28,7 +28,7 @@ from _common import report  # noqa: E402
 
 from prunekit import checkpoint, onnx, quantize  # noqa: E402
 from prunekit.bench import Latency, count_macs  # noqa: E402
-from prunekit.device import cpu_info  # noqa: E402
+from prunekit.device import cpu_info, int8_dot_products  # noqa: E402
 from prunekit.init import init  # noqa: E402
 from prunekit.mask import PruneConfig, mask, prunable  # noqa: E402
 from prunekit.onnxfile import from_file_bytes  # noqa: E402
@@ -80,7 +80,7 @@ def cpu_int8() -> str:
     if info is None:
         return "CPU unknown"
     flags = info["flags"].split()
-    dot = [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+    dot = int8_dot_products() or []
     widest = next((f for f in ("avx512f", "avx2", "sse4_1") if f in flags), "no SIMD found")
     model = info["model name"] or "unknown"
     return f"CPU {model}: {widest}, {', '.join(dot) if dot else 'no VNNI'}"

@@ -23,6 +23,21 @@ def cpu_info(*keys: str) -> dict[str, str] | None:
                        if x.startswith(key) and ":" in x), "") for key in keys}
 
 
+#: The x86 instructions that multiply and add 8-bit pairs into 32 bits in one step, so that
+#: onnxruntime's uint8 × int8 kernels neither saturate nor need a second instruction.
+INT8_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_dot_products() -> list[str] | None:
+    """This CPU's 8-bit dot-product instructions (:data:`INT8_DOT_PRODUCTS`, ``[]`` for none);
+    ``None`` where that is not known (no ``/proc/cpuinfo``, or not x86)."""
+    info = cpu_info("flags")
+    if info is None or not any(f in info["flags"].split() for f in ("sse2", "avx2")):
+        return None
+    flags = info["flags"].split()
+    return [f for f in INT8_DOT_PRODUCTS if f in flags]
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; ``cuda`` without a GPU is an error."""
     if device == "auto":

@@ -99,6 +99,8 @@ class Int8Config:
         images: the image root of ``data`` and ``val`` (default: each JSON's folder).
         seed: draws the calibration images.
         min_sqnr_db: the least signal-to-quantization-noise ratio an output may have.
+        weight_bits: 7 (within ±64, exact on every CPU) or 8 (CPUs with VNNI); see
+            :mod:`prunekit.quantize`.
     """
 
     data: str
@@ -108,12 +110,14 @@ class Int8Config:
     images: str | None = None
     seed: int = 0
     min_sqnr_db: float = MIN_SQNR_DB
+    weight_bits: int = quantize.DEFAULT_WEIGHT_BITS
 
     def check(self) -> Int8Config:
         if self.calib < 1:
             raise PrunekitError(f"--calib must be at least 1 (images that set the INT8 "
                                 f"ranges), got {self.calib}; 100 is typical")
         quantize.check_method(self.method)
+        quantize.check_weight_bits(self.weight_bits)
         return self
 
 
@@ -165,7 +169,8 @@ def export_int8(ck: Checkpoint, out: str | Path, config: Int8Config, *,
     size = batch or 1
     feeds = _calibration_feeds(model, calib_set, chosen, exported.graph.inputs, size)
     done = quantize.quantize(exported.data, model.quantization(), feeds,
-                             -(-len(chosen) // size), method=config.method)
+                             -(-len(chosen) // size), method=config.method,
+                             weight_bits=config.weight_bits)
     data = _int8_metadata(done, config, len(chosen))
     sqnr, metrics = _check_int8(exported.data, data, val_set, held, config, ck.name)
     onnx.write_bytes(data, out)
@@ -233,7 +238,8 @@ def _int8_metadata(done: quantize.Quantized, config: Int8Config, calib: int) -> 
     props = {p.key: p.value for p in proto.metadata_props}
     props["prunekit.precision"] = "int8"
     props["prunekit.quantization"] = quantize.describe(done, method=config.method, calib=calib,
-                                                       data=Path(config.data).name)
+                                                       data=Path(config.data).name,
+                                                       weight_bits=config.weight_bits)
     del proto.metadata_props[:]
     for key, value in props.items():
         entry = proto.metadata_props.add()

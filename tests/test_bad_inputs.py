@@ -347,6 +347,10 @@ CASES = [
     case("export {y} -o {out}/q.onnx --int8 --data {val} --calib-method kl",
          "--calib-method 'kl' is unknown; use minmax, entropy, percentile"),
     case("export {y} -o {out}/q.onnx --int8 --data {val} --decode", "leave out --decode"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 2 --weight-bits 4",
+         "--weight-bits 4 is not offered; use 7 (every CPU) or 8 (CPUs with VNNI)"),
+    case("export {y} -o {out}/q.onnx --weight-bits 8", "--weight-bits sets the INT8 weights' "
+         "range; add --int8 or leave it out"),
     case("detect {foreign_onnx} --data {val} -o {out}/d.csv",
          "without prunekit's metadata (family, classes, input pipeline): prunekit did not "
          "write it"),

@@ -57,6 +57,7 @@ def test_yolov3_int8_file(names, synth_data, tmp_path):
     assert file.precision == "int8" and file.classes == ck.classes
     meta = file.quantization
     assert meta["method"] == "minmax" and meta["calibration_images"] == 3
+    assert meta["weight_bits"] == 7 and "within ±64" in meta["weights"]
     assert onnx.TensorProto.INT8 in _initializer_types(tmp_path / "q.onnx")
     # a quarter of the float file's weight bytes, and more besides (scales, zero points)
     assert (tmp_path / "q.onnx").stat().st_size < 0.4 * len(done.float.data)
@@ -102,11 +103,65 @@ def test_cli_export_int8_says_what_it_measured(names, synth_data, tmp_path, runn
                                  "--data", str(synth_data / "val.json"), "--calib", "2"])
     assert result.exit_code == 0, result.stderr
     err = " ".join(result.stderr.split())
-    assert "INT8 QDQ, minmax calibration on 2 images of" in err
+    assert "INT8 QDQ, 7-bit weights, minmax calibration on 2 images of" in err
     assert "kept in float: GridSample (" in err and "the deformable sampling" in err
     assert "INT8 against float, signal-to-noise: logits" in err
     assert "on 6 held-out images of" in err and "mAP50 float" in err
     assert result.stdout == ""
+
+
+def _int8_weights(data: bytes) -> list[np.ndarray]:
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(data).graph
+    return [numpy_helper.to_array(t) for t in graph.initializer
+            if t.data_type == onnx.TensorProto.INT8]
+
+
+def _matmul_of_ones(k: int = 64, n: int = 8) -> bytes:
+    """y = relu(x @ W) with W all ones: the product sums a row of x."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["mm"]), helper.make_node("Relu", ["mm"], ["y"])],
+        "ones", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [numpy_helper.from_array(np.ones((k, n), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("bits, bound", [(7, 64), (8, 127)])
+def test_weight_bits_bound_the_int8_weights(bits, bound):
+    x = np.ones((1, 64), np.float32)
+    done = quantize.quantize(_matmul_of_ones(), quantize.Quantization(op_types=("MatMul",)),
+                             lambda: [{"x": x}], 1, weight_bits=bits)
+    (w,) = [t for t in _int8_weights(done.data) if t.shape == (64, 8)]
+    assert int(np.abs(w.astype(int)).max()) == bound  # the ones sit at the top of the range
+    assert json.loads(quantize.describe(done, method="minmax", calib=1, data="d",
+                                        weight_bits=bits))["weight_bits"] == bits
+
+
+def test_seven_bit_weights_do_not_saturate():
+    """Every activation at the top of uint8 (255) times every weight at the top of the range:
+    with 8-bit weights (127) two products add to 64770, beyond the 16-bit sums of onnxruntime's
+    AVX2 kernels on a CPU without VNNI; with 7-bit weights (64) to 32640, which fits. The
+    default file computes the float model's 64 exactly, on every CPU."""
+    import onnxruntime as ort
+
+    from prunekit.device import int8_dot_products
+
+    x = np.ones((1, 64), np.float32)
+    out = {}
+    for bits in (7, 8):
+        done = quantize.quantize(_matmul_of_ones(), quantize.Quantization(op_types=("MatMul",)),
+                                 lambda: [{"x": x}], 1, weight_bits=bits)
+        session = ort.InferenceSession(done.data, providers=["CPUExecutionProvider"])
+        out[bits] = session.run(None, {"x": x})[0]
+    np.testing.assert_allclose(out[7], 64.0, rtol=1e-6)
+    if int8_dot_products() == []:  # x86 without VNNI: the 8-bit file saturates here
+        assert float(out[8].max()) < 40.0
 
 
 def test_sqnr_and_rounds():

@@ -66,6 +66,11 @@ def export_cmd(
                                        "from --data with --seed.")] = 100,
     calib_method: Annotated[str, typer.Option("--calib-method", help="--int8: minmax, "
                                               "entropy or percentile.")] = "minmax",
+    weight_bits: Annotated[int | None, typer.Option(
+        "--weight-bits", help="--int8: 7 (default; weights within ±64, exact on every CPU) or "
+                              "8 (the full int8 range, for CPUs with VNNI: without it "
+                              "onnxruntime's kernels saturate on 8-bit weights).",
+        show_default=False)] = None,
     val: Annotated[Path | None, typer.Option("--val", help="--int8: COCO JSON of the check "
                                              "(default: --data, less the calibration "
                                              "images).", show_default=False)] = None,
@@ -98,7 +103,13 @@ def export_cmd(
     check_output(output)
     check_opset(opset if opset is not None else DEFAULT_OPSET)
     if int8:
-        config = _int8_config(data, calib, calib_method, val, images, seed, decoded)
+        config = _int8_config(data, calib, calib_method, val, images, seed, decoded,
+                              weight_bits)
+    elif weight_bits is not None:
+        from prunekit.errors import PrunekitError
+
+        raise PrunekitError("--weight-bits sets the INT8 weights' range; add --int8 or leave it "
+                            "out")
     ck = read_checkpoint(model)
     if int8:
         _export_int8(ck, output, config, None if batch == "dynamic" else int(batch),
@@ -115,7 +126,8 @@ def export_cmd(
 
 
 def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
-                 images: Path | None, seed: int, decoded: bool) -> Int8Config:
+                 images: Path | None, seed: int, decoded: bool,
+                 weight_bits: int | None) -> Int8Config:
     """The INT8 settings, checked before the checkpoint is read."""
     from prunekit.errors import PrunekitError
     from prunekit.export import Int8Config
@@ -126,9 +138,13 @@ def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
     if decoded:
         raise PrunekitError("--int8 writes the raw outputs (decoding stays in float outside "
                             "the file); leave out --decode")
+    from prunekit.quantize import DEFAULT_WEIGHT_BITS
+
     return Int8Config(data=str(data), calib=calib, method=method,
                       val=str(val) if val is not None else None,
-                      images=str(images) if images is not None else None, seed=seed).check()
+                      images=str(images) if images is not None else None, seed=seed,
+                      weight_bits=DEFAULT_WEIGHT_BITS if weight_bits is None
+                      else weight_bits).check()
 
 
 def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | None,
@@ -140,8 +156,8 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
                         spinner="dots"):
         done = export_int8(ck, output, config, batch=batch, opset=opset)
     q = done.quantized
-    console.print(f"wrote {output} ({len(done.data):,} bytes, INT8 QDQ, {config.method} "
-                  f"calibration on {config.calib} images of {config.data}; float export = "
+    console.print(f"wrote {output} ({len(done.data):,} bytes, INT8 QDQ, "
+                  f"{config.weight_bits}-bit weights, {config.method} calibration on {config.calib} images of {config.data}; float export = "
                   f"PyTorch within {max(done.float.max_error.values()):.1e})", highlight=False)
     console.print("quantized: " + ", ".join(f"{n} {op}" for op, n in q.quantized.items()),
                   highlight=False)
@@ -154,3 +170,14 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
                   f"used for calibration), confidence 0.001: mAP50 float {f['map50']:.4f}, "
                   f"INT8 {i['map50']:.4f} ({100 * (i['map50'] - f['map50']):+.2f} points); mAP "
                   f"float {f['map']:.4f}, INT8 {i['map']:.4f}", highlight=False)
+    _saturation_note(config.weight_bits)
+
+
+def _saturation_note(weight_bits: int) -> None:
+    """8-bit weights on an x86 CPU without VNNI: the figures above are this CPU's, saturated."""
+    from prunekit.device import int8_dot_products
+
+    if weight_bits == 8 and int8_dot_products() == []:
+        console.print("note: this CPU has no VNNI, so onnxruntime's kernels may saturate on "
+                      "8-bit weights and the figures above may be lower than on a VNNI CPU; "
+                      "--weight-bits 7 runs exactly everywhere", highlight=False)
