@@ -157,7 +157,8 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
         done = export_int8(ck, output, config, batch=batch, opset=opset)
     q = done.quantized
     console.print(f"wrote {output} ({len(done.data):,} bytes, INT8 QDQ, "
-                  f"{config.weight_bits}-bit weights, {config.method} calibration on {config.calib} images of {config.data}; float export = "
+                  f"{config.weight_bits}-bit weights, {config.method} calibration on "
+                  f"{config.calib} images of {config.data}; float export = "
                   f"PyTorch within {max(done.float.max_error.values()):.1e})", highlight=False)
     console.print("quantized: " + ", ".join(f"{n} {op}" for op, n in q.quantized.items()),
                   highlight=False)
