@@ -32,9 +32,9 @@ def int8_dot_products() -> list[str] | None:
     """This CPU's 8-bit dot-product instructions (:data:`INT8_DOT_PRODUCTS`, ``[]`` for none);
     ``None`` where that is not known (no ``/proc/cpuinfo``, or not x86)."""
     info = cpu_info("flags")
-    if info is None or not any(f in info["flags"].split() for f in ("sse2", "avx2")):
+    flags = set(info["flags"].split()) if info is not None else set()
+    if not flags & {"sse2", "avx2"}:
         return None
-    flags = info["flags"].split()
     return [f for f in INT8_DOT_PRODUCTS if f in flags]
 
 
