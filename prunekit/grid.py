@@ -285,8 +285,8 @@ def _allocated(ck, prune: PruneConfig, sensitivity: str | Path):
     import copy
     from dataclasses import replace
 
-    from prunekit.budget import Costs, ceiling
-    from prunekit.sensitivity import curves, ratios_for_budget, read
+    from prunekit.budget import Costs
+    from prunekit.sensitivity import ratios_for_budget
 
     costs = Costs(ck, prune.granularity)
     kind = "macs" if prune.granularity == "filter" else "params"
@@ -294,7 +294,7 @@ def _allocated(ck, prune: PruneConfig, sensitivity: str | Path):
     fraction = uniform[kind] / costs.base[kind]
     alloc, _ = ratios_for_budget(ck, sensitivity, target=kind, value=fraction,
                                  granularity=prune.granularity,
-                                 max_ratio=ceiling(curves(read(sensitivity))[1], prune.ratio))
+                                 ceiling_above=prune.ratio)
     staged = copy.copy(ck)
     staged.history = list(ck.history)
     staged.add_history("allocate", {"sensitivity": str(sensitivity), "metric": "map",

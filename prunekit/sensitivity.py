@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 
 from prunekit.attack import AttackConfig, describe
-from prunekit.budget import Allocation, Costs, Curve, allocate, allocate_latency
+from prunekit.budget import Allocation, Costs, Curve, allocate, allocate_latency, ceiling
 from prunekit.checkpoint import Checkpoint
 from prunekit.errors import DataError, PrunekitError
 from prunekit.files import write_atomic
@@ -479,8 +479,8 @@ def curves(frame: pd.DataFrame, metric: str = "map") -> tuple[float, dict[str, C
 def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value: float,
                       metric: str = "map", granularity: str | None = None,
                       runtime: str = "auto", device: str = "cpu", threads: int | None = None,
-                      min_run_time: float = 1.0, max_ratio: float | None = None) \
-        -> tuple[Allocation, str]:
+                      min_run_time: float = 1.0, max_ratio: float | None = None,
+                      ceiling_above: float | None = None) -> tuple[Allocation, str]:
     """Per-group ratios for a budget from a sensitivity CSV of this checkpoint
     (:mod:`prunekit.budget`).
 
@@ -497,6 +497,8 @@ def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value:
         threads: CPU threads for latency.
         min_run_time: seconds of timed runs per latency measurement.
         max_ratio: no group beyond this ratio (None: up to the highest measured).
+        ceiling_above: instead of ``max_ratio``, no group beyond the smallest ratio the CSV
+            measured above this one (:func:`prunekit.budget.ceiling`).
 
     Returns:
         The allocation and the granularity the CSV was measured at.
@@ -509,6 +511,8 @@ def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value:
                             f"{granularity}; leave --granularity out, or measure at "
                             f"{granularity}")
     base, found = curves(frame, metric)
+    if ceiling_above is not None:
+        max_ratio = ceiling(found, ceiling_above)
     costs = Costs(ck, measured)
     for group in found:
         costs.index(group)

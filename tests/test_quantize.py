@@ -110,6 +110,25 @@ def test_cli_export_int8_says_what_it_measured(names, synth_data, tmp_path, runn
     assert result.stdout == ""
 
 
+@pytest.mark.parametrize("bits, dot_products, noted", [
+    (8, [], True),                 # x86 without VNNI: the kernels may saturate
+    (8, ["avx512_vnni"], False),   # VNNI: 8-bit weights are exact
+    (8, None, False),              # not x86, or flags unknown: nothing to say
+    (7, [], False),                # 7-bit weights never saturate
+])
+def test_an_8_bit_export_without_vnni_says_its_figures_are_this_cpus(
+        bits, dot_products, noted, monkeypatch, capsys):
+    import importlib
+
+    from prunekit import device
+
+    monkeypatch.setattr(device, "int8_dot_products", lambda: dot_products)
+    importlib.import_module("prunekit.cli.export")._saturation_note(bits)
+    err = " ".join(capsys.readouterr().err.split())
+    assert ("this CPU has no VNNI" in err and "--weight-bits 7 runs exactly everywhere" in err) \
+        is noted
+
+
 def _int8_weights(data: bytes) -> list[np.ndarray]:
     from onnx import numpy_helper
 
