@@ -585,6 +585,12 @@ S_SCHEDULES_weight := one-shot cubic
 # needed 100 steps at 4e-4 there, 'S_FT_deformable-detr-small=--steps 100 --batch-size 8 --lr
 # 4e-4 --weight-decay 1e-4': at 1e-4 global pruning lost more than layer pruning).
 S_SCOPE ?= layer
+# Per model, extra flags for the cubic cells' schedule (empty: `grid cell`'s defaults, ending at
+# two thirds of the steps with an update every tenth of that). The README's runs 51-54 are
+# 'S_FT_yolov3-small=--steps 300 --batch-size 16 --lr 1e-3' 'S_CUBIC_yolov3-small=--prune-end 150
+# --prune-every 10'.
+S_CUBIC_yolov3-small ?=
+S_CUBIC_deformable-detr-small ?=
 S_SCHEDULES_filter := one-shot cubic sensitivity
 S_THREADS := --threads $(GRID_THREADS)
 
@@ -643,7 +649,8 @@ $(foreach m,$(S_MODELS),$(eval $(call S_MODEL_RULES,$(m))))
 s_cell_args = --granularity $(2) --method $(S_METHOD_$(2)) --data $(S_TRAIN_$(1)) \
   --val $(call S_VAL,$(1)) $(S_IMAGES_$(1)) --adv fgsm $(S_FT_$(1)) $(S_THREADS) --device cpu \
   --bench-seconds $(S_BENCH_SEC) --schedule $(3)$(if $(filter sensitivity,$(3)), --ratios-from \
-  $(SOUT)/start/$(1)-sensitivity-filter.csv)$(if $(filter weight,$(2)), --scope $(S_SCOPE))
+  $(SOUT)/start/$(1)-sensitivity-filter.csv)$(if $(filter weight,$(2)), --scope $(S_SCOPE))$\
+  $(if $(filter cubic,$(3)),$(if $(S_CUBIC_$(1)), $(S_CUBIC_$(1))))
 define S_CELL_RULE
 $(SOUT)/cells/$(1).$(2).$(3)/run$(4)/r$(5)/result.json: $(SOUT)/start/$(1)-scores-$(2).st $(call S_VAL,$(1)) $(if $(filter sensitivity,$(3)),$(SOUT)/start/$(1)-sensitivity-filter.csv)
 	$$(call step,cell,$(PK) grid cell $$< $$(@D) --scenario $(1).$(2).$(3) --run $(4) --ratio $(5) \

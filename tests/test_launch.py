@@ -107,6 +107,24 @@ def test_schedule_plan_runs_through_the_prefix(tmp_path):
     assert not out.exists()
 
 
+def test_schedule_plan_gives_a_models_cubic_flags_to_its_cubic_cells_only(tmp_path):
+    out = tmp_path / "study"
+    flags = "--prune-end 150 --prune-every 10"
+    plan = _make("-n", "schedule-study", f"OUT={out}", f"DATA={tmp_path / 'synth'}",
+                 f"KITTI_SYNTH={tmp_path / 'kitti-synth'}", f"BASE={tmp_path / 'baseline'}",
+                 f"DETR_BASE={tmp_path / 'detr-baseline'}",
+                 "S_FT_yolov3-small=--steps 300 --batch-size 16 --lr 1e-3",
+                 f"S_CUBIC_yolov3-small={flags}")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    cells = [s for s in _steps(plan.stdout) if " grid cell " in s]
+    flagged = [s for s in cells if flags in s]
+    assert len(flagged) == 3 * 2 * 2  # runs × (weight, filter) × ratios
+    assert all("yolov3-small.weight.cubic" in s or "yolov3-small.filter.cubic" in s
+               for s in flagged)
+    assert all("--steps 300" in s for s in cells if "yolov3-small." in s)
+    assert not any("--prune-end" in s for s in cells if s not in flagged)
+
+
 def test_without_launch_a_step_is_plain_bash():
     plan = _make("-n", "all-scenarios", "SCALE=smoke", "OUT=/nonexistent/grid")
     steps = _steps(plan.stdout)
