@@ -512,6 +512,8 @@ def ratios_for_budget(ck: Checkpoint, source: str | Path, *, target: str, value:
                             f"{granularity}")
     base, found = curves(frame, metric)
     if ceiling_above is not None:
+        if max_ratio is not None:
+            raise ValueError("give max_ratio or ceiling_above, not both")
         max_ratio = ceiling(found, ceiling_above)
     costs = Costs(ck, measured)
     for group in found:
