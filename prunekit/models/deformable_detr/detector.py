@@ -269,7 +269,8 @@ class DeformableDETR(Detector):
 
     def deployed(self, runtime: str = "eager") -> nn.Module:
         """A copy with every backbone BatchNorm folded into its convolution, ReLUs in place and,
-        for PyTorch, the deformable sampling as one weighted gather
+        for PyTorch, the deformable sampling as one weighted gather or prunekit's kernel, and
+        each linear layer (with the feed-forward's ReLU) one oneDNN primitive
         (:mod:`prunekit.models.deformable_detr.deploy`). For onnxruntime the sampling stays
         HF's ``grid_sample``, which it runs as one GridSample kernel per level: exported, the
         gather becomes generic Gather and ReduceSum nodes, 21 times slower there
@@ -278,11 +279,14 @@ class DeformableDETR(Detector):
             fold_batchnorm,
             inplace_relu,
             lean_sampling,
+            onednn_linears,
         )
         from prunekit.models.deformable_detr.kernel import install
 
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
-        return install(model, kernel=False) if runtime == "onnxruntime" else lean_sampling(model)
+        if runtime == "onnxruntime":
+            return install(model, kernel=False)
+        return onednn_linears(lean_sampling(model))
 
     def quantization(self) -> Quantization:
         """The backbone's convolutions and the transformer's matrix products in integers; the

@@ -199,13 +199,32 @@ def test_full_model_compacted_equals_masked_at_half():
             assert torch.allclose(a, b, atol=1e-4), float((a - b).abs().max())
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_onednn_linear_is_the_linear_it_replaces(relu):
+    """One oneDNN primitive without gradients, PyTorch's linear (and ReLU) with them: the same
+    outputs either way, and the gradients of the layer it replaces."""
+    from prunekit.models.deformable_detr.deploy import OneDnnLinear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 40)
+    fused = OneDnnLinear(linear, relu=relu)
+    assert fused.weight is linear.weight and fused.bias is linear.bias
+    x = torch.randn(2, 7, 24)
+    expected = linear(x).relu() if relu else linear(x)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), expected, atol=1e-5, rtol=1e-5)
+    (grad,) = torch.autograd.grad(fused(x).square().sum(), linear.weight)
+    (ref,) = torch.autograd.grad(expected.square().sum(), linear.weight)
+    torch.testing.assert_close(grad, ref)
+
+
 @pytest.mark.parametrize("sampling", ["kernel", "gather"])
 def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
     """BatchNorm folded and the deformable sampling through the kernel, or as one weighted
     gather where the kernel cannot run (no grid_sample either way): the outputs stay the
     model's, sampling points off the map included."""
     from prunekit.models.deformable_detr import kernel
-    from prunekit.models.deformable_detr.deploy import GatherSampling
+    from prunekit.models.deformable_detr.deploy import GatherSampling, OneDnnLinear
 
     torch.manual_seed(0)
     model = init("deformable-detr-small", names=CLASSES, img_size=96).build().eval()
@@ -220,6 +239,9 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
                 b.uniform_(0.5, 2.0)
     deployed = model.deployed()
     assert any(isinstance(m, GatherSampling) for m in deployed.modules())
+    linears = [m for m in deployed.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(isinstance(m, OneDnnLinear) for m in linears)
+    assert sum(m.relu for m in linears) == 4  # each feed-forward's first layer with its ReLU
     x = torch.rand(2, 3, *model.input_shape[1:])
     with torch.no_grad():
         expected = model(x)
