@@ -126,7 +126,7 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
                        spatial_shapes: Tensor | None = None,
                        spatial_shapes_list: list[tuple[int, int]] | None = None,
                        level_start_index: Tensor | None = None,
-                       **kwargs) -> tuple[Tensor, Tensor | None]:
+                       **kwargs) -> tuple[Tensor, Tensor]:
     """HF's ``DeformableDetrMultiscaleDeformableAttention.forward`` for the deployed model.
 
     With point references (the encoder's), a sampling location is the reference plus the
@@ -134,9 +134,8 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     again: in pixels it is the reference times the size plus the offset, so neither the
     division nor the multiplication over every sampling point is needed. A padding mask that
     masks nothing is not applied. Where the kernel runs without gradients, it adds each
-    offset to its reference and takes the attention softmax in its own loop
-    (:func:`~prunekit.models.deformable_detr.kernel.sample_offsets`), and the layer returns no
-    attention weights (None: HF's encoder layer discards them). Box references (the
+    offset to its reference in its own loop
+    (:func:`~prunekit.models.deformable_detr.kernel.sample_offsets`). Box references (the
     decoder's, with refinement) take HF's own path into :class:`GatherSampling`.
     """
     if position_embeddings is not None:
@@ -149,22 +148,19 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     value = value.view(b, s, self.n_heads, self.d_model // self.n_heads)
     offsets = self.sampling_offsets(hidden_states).view(b, q, self.n_heads, self.n_levels,
                                                         self.n_points, 2)
-    logits = self.attention_weights(hidden_states).view(b, q, self.n_heads,
-                                                        self.n_levels * self.n_points)
+    attn = F.softmax(self.attention_weights(hidden_states).view(
+        b, q, self.n_heads, self.n_levels * self.n_points), -1).view(
+        b, q, self.n_heads, self.n_levels, self.n_points)
     if reference_points.shape[-1] == 2:
         hw = offsets.new_tensor(spatial_shapes_list)  # levels × (height, width)
         ref = reference_points * hw.flip(-1) - 0.5  # b, q, levels, 2: pixels
-        if kernel.usable(value, ref, offsets, logits) and not (torch.is_grad_enabled() and any(
-                t.requires_grad for t in (value, ref, offsets, logits))):
-            # The kernel adds the offsets and takes the softmax in its loop; no weights are
-            # returned (HF's encoder layer discards them).
-            return self.output_proj(kernel.sample_offsets(value, spatial_shapes_list, ref,
-                                                          offsets, logits)), None
-    attn = F.softmax(logits, -1).view(b, q, self.n_heads, self.n_levels, self.n_points)
-    if reference_points.shape[-1] == 2:
-        pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
-        out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
-                            attn.permute(0, 2, 1, 3, 4))
+        if kernel.usable(value, ref, offsets, attn) and not (torch.is_grad_enabled() and any(
+                t.requires_grad for t in (value, ref, offsets, attn))):
+            out = kernel.sample_offsets(value, spatial_shapes_list, ref, offsets, attn)
+        else:
+            pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
+            out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
+                                attn.permute(0, 2, 1, 3, 4))
     else:
         loc = reference_points[:, :, None, :, None, :2] + offsets / self.n_points \
             * reference_points[:, :, None, :, None, 2:] * 0.5

@@ -87,26 +87,24 @@ def test_pixel_coordinates_give_the_same_samples_without_gradients():
         kernel.sample_pixels(value.requires_grad_(), shapes, pixels, attn)
 
 
-def test_offsets_and_logits_give_the_same_samples():
-    """The deployed encoder's call: the kernel adds each offset to its level's reference and
-    takes the softmax of the logits itself, as sample_pixels on the sums and weights."""
-    value, shapes, loc, _ = _inputs(torch.float64)
+def test_offsets_from_references_give_the_same_samples():
+    """The deployed encoder's call: the kernel adds each offset to its level's reference, as
+    sample_pixels on the sums."""
+    value, shapes, loc, attn = _inputs(torch.float64)
     b, q, h, levels, points, _ = loc.shape
     g = torch.Generator().manual_seed(2)
     size = torch.tensor(shapes, dtype=torch.float64).flip(-1).view(1, 1, levels, 2)
     reference = torch.rand(b, q, levels, 2, generator=g, dtype=torch.float64) * size - 0.5
     offsets = torch.randn(b, q, h, levels, points, 2, generator=g, dtype=torch.float64) * 3
-    logits = torch.randn(b, q, h, levels * points, generator=g, dtype=torch.float64) * 4
     pixels = reference[:, :, None, :, None] + offsets
-    weights = logits.softmax(-1).view(b, q, h, levels, points)
-    assert ((pixels < -1) | (pixels > size[:, :, None, :, None] )).any()  # points off the map
+    assert ((pixels < -1) | (pixels > size[:, :, None, :, None])).any()  # points off the map
     with torch.no_grad():
         torch.testing.assert_close(kernel.sample_offsets(value, shapes, reference, offsets,
-                                                         logits),
-                                   kernel.sample_pixels(value, shapes, pixels, weights),
+                                                         attn),
+                                   kernel.sample_pixels(value, shapes, pixels, attn),
                                    atol=1e-12, rtol=1e-12)
     with pytest.raises(RuntimeError, match="no backward"):
-        kernel.sample_offsets(value, shapes, reference, offsets, logits.requires_grad_())
+        kernel.sample_offsets(value, shapes, reference, offsets, attn.requires_grad_())
 
 
 def test_wide_heads_take_hfs_path():
