@@ -116,11 +116,19 @@ inline V load(const T* p) {
   return v;
 }
 
-template <typename T, typename V, int64_t W>
-inline T sum(const V& v) {
-  T out = 0;
-  for (int64_t j = 0; j < W; ++j) out += v[j];
-  return out;
+// The sum of a row's W lanes, halving the vector until one lane is left (a few shuffles and
+// additions instead of W dependent ones).
+template <typename T, int64_t W>
+inline T sum(const typename Lanes<T, W>::type& v) {
+  if constexpr (W == 1) {
+    return v[0];
+  } else {
+    using Half = typename Lanes<T, W / 2>::type;
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return sum<T, W / 2>(lo + hi);
+  }
 }
 
 // Rows [lo, hi) of (batch, query, head). With ``ref`` (batch × queries × levels × 2, pixels),
@@ -253,9 +261,9 @@ void backward_pairs(const T* __restrict__ value, const int64_t* shapes, const in
             }
           }
           if constexpr (W > 0) {
-            s = sum<T, V, W>(ps);
-            dx = sum<T, V, W>(px);
-            dy = sum<T, V, W>(py);
+            s = sum<T, W>(ps);
+            dx = sum<T, W>(px);
+            dy = sum<T, W>(py);
           }
           *gap = s;
           glp[0] = a * dx * T(wl);
