@@ -100,37 +100,49 @@ void by_width(int64_t D, const F& f) {
   }
 }
 
-// A head's row of W values (W > 0) as one GCC/Clang vector: a row's sums stay in registers and
-// each step on a row is a few SIMD instructions, whatever the compiler's loop heuristics make
-// of a small array (g++ 12 turned a 16-float accumulator into 16 scalar registers and
-// multiplied corner by corner, lane by lane). W = 0: the width known at run time only, plain
-// loops over arrays.
+// A head's row of W values as one GCC/Clang vector where it fits 64 bytes (16 floats: W = 16 in
+// float32), so that its sums stay in registers and each step on it is one or two SIMD
+// instructions: g++ 12 turned a plain 16-float accumulator into 16 scalar registers and
+// multiplied corner by corner, lane by lane. Wider rows (W = 32, or double precision) keep
+// plain arrays of compile-time width, which g++ vectorises well (a row of two 64-byte vectors
+// ran 1.75 times slower there), and W = 0, the width known at run time only, plain loops.
 template <typename T, int64_t W>
-struct Lanes {
-  typedef T type __attribute__((vector_size(sizeof(T) * (W > 0 ? W : 1))));
-};
+struct Row {
+  static constexpr bool kVector = W > 0 && W * int64_t(sizeof(T)) <= 64;
+  static constexpr int64_t kLanes = kVector ? W : 1;
+  typedef T Chunk __attribute__((vector_size(sizeof(T) * kLanes)));
+  Chunk c[1];
 
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-// The sum of a row's W lanes, halving the vector until one lane is left (a few shuffles and
-// additions instead of W dependent ones).
-template <typename T, int64_t W>
-inline T sum(const typename Lanes<T, W>::type& v) {
-  if constexpr (W == 1) {
-    return v[0];
-  } else {
-    using Half = typename Lanes<T, W / 2>::type;
-    Half lo, hi;
-    std::memcpy(&lo, &v, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-    return sum<T, W / 2>(lo + hi);
+  static Row load(const T* p) {
+    Row r;
+    std::memcpy(r.c, p, sizeof r.c);
+    return r;
   }
-}
+  void store(T* p) const { std::memcpy(p, c, sizeof c); }
+  // this += s * x.
+  void add(T s, const Row& x) { c[0] += s * x.c[0]; }
+  Row operator*(const Row& x) const {
+    Row r;
+    r.c[0] = c[0] * x.c[0];
+    return r;
+  }
+  // The sum of the lanes, the vector halved until one lane is left.
+  T sum() const { return halves<kLanes>(c[0]); }
+
+ private:
+  template <int64_t N, typename V>
+  static T halves(const V& v) {
+    if constexpr (N == 1) {
+      return v[0];
+    } else {
+      typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
+      Half lo, hi;
+      std::memcpy(&lo, &v, sizeof lo);
+      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+      return halves<N / 2>(lo + hi);
+    }
+  }
+};
 
 // Rows [lo, hi) of (batch, query, head). With ``ref`` (batch × queries × levels × 2, pixels),
 // ``loc`` holds offsets in pixels from each level's reference.
@@ -139,24 +151,24 @@ void forward_rows(const T* __restrict__ value, const int64_t* shapes, const int6
                   const T* __restrict__ loc, const T* __restrict__ attn, T* __restrict__ out,
                   int64_t S, int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P,
                   bool pixels, const T* __restrict__ ref, int64_t lo, int64_t hi) {
-  using V = typename Lanes<T, W>::type;
-  const int64_t row = H * D;
-  T acc[W > 0 ? 1 : 1024];
-  V lanes;
+  constexpr bool vector = Row<T, W>::kVector;
+  const int64_t row = H * D, width = W > 0 ? W : D;
+  T acc[vector ? 1 : (W > 0 ? W : 1024)];
+  Row<T, W> lanes;
   // out += s * the row at x.
   auto add = [&](T s, const T* __restrict__ x) {
-    if constexpr (W > 0) {
-      lanes += s * load<V>(x);
+    if constexpr (vector) {
+      lanes.add(s, Row<T, W>::load(x));
     } else {
-      for (int64_t d = 0; d < D; ++d) acc[d] += s * x[d];
+      for (int64_t d = 0; d < width; ++d) acc[d] += s * x[d];
     }
   };
   for (int64_t i = lo; i < hi; ++i) {
     const int64_t b = i / (Q * H), h = i % H;
-    if constexpr (W > 0) {
-      lanes = V{};
+    if constexpr (vector) {
+      lanes = Row<T, W>{};
     } else {
-      std::fill(acc, acc + D, T(0));
+      std::fill(acc, acc + width, T(0));
     }
     const T* lp = loc + i * L * P * 2;
     const T* ap = attn + i * L * P;
@@ -178,10 +190,10 @@ void forward_rows(const T* __restrict__ value, const int64_t* shapes, const int6
         if (y1in && x1in) add(a * fx * fy, v + off + (wl + 1) * row);
       }
     }
-    if constexpr (W > 0) {
-      std::memcpy(out + i * D, &lanes, sizeof lanes);
+    if constexpr (vector) {
+      lanes.store(out + i * D);
     } else {
-      std::copy(acc, acc + D, out + i * D);
+      std::copy(acc, acc + width, out + i * D);
     }
   }
 }
@@ -205,18 +217,18 @@ void backward_pairs(const T* __restrict__ value, const int64_t* shapes, const in
                     const T* __restrict__ grad, T* __restrict__ gvalue, T* __restrict__ gloc,
                     T* __restrict__ gattn, int64_t S, int64_t H, int64_t D, int64_t Q,
                     int64_t L, int64_t P, int64_t lo, int64_t hi) {
-  using V = typename Lanes<T, W>::type;
-  const int64_t row = H * D;
-  T g[W > 0 ? 1 : 1024];
-  V lanes;
+  constexpr bool vector = Row<T, W>::kVector;
+  const int64_t row = H * D, width = W > 0 ? W : D;
+  T g[vector ? 1 : (W > 0 ? W : 1024)];
+  Row<T, W> lanes;
   for (int64_t bh = lo; bh < hi; ++bh) {
     const int64_t b = bh / H, h = bh % H;
     for (int64_t q = 0; q < Q; ++q) {
       const int64_t i = (b * Q + q) * H + h;
-      if constexpr (W > 0) {
-        lanes = load<V>(grad + i * D);
+      if constexpr (vector) {
+        lanes = Row<T, W>::load(grad + i * D);
       } else {
-        std::copy(grad + i * D, grad + i * D + D, g);
+        std::copy(grad + i * D, grad + i * D + width, g);
       }
       const T* lp = loc + i * L * P * 2;
       const T* ap = attn + i * L * P;
@@ -235,7 +247,7 @@ void backward_pairs(const T* __restrict__ value, const int64_t* shapes, const in
           T s = 0, dx = 0, dy = 0;
           // With vectors, the corners' products with the gradient row are weighted lane by
           // lane and each sum taken once per point.
-          V ps{}, px{}, py{};
+          Row<T, W> ps{}, px{}, py{};
           for (int c = 0; c < 4; ++c) {
             const int64_t xx = pt.x0 + (c & 1), yy = pt.y0 + (c >> 1);
             if (xx < 0 || xx >= wl || yy < 0 || yy >= hl) continue;
@@ -243,16 +255,17 @@ void backward_pairs(const T* __restrict__ value, const int64_t* shapes, const in
             const T* vc = value + off;
             T* gvc = gvalue + off;
             const T k = a * w[c];
-            if constexpr (W > 0) {
-              const V prod = load<V>(vc) * lanes;
-              ps += w[c] * prod;
-              px += wx[c] * prod;
-              py += wy[c] * prod;
-              const V gv = load<V>(gvc) + k * lanes;
-              std::memcpy(gvc, &gv, sizeof gv);
+            if constexpr (vector) {
+              const Row<T, W> prod = Row<T, W>::load(vc) * lanes;
+              ps.add(w[c], prod);
+              px.add(wx[c], prod);
+              py.add(wy[c], prod);
+              Row<T, W> gv = Row<T, W>::load(gvc);
+              gv.add(k, lanes);
+              gv.store(gvc);
             } else {
               T dot = 0;
-              for (int64_t d = 0; d < D; ++d) {
+              for (int64_t d = 0; d < width; ++d) {
                 dot += vc[d] * g[d];
                 gvc[d] += k * g[d];
               }
@@ -261,10 +274,10 @@ void backward_pairs(const T* __restrict__ value, const int64_t* shapes, const in
               dy += wy[c] * dot;
             }
           }
-          if constexpr (W > 0) {
-            s = sum<T, W>(ps);
-            dx = sum<T, W>(px);
-            dy = sum<T, W>(py);
+          if constexpr (vector) {
+            s = ps.sum();
+            dx = px.sum();
+            dy = py.sum();
           }
           *gap = s;
           glp[0] = a * dx * T(wl);
