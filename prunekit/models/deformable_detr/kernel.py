@@ -13,9 +13,10 @@ locations and of the attention weights come from one more visit.
 
 It is the arithmetic of ``grid_sample`` (bilinear, zero padding, ``align_corners=False``) and
 its gradients, which the tests compare with HF's path in double precision. The C++ source below
-is compiled once per kind of CPU (``-march=native``: a row of the head widths 16 and 32 held
-as one GCC/Clang vector, in registers, three times faster than generic x86-64 code here; left
-to g++ 12's own vectoriser, 16-wide rows stayed scalar) with the system's C++
+is compiled once per kind of CPU (``-march=native``: the head widths 16 and 32 fixed at compile
+time, so that a row's sums stay in vector registers, three times faster than generic x86-64
+code here; a 16-float row is written as one GCC/Clang vector, which g++ 12's own vectoriser had
+left scalar) with the system's C++
 compiler into prunekit's cache (``$PRUNEKIT_CACHE`` or ``~/.cache/prunekit``) and loaded with
 ctypes: no PyTorch headers, so it builds in about a second. Without a compiler, on CUDA, under
 ``torch.compile``, ``torch.export`` or TorchScript tracing, and for dtypes other than float32
