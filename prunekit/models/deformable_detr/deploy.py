@@ -20,6 +20,8 @@ it samples instead, the encoder's points given to it in pixels: on the reference
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -196,6 +198,7 @@ class OneDnnLinear(nn.Linear):
         return F.relu(y) if self.relu else y
 
 
+@functools.cache
 def _onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() \
         and hasattr(torch.ops.mkldnn, "_linear_pointwise")

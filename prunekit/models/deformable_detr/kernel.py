@@ -308,17 +308,9 @@ void backward(const T* value, const int64_t* shapes, const int64_t* starts, cons
   extern "C" void NAME##_forward(const T* value, const int64_t* shapes,                     \
                                  const int64_t* starts, const T* loc, const T* attn, T* out, \
                                  int64_t B, int64_t S, int64_t H, int64_t D, int64_t Q,      \
-                                 int64_t L, int64_t P, int64_t pixels, int64_t threads) {   \
-    forward<T>(value, shapes, starts, loc, attn, out, B, S, H, D, Q, L, P, pixels, nullptr,  \
-               threads);                                                                    \
-  }                                                                                         \
-  extern "C" void NAME##_forward_offsets(const T* value, const int64_t* shapes,             \
-                                         const int64_t* starts, const T* ref,               \
-                                         const T* offsets, const T* attn, T* out,           \
-                                         int64_t B, int64_t S, int64_t H, int64_t D,        \
-                                         int64_t Q, int64_t L, int64_t P,                   \
-                                         int64_t threads) {                                 \
-    forward<T>(value, shapes, starts, offsets, attn, out, B, S, H, D, Q, L, P, 1, ref,       \
+                                 int64_t L, int64_t P, int64_t pixels, const T* ref,        \
+                                 int64_t threads) {                                         \
+    forward<T>(value, shapes, starts, loc, attn, out, B, S, H, D, Q, L, P, pixels, ref,      \
                threads);                                                                    \
   }                                                                                         \
   extern "C" void NAME##_backward(const T* value, const int64_t* shapes,                    \
@@ -409,10 +401,8 @@ def library() -> ctypes.CDLL | None:
 def _declare(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int64
     for name in ("msda_f32", "msda_f64"):
-        getattr(lib, f"{name}_forward").argtypes = [p] * 6 + [i] * 9
+        getattr(lib, f"{name}_forward").argtypes = [p] * 6 + [i] * 8 + [p, i]
         getattr(lib, f"{name}_forward").restype = None
-        getattr(lib, f"{name}_forward_offsets").argtypes = [p] * 7 + [i] * 8
-        getattr(lib, f"{name}_forward_offsets").restype = None
         getattr(lib, f"{name}_backward").argtypes = [p] * 9 + [i] * 8
         getattr(lib, f"{name}_backward").restype = None
 
@@ -452,13 +442,29 @@ def _levels(shapes: tuple[tuple[int, int], ...]) -> tuple[Tensor, Tensor]:
 
 
 def _forward(value: Tensor, loc: Tensor, attn: Tensor, shapes: tuple[tuple[int, int], ...],
-             out: Tensor, *, pixels: bool) -> None:
+             out: Tensor, *, pixels: bool, reference: Tensor | None = None) -> None:
     b, s, h, d = value.shape
     q, levels, points = loc.shape[1], loc.shape[3], loc.shape[4]
     sizes, starts = _levels(shapes)
     fn = getattr(library(), _PREFIX[value.dtype] + "_forward")
     fn(_ptr(value), _ptr(sizes), _ptr(starts), _ptr(loc), _ptr(attn), _ptr(out),
-       b, s, h, d, q, levels, points, int(pixels), torch.get_num_threads())
+       b, s, h, d, q, levels, points, int(pixels),
+       None if reference is None else _ptr(reference), torch.get_num_threads())
+
+
+def _infer(name: str, value: Tensor, shapes: list[tuple[int, int]], loc: Tensor,
+           weights: Tensor, reference: Tensor | None = None) -> Tensor:
+    """The samples without gradients, locations in pixels (from ``reference`` if given)."""
+    tensors = [t for t in (value, loc, weights, reference) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        raise RuntimeError(f"{name} has no backward; use sample")
+    value, loc, weights = value.contiguous(), loc.contiguous(), weights.contiguous()
+    reference = None if reference is None else reference.contiguous()
+    b, _, h, d = value.shape
+    out = value.new_empty(b, loc.shape[1], h, d)
+    _forward(value, loc, weights, tuple((int(y), int(x)) for y, x in shapes), out, pixels=True,
+             reference=reference)
+    return out.view(b, loc.shape[1], h * d)
 
 
 class _Sample(torch.autograd.Function):
@@ -512,14 +518,7 @@ def sample_pixels(value: Tensor, shapes: list[tuple[int, int]], pixels: Tensor,
     """:func:`sample` with the locations already in ``grid_sample``'s pixel coordinates
     (fraction × size − 0.5), for inference: no gradients (call :func:`usable` first, with
     gradients off)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, pixels, weights)):
-        raise RuntimeError("sample_pixels has no backward; use sample")
-    value, pixels, weights = value.contiguous(), pixels.contiguous(), weights.contiguous()
-    b, _, h, d = value.shape
-    out = value.new_empty(b, pixels.shape[1], h, d)
-    _forward(value, pixels, weights, tuple((int(y), int(x)) for y, x in shapes), out,
-             pixels=True)
-    return out.view(b, pixels.shape[1], h * d)
+    return _infer("sample_pixels", value, shapes, pixels, weights)
 
 
 def sample_offsets(value: Tensor, shapes: list[tuple[int, int]], reference: Tensor,
@@ -540,19 +539,7 @@ def sample_offsets(value: Tensor, shapes: list[tuple[int, int]], reference: Tens
     Returns:
         batch × queries × (heads · width).
     """
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (value, reference, offsets,
-                                                                   weights)):
-        raise RuntimeError("sample_offsets has no backward; use sample")
-    value, reference, offsets, weights = (t.contiguous() for t in (value, reference, offsets,
-                                                                    weights))
-    b, s, h, d = value.shape
-    q, levels, points = offsets.shape[1], offsets.shape[3], offsets.shape[4]
-    sizes, starts = _levels(tuple((int(y), int(x)) for y, x in shapes))
-    out = value.new_empty(b, q, h, d)
-    fn = getattr(library(), _PREFIX[value.dtype] + "_forward_offsets")
-    fn(_ptr(value), _ptr(sizes), _ptr(starts), _ptr(reference), _ptr(offsets), _ptr(weights),
-       _ptr(out), b, s, h, d, q, levels, points, torch.get_num_threads())
-    return out.view(b, q, h * d)
+    return _infer("sample_offsets", value, shapes, offsets, weights, reference)
 
 
 def _hf_sampling() -> type:
