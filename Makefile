@@ -588,7 +588,9 @@ S_SCOPE ?= layer
 # Per model, extra flags for the cubic cells' schedule (empty: `grid cell`'s defaults, ending at
 # two thirds of the steps with an update every tenth of that). The README's runs 51-54 are
 # 'S_FT_yolov3-small=--steps 300 --batch-size 16 --lr 1e-3' 'S_CUBIC_yolov3-small=--prune-end 150
-# --prune-every 10'.
+# --prune-every 10'; runs 81-84, where both halves of issue 26's YOLOv3 line hold, are
+# 'S_FT_yolov3-small=--steps 600 --batch-size 16 --lr 1e-3' 'S_CUBIC_yolov3-small=--prune-end 300
+# --prune-every 20'.
 S_CUBIC_yolov3-small ?=
 S_CUBIC_deformable-detr-small ?=
 S_SCHEDULES_filter := one-shot cubic sensitivity
