@@ -160,3 +160,38 @@ def test_kernel_builds_into_the_cache_once(tmp_path, monkeypatch):
     monkeypatch.setattr(kernel, "_loaded", {})
     assert kernel.library() is not None
     assert built[0].stat().st_mtime_ns == mtime
+
+
+def _mapped_openmp() -> set[str]:
+    with open("/proc/self/maps") as f:
+        return {line.split()[-1] for line in f if "libgomp" in line or "libiomp" in line}
+
+
+@pytest.mark.parametrize("own_threads", [False, True])
+def test_threads_change_nothing_and_openmp_is_pytorchs(tmp_path, monkeypatch, own_threads):
+    """One, two and three threads give the same bits forward and backward (rows and (batch,
+    head) pairs are split, never sums), with the kernel on PyTorch's OpenMP threads and on
+    threads of its own; built for OpenMP, the library links the libgomp PyTorch loaded, no
+    second runtime."""
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(kernel, "_loaded", {})
+    if own_threads:
+        monkeypatch.setattr(kernel, "openmp", lambda: False)
+    before = _mapped_openmp()
+    assert kernel.library() is not None
+    if kernel.openmp():
+        assert len(before) == 1 and _mapped_openmp() == before
+    value, shapes, loc, attn = _inputs(torch.float32, batch=2, heads=3, width=16, queries=41)
+    grad = torch.randn(2, 41, 48, generator=torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            runs.append(_run(kernel.sample, value, shapes, loc, attn, grad))
+    finally:
+        torch.set_num_threads(threads)
+    (out, grads), rest = runs[0], runs[1:]
+    for other, other_grads in rest:
+        assert torch.equal(out, other)
+        assert all(torch.equal(a, b) for a, b in zip(grads, other_grads, strict=True))
