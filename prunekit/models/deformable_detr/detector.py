@@ -276,6 +276,7 @@ class DeformableDETR(Detector):
         gather becomes generic Gather and ReduceSum nodes, 21 times slower there
         (deformable-detr-small, one thread: 298 ms against 14.2 ms)."""
         from prunekit.models.deformable_detr.deploy import (
+            cached_positions,
             fold_batchnorm,
             inplace_relu,
             lean_sampling,
@@ -286,7 +287,7 @@ class DeformableDETR(Detector):
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
         if runtime == "onnxruntime":
             return install(model, kernel=False)
-        return onednn_linears(lean_sampling(model))
+        return cached_positions(onednn_linears(lean_sampling(model)))
 
     def quantization(self) -> Quantization:
         """The backbone's convolutions and the transformer's matrix products in integers; the

@@ -249,3 +249,38 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
             monkeypatch.setattr(kernel, "usable", lambda *tensors: False)
         for a, b in zip(expected, deployed(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_deployed_position_embeddings_follow_the_mask_and_shape():
+    """The deployed model keeps its position embeddings from one call to the next, and only
+    while the padding mask and the shape are the same: letterboxed batches with other masks,
+    and another batch size, give the undeployed model's outputs, in and out of inference
+    mode."""
+    from prunekit.models.deformable_detr.deploy import CachedPositions
+
+    torch.manual_seed(0)
+    model = init("deformable-detr-small", names=CLASSES, img_size=96).build().eval()
+    deployed = model.deployed()
+    cached = [m for m in deployed.modules() if isinstance(m, CachedPositions)]
+    assert len(cached) == 1
+    x = torch.rand(2, 3, *model.input_shape[1:])
+    h, w = model.input_shape[1:]
+    full = torch.ones(2, h, w, dtype=torch.long)
+    right = full.clone()
+    right[:, :, w // 2:] = 0
+    below = full.clone()
+    below[1, h // 3:, :] = 0
+    # One entry per level's shape: the third call computes again (the entry holds the last
+    # mask), the last one is served from the cache.
+    calls = [(x, full), (x, right), (x, full), (x, below), (x[:1], full[:1]), (x, below)]
+    computed = []
+    cached[0].embedding.register_forward_hook(lambda *_: computed.append(1))
+    levels = model.detr.config.num_feature_levels
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            for k, (images, mask) in enumerate(calls):
+                before = len(computed)
+                expected = model.forward_masked(images, mask)
+                for a, b in zip(expected, deployed.forward_masked(images, mask), strict=True):
+                    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+                assert len(computed) - before == (0 if k == len(calls) - 1 else levels)
