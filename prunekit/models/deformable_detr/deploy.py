@@ -176,9 +176,9 @@ class CachedPositions(nn.Module):
     the feature map's shape and its padding mask stay the same: a deployed model sees one input
     size, and on the reference Deformable DETR at 375 x 1242 (two threads) the four levels'
     embeddings took 5-6 ms of every image, as much in a pruned model as in the dense one. The
-    mask is compared, not assumed (letterboxed images pad some of the map). The embedding has
-    no parameters, so nothing of it needs gradients; traces compute it, and inference mode
-    keeps entries of its own (its tensors cannot enter autograd)."""
+    mask is compared, not assumed (an image of another aspect pads part of the canvas). The
+    embedding has no parameters, so nothing of it needs gradients; traces compute it, and
+    inference mode keeps entries of its own (its tensors cannot enter autograd)."""
 
     def __init__(self, embedding: nn.Module) -> None:
         super().__init__()
