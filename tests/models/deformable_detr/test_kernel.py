@@ -87,22 +87,28 @@ def test_pixel_coordinates_give_the_same_samples_without_gradients():
         kernel.sample_pixels(value.requires_grad_(), shapes, pixels, attn)
 
 
-def test_offsets_from_references_give_the_same_samples():
-    """The deployed encoder's call: the kernel adds each offset to its level's reference, as
-    sample_pixels on the sums."""
-    value, shapes, loc, attn = _inputs(torch.float64)
+@pytest.mark.parametrize("points", [3, 17])  # 12 and 68 sampling points a row
+@pytest.mark.parametrize("width", [8, 16, 32])  # the kernel's generic loop and its unrolled two
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_offsets_from_references_give_the_same_samples(dtype, width, points):
+    """The deployed encoder's call: the kernel adds each offset to its level's reference, and
+    gives the same bits as sample_pixels on the sums (and HF's path's numbers), off-map points
+    and corners included."""
+    value, shapes, loc, attn = _inputs(dtype, width=width, points=points)
     b, q, h, levels, points, _ = loc.shape
     g = torch.Generator().manual_seed(2)
-    size = torch.tensor(shapes, dtype=torch.float64).flip(-1).view(1, 1, levels, 2)
-    reference = torch.rand(b, q, levels, 2, generator=g, dtype=torch.float64) * size - 0.5
-    offsets = torch.randn(b, q, h, levels, points, 2, generator=g, dtype=torch.float64) * 3
+    size = torch.tensor(shapes, dtype=dtype).flip(-1).view(1, 1, levels, 2)
+    reference = torch.rand(b, q, levels, 2, generator=g, dtype=dtype) * size - 0.5
+    offsets = torch.randn(b, q, h, levels, points, 2, generator=g, dtype=dtype) * 3
     pixels = reference[:, :, None, :, None] + offsets
     assert ((pixels < -1) | (pixels > size[:, :, None, :, None])).any()  # points off the map
+    assert ((pixels > -1) & (pixels < 0)).any()  # inside, with corners off the map
     with torch.no_grad():
-        torch.testing.assert_close(kernel.sample_offsets(value, shapes, reference, offsets,
-                                                         attn),
-                                   kernel.sample_pixels(value, shapes, pixels, attn),
-                                   atol=1e-12, rtol=1e-12)
+        out = kernel.sample_offsets(value, shapes, reference, offsets, attn)
+        assert torch.equal(out, kernel.sample_pixels(value, shapes, pixels, attn))
+        ref = _hf_sample(value, shapes, (pixels + 0.5) / size[:, :, None, :, None], attn)
+        torch.testing.assert_close(out, ref, **({"atol": 1e-5, "rtol": 1e-5}
+                                                if dtype == torch.float32 else {}))
     with pytest.raises(RuntimeError, match="no backward"):
         kernel.sample_offsets(value, shapes, reference, offsets, attn.requires_grad_())
 
