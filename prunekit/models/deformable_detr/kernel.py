@@ -392,8 +392,12 @@ def openmp() -> bool:
     return True
 
 
-def _flags() -> list[str]:
-    return _FLAGS + (_OPENMP_FLAGS if openmp() else [])
+def _flag_sets(cxx: str) -> list[list[str]]:
+    """The flags to build with, in the order to try them: with OpenMP first where PyTorch's is
+    GNU's and the compiler is GCC's (clang's ``-fopenmp`` links LLVM's runtime, a second one),
+    then without (a GCC without its OpenMP library still builds the kernel)."""
+    gcc = "g++" in Path(os.path.realpath(cxx)).name
+    return ([_FLAGS + _OPENMP_FLAGS] if gcc and openmp() else []) + [_FLAGS]
 
 
 def _build(cxx: str, flags: list[str], target: Path) -> None:
@@ -426,19 +430,23 @@ def library() -> ctypes.CDLL | None:
                   "Deformable DETR runs HF's slower grid_sample path (install g++ to speed "
                   "it up)", file=sys.stderr)
         else:
-            flags = _flags()
-            digest = hashlib.sha256("\0".join([SOURCE, cxx, *flags, _cpu()]).encode()) \
-                .hexdigest()
-            target = cache_dir() / f"msda-{digest[:16]}.so"
-            try:
-                if not target.exists():
-                    _build(cxx, flags, target)
-                lib = ctypes.CDLL(str(target))
-                _declare(lib)
-            except (OSError, subprocess.SubprocessError) as e:
-                detail = getattr(e, "stderr", None) or str(e)
+            error: Exception | None = None
+            for flags in _flag_sets(cxx):
+                digest = hashlib.sha256("\0".join([SOURCE, cxx, *flags, _cpu()]).encode()) \
+                    .hexdigest()
+                target = cache_dir() / f"msda-{digest[:16]}.so"
+                try:
+                    if not target.exists():
+                        _build(cxx, flags, target)
+                    lib = ctypes.CDLL(str(target))
+                    _declare(lib)
+                    break
+                except (OSError, subprocess.SubprocessError) as e:
+                    error = e
+            else:
+                detail = getattr(error, "stderr", None) or str(error)
                 print(f"prunekit: the deformable-sampling kernel did not build ({cxx}: "
-                      f"{detail.strip().splitlines()[-1] if detail.strip() else e}); "
+                      f"{detail.strip().splitlines()[-1] if detail.strip() else error}); "
                       f"Deformable DETR runs HF's slower grid_sample path", file=sys.stderr)
                 lib = None
         _loaded[key] = lib

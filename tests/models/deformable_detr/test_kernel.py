@@ -4,6 +4,8 @@ float; the model through it; and HF's path when no compiler is there."""
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -201,3 +203,25 @@ def test_threads_change_nothing_and_openmp_is_pytorchs(tmp_path, monkeypatch, ow
     for other, other_grads in rest:
         assert torch.equal(out, other)
         assert all(torch.equal(a, b) for a, b in zip(grads, other_grads, strict=True))
+
+
+def test_a_gcc_without_openmp_builds_the_kernel_without_it(tmp_path, monkeypatch, capsys):
+    """A GCC whose ``-fopenmp`` fails (no libgomp to link) still builds the kernel, with threads
+    of its own, and says nothing: the OpenMP build is a speed-up, not a requirement."""
+    if not kernel.openmp():
+        pytest.skip("PyTorch's threads are not GNU OpenMP's here")
+    fake = tmp_path / "fake-g++"
+    fake.write_text('#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && '
+                    '{ echo "cannot find -lgomp" >&2; exit 1; }; done\n'
+                    f'exec {shutil.which("g++")} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CXX", str(fake))
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(kernel, "_loaded", {})
+    assert kernel._flag_sets(str(fake))[0][-1] == "-DPRUNEKIT_OPENMP"  # tried first
+    value, shapes, loc, attn = _inputs(torch.float32)
+    assert kernel.usable(value, loc, attn)
+    assert capsys.readouterr().err == ""
+    assert len(list((tmp_path / "cache").glob("msda-*.so"))) == 1
+    torch.testing.assert_close(kernel.sample(value, shapes, loc, attn),
+                               _hf_sample(value, shapes, loc, attn), atol=2e-5, rtol=2e-5)
