@@ -24,8 +24,9 @@ and float64, HF's own path runs (the deployed form: its weighted gather).
 Threads: as many as PyTorch's (``torch.get_num_threads``); the forward splits the (batch,
 query, head) rows between them, the backward the (batch, head) pairs, so that no two threads
 ever add into the same value gradient and any number of threads gives the same bits. Where
-PyTorch's threads are GNU OpenMP's (``libgomp.so.1`` loaded, as in PyTorch's Linux wheels) the
-library is built with ``-fopenmp`` and runs on those very threads; elsewhere it starts its own.
+PyTorch's threads are GNU OpenMP's (``libgomp.so.1`` loaded, as in PyTorch's Linux wheels) and
+the compiler is GCC, the library is built with ``-fopenmp`` and runs on those very threads;
+elsewhere, or if that build fails, it starts its own.
 """
 
 from __future__ import annotations
