@@ -432,10 +432,15 @@ def library() -> ctypes.CDLL | None:
                   "it up)", file=sys.stderr)
         else:
             error: Exception | None = None
-            for flags in _flag_sets(cxx):
+            sets = _flag_sets(cxx)
+            for flags in sets:
                 digest = hashlib.sha256("\0".join([SOURCE, cxx, *flags, _cpu()]).encode()) \
                     .hexdigest()
                 target = cache_dir() / f"msda-{digest[:16]}.so"
+                # An optional build (OpenMP) that failed once is not tried by every process.
+                failed = target.with_suffix(".failed")
+                if flags is not sets[-1] and failed.exists():
+                    continue
                 try:
                     if not target.exists():
                         _build(cxx, flags, target)
@@ -444,6 +449,9 @@ def library() -> ctypes.CDLL | None:
                     break
                 except (OSError, subprocess.SubprocessError) as e:
                     error = e
+                    if flags is not sets[-1]:
+                        failed.parent.mkdir(parents=True, exist_ok=True)
+                        failed.write_text(str(getattr(e, "stderr", None) or e))
             else:
                 detail = getattr(error, "stderr", None) or str(error)
                 print(f"prunekit: the deformable-sampling kernel did not build ({cxx}: "
