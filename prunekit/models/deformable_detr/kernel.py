@@ -31,6 +31,7 @@ elsewhere, or if that build fails, it starts its own.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
@@ -433,13 +434,14 @@ def library() -> ctypes.CDLL | None:
         else:
             error: Exception | None = None
             sets = _flag_sets(cxx)
-            for flags in sets:
+            for i, flags in enumerate(sets):
+                optional = i < len(sets) - 1  # a faster build with a fallback after it
                 digest = hashlib.sha256("\0".join([SOURCE, cxx, *flags, _cpu()]).encode()) \
                     .hexdigest()
                 target = cache_dir() / f"msda-{digest[:16]}.so"
                 # An optional build (OpenMP) that failed once is not tried by every process.
                 failed = target.with_suffix(".failed")
-                if flags is not sets[-1] and failed.exists():
+                if optional and failed.exists():
                     continue
                 try:
                     if not target.exists():
@@ -449,9 +451,10 @@ def library() -> ctypes.CDLL | None:
                     break
                 except (OSError, subprocess.SubprocessError) as e:
                     error = e
-                    if flags is not sets[-1]:
-                        failed.parent.mkdir(parents=True, exist_ok=True)
-                        failed.write_text(str(getattr(e, "stderr", None) or e))
+                    if optional:
+                        # Best effort: a cache it cannot write to still gets the fallback.
+                        with contextlib.suppress(OSError):
+                            failed.write_text(str(getattr(e, "stderr", None) or e))
             else:
                 detail = getattr(error, "stderr", None) or str(error)
                 print(f"prunekit: the deformable-sampling kernel did not build ({cxx}: "
