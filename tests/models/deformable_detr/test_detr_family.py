@@ -251,6 +251,48 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("refine", [False, True])  # point references (the reference's), boxes
+def test_deployed_decoder_projects_its_samples(refine, tmp_path, monkeypatch):
+    """Where few queries sample many positions, the deployed attention samples the unprojected
+    map and projects the samples: the outputs stay the model's, with point and box references,
+    value biases, sampling points off the map and padding masks that differ by image."""
+    from prunekit.models.deformable_detr import deploy
+
+    hf = _hf_model(with_box_refine=refine)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "sampling_offsets.weight" in name:  # offsets that reach past the maps' edges
+                p.normal_(0, 0.2)
+            elif "value_proj.bias" in name:  # weights off the map must not take their bias
+                p.normal_(0, 1.0)
+    hf.save_pretrained(tmp_path / "detr")
+    model = init(options={"hf": tmp_path / "detr"}, img_size=96).build().eval()
+    chosen = []
+    monkeypatch.setattr(deploy, "_samples_first",
+                        lambda queries, positions, *rest: chosen.append(queries) or True)
+    deployed = model.deployed()
+    x = torch.rand(2, 3, *model.input_shape[1:])
+    h, w = model.input_shape[1:]
+    mask = torch.ones(2, h, w, dtype=torch.long)
+    mask[1, h // 3:, :] = 0
+    mask[0, :, w // 2:] = 0
+    with torch.no_grad():
+        for pixel_mask in (None, mask):
+            expected = model.forward_masked(x, pixel_mask)
+            for a, b in zip(expected, deployed.forward_masked(x, pixel_mask), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert chosen.count(20) == 2 * 2  # both decoder layers (20 queries), both calls
+
+
+def test_samples_are_projected_only_where_that_is_less_work():
+    """The reference model at 375 x 1242: its decoder (300 queries) samples the encoder's
+    unprojected 9,792 positions; its encoder, whose queries are those positions, does not."""
+    from prunekit.models.deformable_detr.deploy import _samples_first
+
+    assert _samples_first(300, 9792, 8, 16, 256)
+    assert not _samples_first(9792, 9792, 8, 16, 256)
+
+
 def test_deployed_position_embeddings_follow_the_mask_and_shape():
     """The deployed model keeps its position embeddings from one call to the next, and only
     while the padding mask and the shape are the same: letterboxed batches with other masks,

@@ -48,7 +48,8 @@ def _hf_sample(value, shapes, loc, attn):
     return _hf()(value, torch.tensor(shapes), shapes, starts, loc, attn, 64)
 
 
-@pytest.mark.parametrize("width", [8, 16, 32])  # the kernel's generic loop and its unrolled two
+# the generic loop, the head widths unrolled, and the model widths the decoder samples whole
+@pytest.mark.parametrize("width", [8, 16, 32, 64, 256])
 @pytest.mark.parametrize(("dtype", "tol"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
 def test_kernel_equals_hfs_grid_sample_path_with_gradients(dtype, tol, width):
     value, shapes, loc, attn = _inputs(dtype, width=width)
