@@ -5,8 +5,11 @@ convolutions and matrix products; BatchNorm, biases and activations are not coun
 is ``flops / 2``. These are the dense counts of the model as it runs: an unstructured mask zeroes
 weights but a dense convolution still multiplies by them, so only compaction lowers ``macs``
 (``macs_nonzero`` counts the multiply–accumulates with a non-zero weight, the work a sparse kernel
-would do). Latency uses :class:`torch.utils.benchmark.Timer` with an explicit thread count,
-warm-up runs first, CUDA synchronisation, and reports the median and inter-quartile range.
+would do). They count the model's own arithmetic: a family's deployed form may reach the same
+outputs with fewer (Deformable DETR's decoder projects its samples rather than every encoder
+position), as many fewer in a pruned model as in the dense one. Latency uses
+:class:`torch.utils.benchmark.Timer` with an explicit thread count, warm-up runs first, CUDA
+synchronisation, and reports the median and inter-quartile range.
 
 Every model is timed in the form a deployment runs it, the same for dense, masked and compacted
 models: its family's deployment form (:meth:`~prunekit.models.base.Detector.deployed`: BatchNorm
