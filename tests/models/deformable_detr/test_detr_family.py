@@ -282,6 +282,11 @@ def test_deployed_decoder_projects_its_samples(refine, tmp_path, monkeypatch):
             for a, b in zip(expected, deployed.forward_masked(x, pixel_mask), strict=True):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert chosen.count(20) == 2 * 2  # both decoder layers (20 queries), both calls
+    # With gradients to the image (an attack's), the projection stays before the sampling.
+    chosen.clear()
+    images = x.clone().requires_grad_()
+    deployed.forward_masked(images, None)[0].sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0 and not chosen
 
 
 def test_samples_are_projected_only_where_that_is_less_work():
