@@ -160,7 +160,7 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     offsets = self.sampling_offsets(hidden_states).view(b, q, heads, levels, points, 2)
     attn = F.softmax(self.attention_weights(hidden_states).view(
         b, q, heads, levels * points), -1).view(b, q, heads, levels, points)
-    inferring = kernel.usable(encoder_hidden_states, offsets, attn) and not (
+    inferring = kernel.usable(encoder_hidden_states, reference_points, offsets, attn) and not (
         torch.is_grad_enabled() and any(t.requires_grad for t in (
             encoder_hidden_states, reference_points, offsets, attn, self.value_proj.weight)))
     if inferring and _samples_first(q, s, heads, levels * points, self.d_model):
