@@ -361,6 +361,49 @@ def inplace_relu(model: nn.Module) -> nn.Module:
     return model
 
 
+def _encoder_layer_forward(self: nn.Module, hidden_states: Tensor, attention_mask: Tensor,
+                          spatial_position_embeddings: Tensor | None = None,
+                          reference_points: Tensor | None = None,
+                          spatial_shapes: Tensor | None = None,
+                          spatial_shapes_list: list[tuple[int, int]] | None = None,
+                          level_start_index: Tensor | None = None, **kwargs) -> Tensor:
+    """HF's ``DeformableDetrEncoderLayer.forward`` in eval mode, each residual addition and the
+    layer norm after it one pass where the kernel runs (:func:`kernel.add_norm`). In training
+    mode (dropout) the layer's own forward runs."""
+    if self.training:
+        return type(self).forward(self, hidden_states, attention_mask,
+                                  spatial_position_embeddings=spatial_position_embeddings,
+                                  reference_points=reference_points,
+                                  spatial_shapes=spatial_shapes,
+                                  spatial_shapes_list=spatial_shapes_list,
+                                  level_start_index=level_start_index, **kwargs)
+    attended, _ = self.self_attn(
+        hidden_states=hidden_states, attention_mask=attention_mask,
+        encoder_hidden_states=hidden_states, encoder_attention_mask=attention_mask,
+        position_embeddings=spatial_position_embeddings, reference_points=reference_points,
+        spatial_shapes=spatial_shapes, spatial_shapes_list=spatial_shapes_list,
+        level_start_index=level_start_index)
+    hidden_states = kernel.add_norm(attended, hidden_states, self.self_attn_layer_norm)
+    return kernel.add_norm(self.mlp(hidden_states), hidden_states, self.final_layer_norm)
+
+
+def fused_norms(model: nn.Module) -> nn.Module:
+    """``model`` with every encoder layer adding each residual and normalising the sum in one
+    pass (:func:`_encoder_layer_forward`): on the reference Deformable DETR at 375 × 1242 the
+    addition and the layer norm over 9,792 rows of 256 took about 2 ms inside the model, twice
+    a layer, in a pruned model as in the dense one (whose encoder width is the same)."""
+    import types
+
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrEncoderLayer,
+    )
+
+    for m in model.modules():
+        if isinstance(m, DeformableDetrEncoderLayer):
+            m.forward = types.MethodType(_encoder_layer_forward, m)
+    return model
+
+
 def lean_sampling(model: nn.Module) -> nn.Module:
     """``model`` with every HF ``MultiScaleDeformableAttention`` replaced by
     :class:`GatherSampling`, and every deformable attention layer computing its encoder's

@@ -278,6 +278,7 @@ class DeformableDETR(Detector):
         from prunekit.models.deformable_detr.deploy import (
             cached_positions,
             fold_batchnorm,
+            fused_norms,
             inplace_relu,
             lean_sampling,
             onednn_linears,
@@ -287,7 +288,7 @@ class DeformableDETR(Detector):
         model = inplace_relu(fold_batchnorm(copy.deepcopy(self).eval()))
         if runtime == "onnxruntime":
             return install(model, kernel=False)
-        return cached_positions(onednn_linears(lean_sampling(model)))
+        return fused_norms(cached_positions(onednn_linears(lean_sampling(model))))
 
     def quantization(self) -> Quantization:
         """The backbone's convolutions and the transformer's matrix products in integers; the

@@ -334,6 +334,52 @@ void backward(const T* value, const int64_t* shapes, const int64_t* starts, cons
   });
 }
 
+// One row of layer_norm(x + y): the sum written once, its mean and variance with LANES
+// independent partial sums (vectorised as they stand; one running sum would be a chain the
+// compiler must keep in order), then normalised and scaled. Width W fixed at compile time, or 0
+// for n known at run time only.
+template <typename T, int64_t W>
+void add_norm_row(const T* x, const T* y, const T* w, const T* b, T* o, int64_t n, T eps) {
+  constexpr int64_t LANES = 64 / sizeof(T);
+  const int64_t N = W ? W : n;
+  T part[LANES] = {};
+  int64_t i = 0;
+  for (; i + LANES <= N; i += LANES)
+    for (int64_t j = 0; j < LANES; ++j) {
+      o[i + j] = x[i + j] + y[i + j];
+      part[j] += o[i + j];
+    }
+  T mean = 0;
+  for (; i < N; ++i) {
+    o[i] = x[i] + y[i];
+    mean += o[i];
+  }
+  for (int64_t j = 0; j < LANES; ++j) mean += part[j];
+  mean /= T(N);
+  T var = 0;
+  for (int64_t j = 0; j < LANES; ++j) part[j] = 0;
+  for (i = 0; i + LANES <= N; i += LANES)
+    for (int64_t j = 0; j < LANES; ++j) {
+      const T d = o[i + j] - mean;
+      part[j] += d * d;
+    }
+  for (; i < N; ++i) var += (o[i] - mean) * (o[i] - mean);
+  for (int64_t j = 0; j < LANES; ++j) var += part[j];
+  const T r = T(1) / std::sqrt(var / T(N) + eps);
+  for (i = 0; i < N; ++i) o[i] = (o[i] - mean) * r * w[i] + b[i];
+}
+
+template <typename T>
+void add_norm(const T* x, const T* y, const T* w, const T* b, T* out, int64_t rows, int64_t n,
+              T eps, int64_t threads) {
+  parallel(rows, threads, [&](int64_t lo, int64_t hi) {
+    by_width(n, [&](auto width) {
+      for (int64_t r = lo; r < hi; ++r)
+        add_norm_row<T, decltype(width)::value>(x + r * n, y + r * n, w, b, out + r * n, n, eps);
+    });
+  });
+}
+
 }  // namespace
 
 #define PRUNEKIT_MSDA(T, NAME)                                                              \
@@ -352,6 +398,10 @@ void backward(const T* value, const int64_t* shapes, const int64_t* starts, cons
                                   int64_t P, int64_t threads) {                             \
     backward<T>(value, shapes, starts, loc, attn, grad, gvalue, gloc, gattn, B, S, H, D, Q, \
                 L, P, threads);                                                             \
+  }                                                                                         \
+  extern "C" void NAME##_add_norm(const T* x, const T* y, const T* w, const T* b, T* out,  \
+                                  int64_t rows, int64_t n, double eps, int64_t threads) {   \
+    add_norm<T>(x, y, w, b, out, rows, n, T(eps), threads);                                  \
   }
 
 PRUNEKIT_MSDA(float, msda_f32)
@@ -479,6 +529,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         getattr(lib, f"{name}_forward").restype = None
         getattr(lib, f"{name}_backward").argtypes = [p] * 9 + [i] * 8
         getattr(lib, f"{name}_backward").restype = None
+        getattr(lib, f"{name}_add_norm").argtypes = [p] * 5 + [i, i, ctypes.c_double, i]
+        getattr(lib, f"{name}_add_norm").restype = None
 
 
 _PREFIX = {torch.float32: "msda_f32", torch.float64: "msda_f64"}
@@ -614,6 +666,29 @@ def sample_offsets(value: Tensor, shapes: list[tuple[int, int]], reference: Tens
         batch × queries × (heads · width).
     """
     return _infer("sample_offsets", value, shapes, offsets, weights, reference)
+
+
+def add_norm(x: Tensor, residual: Tensor, norm: torch.nn.LayerNorm) -> Tensor:
+    """``norm(x + residual)``, the residual addition and the layer norm after it in one pass
+    over the rows where the library runs (no gradients, a norm over the last dimension with
+    weight and bias); PyTorch's two operators elsewhere. The same numbers to float rounding
+    (the sums are taken in another order). Each encoder layer of Deformable DETR adds and
+    normalises twice over every position (9,792 rows of 256 at 375 × 1242): two passes that
+    read the sum back from memory, as wide in a filter-pruned model as in the dense one."""
+    params = (norm.weight, norm.bias)
+    if x.shape != residual.shape or norm.normalized_shape != (x.shape[-1],) \
+            or any(p is None for p in params) \
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in (x, residual, *params))) \
+            or not usable(x, residual, *params):
+        return norm(x + residual)
+    x, residual = x.contiguous(), residual.contiguous()
+    weight, bias = norm.weight.contiguous(), norm.bias.contiguous()
+    out = torch.empty_like(x)
+    n = x.shape[-1]
+    getattr(library(), _PREFIX[x.dtype] + "_add_norm")(
+        _ptr(x), _ptr(residual), _ptr(weight), _ptr(bias), _ptr(out), x.numel() // max(n, 1), n,
+        norm.eps, torch.get_num_threads())
+    return out
 
 
 def _hf_sampling() -> type:

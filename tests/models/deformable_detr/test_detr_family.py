@@ -221,8 +221,9 @@ def test_onednn_linear_is_the_linear_it_replaces(relu):
 @pytest.mark.parametrize("sampling", ["kernel", "gather"])
 def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
     """BatchNorm folded and the deformable sampling through the kernel, or as one weighted
-    gather where the kernel cannot run (no grid_sample either way): the outputs stay the
-    model's, sampling points off the map included."""
+    gather where the kernel cannot run (no grid_sample either way), and each encoder layer's
+    residual sums normalised in one pass: the outputs stay the model's, sampling points off
+    the map included."""
     from prunekit.models.deformable_detr import kernel
     from prunekit.models.deformable_detr.deploy import GatherSampling, OneDnnLinear
 
@@ -234,6 +235,8 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
                 p.normal_(0, 0.2)
             elif name.endswith("normalization.weight"):
                 p.uniform_(0.5, 1.5)
+            elif "layer_norm" in name:  # each norm its own scale and shift
+                p.normal_(1.0 if name.endswith("weight") else 0.0, 0.5)
         for name, b in model.named_buffers():
             if name.endswith("running_var"):
                 b.uniform_(0.5, 2.0)
@@ -243,12 +246,21 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
     assert linears and all(isinstance(m, OneDnnLinear) for m in linears)
     assert sum(m.relu for m in linears) == 4  # each feed-forward's first layer with its ReLU
     x = torch.rand(2, 3, *model.input_shape[1:])
+    fused = []
+    add_norm = kernel.add_norm
+    monkeypatch.setattr(kernel, "add_norm", lambda *a: fused.append(1) or add_norm(*a))
     with torch.no_grad():
         expected = model(x)
         if sampling == "gather":
             monkeypatch.setattr(kernel, "usable", lambda *tensors: False)
         for a, b in zip(expected, deployed(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        # Each encoder layer's two residual sums and their norms go through one function.
+        assert len(fused) == 2 * model.detr.config.encoder_layers
+        fused.clear()
+        deployed.train()  # dropout: the layers' own forward
+        deployed(x)
+        assert not fused
 
 
 @pytest.mark.parametrize("refine", [False, True])  # point references (the reference's), boxes

@@ -231,3 +231,37 @@ def test_a_gcc_without_openmp_builds_the_kernel_without_it(tmp_path, monkeypatch
     monkeypatch.setattr(kernel, "_loaded", {})  # the next process: no second OpenMP attempt
     assert kernel.library() is not None
     assert tried.read_text().count("\n") == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("width", [256, 48, 7])  # a compile-time width, a run-time one, a tail
+def test_add_norm_is_the_layer_norm_of_the_sum(dtype, width):
+    """The residual sum normalised in one pass equals PyTorch's addition then layer norm, with
+    any number of threads giving the same bits; with gradients, or a norm without weight and
+    bias, PyTorch's own two operators run (the gradients are theirs)."""
+    g = torch.Generator().manual_seed(0)
+    norm = torch.nn.LayerNorm(width, eps=1e-3).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(generator=g)
+        norm.bias.normal_(generator=g)
+    # Rows far from zero mean and unit variance, so a wrong mean or variance shows.
+    x = torch.randn(2, 37, width, generator=g, dtype=dtype) * 4 + 3
+    residual = torch.randn(2, 37, width, generator=g, dtype=dtype)
+    tol = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    with torch.no_grad():
+        expected = norm(x + residual)
+        threads = torch.get_num_threads()
+        try:
+            runs = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                runs.append(kernel.add_norm(x, residual, norm))
+        finally:
+            torch.set_num_threads(threads)
+        torch.testing.assert_close(runs[0], expected, atol=tol, rtol=tol)
+        assert all(torch.equal(runs[0], other) for other in runs[1:])
+        plain = torch.nn.LayerNorm(width, elementwise_affine=False).to(dtype)
+        assert torch.equal(kernel.add_norm(x, residual, plain), plain(x + residual))
+    x = x.clone().requires_grad_()
+    kernel.add_norm(x, residual, norm).sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None
