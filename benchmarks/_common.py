@@ -31,6 +31,29 @@ def targets_from_rows(rows: list[list[float]] | torch.Tensor, n: int, size: int)
                    Geometry(size, size)) for i in range(n)]
 
 
+def cache_read(seconds: float = 0.1, mib: int = 1) -> float:
+    """GB/s of summing a ``mib`` MiB buffer over and over for about ``seconds`` (PyTorch's
+    threads): a probe of the machine's state that no model changes. On the two-core AMD EPYC
+    of 2026-12-06 it read about 93 GB/s or about 77 GB/s, by the minute; the 75 %-compacted
+    yolov3-416, whose work stays in the cores' caches, ran 21.9 ms or 23.5 ms with it, while
+    the dense model's 300 ms barely moved."""
+    buffer = torch.rand(mib * 2**18)
+    buffer.sum()
+    n, t0 = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - t0) < seconds:
+        buffer.sum()
+        n += 1
+    return n * mib * 2**20 / elapsed / 1e9
+
+
+def print_rounds(latencies: dict[str, list[float]], probes: list[float]) -> None:
+    """Each round's latencies beside the cache-read probe taken after it, so that slow rounds
+    can be told from a slow machine."""
+    print(f"  per round: cache read (1 MiB) {', '.join(f'{p:.0f}' for p in probes)} GB/s; "
+          + "; ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)} ms"
+                      for k, vs in latencies.items()), flush=True)
+
+
 def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = True,
            detail: str = "") -> bool:
     ok = ratio <= limit if lower_is_better else ratio >= limit

@@ -19,7 +19,13 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import module_profile, print_excess, report  # noqa: E402
+from _common import (  # noqa: E402
+    cache_read,
+    module_profile,
+    print_excess,
+    print_rounds,
+    report,
+)
 
 from prunekit import checkpoint  # noqa: E402
 from prunekit.bench import Latency, bench, inference_form, resolve_runtime  # noqa: E402
@@ -45,9 +51,11 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
     timed = {(rt, r): Latency(ck.build(), x, rt, threads=threads, fallback=False)
              for rt in chosen for r, ck in models.items()}
     latencies: dict[tuple[str, float], list[float]] = {k: [] for k in timed}
+    probes = []
     for _ in range(rounds):
         for key, t in timed.items():
             latencies[key].append(t.measure(seconds)[0] * 1e3)
+        probes.append(cache_read())
     base = figures[0.0]
     ok = True
     for rt in chosen:
@@ -66,6 +74,7 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
                                 f"{base['bytes_stored'] / 1e6:.1f} -> "
                                 f"{m['bytes_stored'] / 1e6:.1f} MB, median of {rounds} rounds "
                                 f"of {seconds:g} s")
+    print_rounds({f"{rt} {r:.0%}": latencies[rt, r] for rt, r in timed}, probes)
     if profile:
         torch.set_num_threads(threads)
         # The eager form the timed runs use (deployed, channels-last on the CPU).

@@ -24,7 +24,13 @@ import sys
 import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from _common import module_profile, print_excess, report  # noqa: E402
+from _common import (  # noqa: E402
+    cache_read,
+    module_profile,
+    print_excess,
+    print_rounds,
+    report,
+)
 
 from prunekit.bench import Latency, bench, inference_form  # noqa: E402
 from prunekit.init import init  # noqa: E402
@@ -48,9 +54,11 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
     timed = {name: Latency(ck.build(), x, "eager", threads=threads, fallback=False)
              for name, ck in (("dense", dense), ("pruned", small))}
     latencies: dict[str, list[float]] = {name: [] for name in timed}
+    probes = []
     for _ in range(rounds):
         for name, t in timed.items():
             latencies[name].append(t.measure(seconds)[0] * 1e3)
+        probes.append(cache_read())
     base_ms, small_ms = (statistics.median(latencies[n]) for n in ("dense", "pruned"))
     macs_reduction = figures["dense"]["macs"] / figures["pruned"]["macs"]
     speedup = base_ms / small_ms
@@ -69,6 +77,7 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
                        f"projects its samples, {skipped / 1e9:.2f} G MACs fewer in both than "
                        f"counted: by the MACs run, x{run_reduction:.2f} and "
                        f"{speedup / run_reduction:.3f}")
+    print_rounds(latencies, probes)
     if profile:
         _profile({name: ck.build() for name, ck in (("dense", dense), ("pruned", small))}, x)
     return ok

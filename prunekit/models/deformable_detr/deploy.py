@@ -24,6 +24,9 @@ ms) for 300 queries to sample a few of them. The outputs are the same to float r
 multiply–accumulates that ``bench`` counts stay the model's (HF's arithmetic), so the deployed
 form does about 3.5 G fewer of them than counted at 375 × 1242 (net of its wider sampling), in
 a pruned model as in the dense one.
+
+Each encoder layer adds its two residuals and normalises the sums in one pass of the same
+library (:func:`kernel.add_norm`), where the model has two passes over every position.
 """
 
 from __future__ import annotations
