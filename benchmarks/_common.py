@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -31,12 +35,88 @@ def targets_from_rows(rows: list[list[float]] | torch.Tensor, n: int, size: int)
                    Geometry(size, size)) for i in range(n)]
 
 
+_ROUND_TRIP = r"""
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+static _Atomic long flag;
+static long n = 100000;
+static int cpus[2];
+static void pin(int c) {
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  CPU_SET(c, &s);
+  pthread_setaffinity_np(pthread_self(), sizeof s, &s);
+}
+static void* pong(void* unused) {
+  pin(cpus[1]);
+  for (long i = 0; i < n; ++i) {
+    while (atomic_load_explicit(&flag, memory_order_acquire) != 2 * i + 1) {}
+    atomic_store_explicit(&flag, 2 * i + 2, memory_order_release);
+  }
+  return unused;
+}
+int main(int argc, char** argv) {
+  cpus[0] = atoi(argv[1]);
+  cpus[1] = atoi(argv[2]);
+  pthread_t t;
+  pthread_create(&t, 0, pong, 0);
+  pin(cpus[0]);
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  for (long i = 0; i < n; ++i) {
+    atomic_store_explicit(&flag, 2 * i + 1, memory_order_release);
+    while (atomic_load_explicit(&flag, memory_order_acquire) != 2 * i + 2) {}
+  }
+  clock_gettime(CLOCK_MONOTONIC, &b);
+  pthread_join(t, 0);
+  printf("%.1f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
+  return 0;
+}
+"""
+_round_trip_binary: list[str | None] = []
+
+
+def core_round_trip() -> float | None:
+    """Nanoseconds for one cache line to go from the first CPU this process may run on to the
+    second and back (two threads pinned, 100,000 round trips): where the host put the two
+    virtual CPUs. None without a C compiler or a second CPU. On the two-core AMD EPYC of
+    2026-12-06 it was either about 80 ns (the two sharing a cache) or about 360 ns, for
+    minutes at a time."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    if not _round_trip_binary:
+        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+        binary = None
+        if cc:
+            folder = tempfile.mkdtemp(prefix="prunekit-bench-")
+            source, binary = os.path.join(folder, "rt.c"), os.path.join(folder, "rt")
+            with open(source, "w") as f:
+                f.write(_ROUND_TRIP)
+            built = subprocess.run([cc, "-O2", "-pthread", source, "-o", binary],
+                                   capture_output=True, check=False)
+            binary = binary if built.returncode == 0 else None
+        _round_trip_binary.append(binary)
+    binary = _round_trip_binary[0]
+    if binary is None:
+        return None
+    run = subprocess.run([binary, str(cpus[0]), str(cpus[1])], capture_output=True, text=True,
+                         timeout=60, check=False)
+    return float(run.stdout) if run.returncode == 0 else None
+
+
 def cache_read(seconds: float = 0.1, mib: int = 1) -> float:
     """GB/s of summing a ``mib`` MiB buffer over and over for about ``seconds`` (PyTorch's
-    threads): a probe of the machine's state that no model changes. On the two-core AMD EPYC
-    of 2026-12-06 it read about 93 GB/s or about 77 GB/s, by the minute; the 75 %-compacted
-    yolov3-416, whose work stays in the cores' caches, ran 21.9 ms or 23.5 ms with it, while
-    the dense model's 300 ms barely moved."""
+    threads): a probe of the machine's state that no model changes. With two threads on the
+    two-core AMD EPYC of 2026-12-06 it read about 95 GB/s while the cores' round trip
+    (:func:`core_round_trip`) was about 80 ns and about 78 GB/s while it was about 360 ns (one
+    thread: 71 GB/s either way); the 75 %-compacted yolov3-416 ran 21.4-22.3 ms or 23-25 ms
+    with it, while the dense model's 300 ms barely moved."""
     buffer = torch.rand(mib * 2**18)
     buffer.sum()
     n, t0 = 0, time.perf_counter()
@@ -46,12 +126,20 @@ def cache_read(seconds: float = 0.1, mib: int = 1) -> float:
     return n * mib * 2**20 / elapsed / 1e9
 
 
-def print_rounds(latencies: dict[str, list[float]], probes: list[float]) -> None:
-    """Each round's latencies beside the cache-read probe taken after it, so that slow rounds
-    can be told from a slow machine."""
-    print(f"  per round: cache read (1 MiB) {', '.join(f'{p:.0f}' for p in probes)} GB/s; "
-          + "; ".join(f"{k} {', '.join(f'{v:.1f}' for v in vs)} ms"
-                      for k, vs in latencies.items()), flush=True)
+def machine_state() -> dict[str, float | None]:
+    """The probes taken after each round of a latency benchmark."""
+    return {"cache read (1 MiB, GB/s)": cache_read(), "core round trip (ns)": core_round_trip()}
+
+
+def print_rounds(latencies: dict[str, list[float]], probes: list[dict[str, float | None]]
+                 ) -> None:
+    """Each round's latencies beside the machine's state after it, so that slow rounds can be
+    told from a slow machine."""
+    print("  per round: " + "; ".join(
+        f"{k} " + ", ".join("-" if p[k] is None else f"{p[k]:.0f}" for p in probes)
+        for k in probes[0]) + "; " + "; ".join(
+        f"{k} {', '.join(f'{v:.1f}' for v in vs)} ms" for k, vs in latencies.items()),
+        flush=True)
 
 
 def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = True,

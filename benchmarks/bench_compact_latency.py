@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import (  # noqa: E402
-    cache_read,
+    machine_state,
     module_profile,
     print_excess,
     print_rounds,
@@ -55,7 +55,7 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
     for _ in range(rounds):
         for key, t in timed.items():
             latencies[key].append(t.measure(seconds)[0] * 1e3)
-        probes.append(cache_read())
+        probes.append(machine_state())
     base = figures[0.0]
     ok = True
     for rt in chosen:

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import (  # noqa: E402
-    cache_read,
+    machine_state,
     module_profile,
     print_excess,
     print_rounds,
@@ -58,7 +58,7 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
     for _ in range(rounds):
         for name, t in timed.items():
             latencies[name].append(t.measure(seconds)[0] * 1e3)
-        probes.append(cache_read())
+        probes.append(machine_state())
     base_ms, small_ms = (statistics.median(latencies[n]) for n in ("dense", "pruned"))
     macs_reduction = figures["dense"]["macs"] / figures["pruned"]["macs"]
     speedup = base_ms / small_ms
