@@ -84,10 +84,11 @@ _round_trip_binary: list[str | None] = []
 def core_round_trip() -> float | None:
     """Nanoseconds for one cache line to go from the first CPU this process may run on to the
     second and back (two threads pinned, 100,000 round trips): where the host put the two
-    virtual CPUs. None without a C compiler or a second CPU. On the two-core AMD EPYC of
-    2026-12-06 it was either about 80 ns (the two sharing a cache) or about 360 ns, for
-    minutes at a time."""
-    cpus = sorted(os.sched_getaffinity(0))
+    virtual CPUs. None without a C compiler, Linux's CPU affinity or a second CPU. On the
+    two-core AMD EPYC of 2026-12-06 it was either about 80 ns (the two sharing a cache) or
+    about 360 ns, for minutes at a time."""
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux only, as the program's pinning
+    cpus = sorted(affinity(0)) if affinity else []
     if len(cpus) < 2:
         return None
     if not _round_trip_binary:

@@ -271,10 +271,11 @@ class DeformableDETR(Detector):
         """A copy with every backbone BatchNorm folded into its convolution, ReLUs in place and,
         for PyTorch, the deformable sampling as one weighted gather or prunekit's kernel, and
         each linear layer (with the feed-forward's ReLU) one oneDNN primitive, each encoder
-        residual sum normalised in one pass (:mod:`prunekit.models.deformable_detr.deploy`). For onnxruntime the sampling stays
-        HF's ``grid_sample``, which it runs as one GridSample kernel per level: exported, the
-        gather becomes generic Gather and ReduceSum nodes, 21 times slower there
-        (deformable-detr-small, one thread: 298 ms against 14.2 ms)."""
+        residual sum normalised in one pass (:mod:`prunekit.models.deformable_detr.deploy`).
+        For onnxruntime the sampling stays HF's ``grid_sample``, which it runs as one
+        GridSample kernel per level: exported, the gather becomes generic Gather and ReduceSum
+        nodes, 21 times slower there (deformable-detr-small, one thread: 298 ms against 14.2
+        ms)."""
         from prunekit.models.deformable_detr.deploy import (
             cached_positions,
             fold_batchnorm,
