@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import statistics
@@ -96,6 +97,7 @@ def core_round_trip() -> float | None:
         binary = None
         if cc:
             folder = tempfile.mkdtemp(prefix="prunekit-bench-")
+            atexit.register(shutil.rmtree, folder, True)
             source, binary = os.path.join(folder, "rt.c"), os.path.join(folder, "rt")
             with open(source, "w") as f:
                 f.write(_ROUND_TRIP)
@@ -116,8 +118,8 @@ def cache_read(seconds: float = 0.1, mib: int = 1) -> float:
     threads): a probe of the machine's state that no model changes. With two threads on the
     two-core AMD EPYC of 2026-12-06 it read about 95 GB/s while the cores' round trip
     (:func:`core_round_trip`) was about 80 ns and about 78 GB/s while it was about 360 ns (one
-    thread: 71 GB/s either way); the 75 %-compacted yolov3-416 ran 21.4-22.3 ms or 23-25 ms
-    with it, while the dense model's 300 ms barely moved."""
+    thread: 71 GB/s either way); the 75 %-compacted yolov3-416 ran 21.4-22.9 ms or mostly
+    23-25.7 ms with it, while the dense model's 300 ms barely moved."""
     buffer = torch.rand(mib * 2**18)
     buffer.sum()
     n, t0 = 0, time.perf_counter()
