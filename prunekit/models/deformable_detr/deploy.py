@@ -394,15 +394,23 @@ def fused_norms(model: nn.Module) -> nn.Module:
     """``model`` with every encoder layer adding each residual and normalising the sum in one
     pass (:func:`_encoder_layer_forward`): on the reference Deformable DETR at 375 × 1242 the
     addition and the layer norm over 9,792 rows of 256 took about 2 ms inside the model, twice
-    a layer, in a pruned model as in the dense one (whose encoder width is the same)."""
+    a layer, in a pruned model as in the dense one (whose encoder width is the same). A
+    transformers whose encoder layer takes other arguments or holds other parts keeps its
+    own forward."""
+    import inspect
     import types
 
     from transformers.models.deformable_detr.modeling_deformable_detr import (
         DeformableDetrEncoderLayer,
     )
 
+    ours = list(inspect.signature(_encoder_layer_forward).parameters)[:-1]  # less **kwargs
+    theirs = list(inspect.signature(DeformableDetrEncoderLayer.forward).parameters)
+    if theirs[:len(ours)] != ours:
+        return model
+    parts = ("self_attn", "self_attn_layer_norm", "mlp", "final_layer_norm")
     for m in model.modules():
-        if isinstance(m, DeformableDetrEncoderLayer):
+        if isinstance(m, DeformableDetrEncoderLayer) and all(hasattr(m, p) for p in parts):
             m.forward = types.MethodType(_encoder_layer_forward, m)
     return model
 

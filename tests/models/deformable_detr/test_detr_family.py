@@ -263,6 +263,30 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
         assert not fused
 
 
+def test_fused_norms_leave_an_encoder_layer_of_another_shape(monkeypatch):
+    """An encoder layer whose forward takes other arguments (another transformers) keeps its
+    own forward; the installed one gets the fused one."""
+    from transformers.models.deformable_detr.modeling_deformable_detr import (
+        DeformableDetrEncoderLayer,
+    )
+
+    from prunekit.models.deformable_detr.deploy import fused_norms
+
+    model = init("deformable-detr-small", names=CLASSES, img_size=96).build().eval()
+    layers = [m for m in model.modules() if isinstance(m, DeformableDetrEncoderLayer)]
+    assert layers and not any("forward" in m.__dict__ for m in layers)
+
+    def other(self, hidden_states, attention_mask, position_embeddings=None, **kwargs):
+        raise AssertionError("not called")
+
+    monkeypatch.setattr(DeformableDetrEncoderLayer, "forward", other)
+    fused_norms(model)
+    assert not any("forward" in m.__dict__ for m in layers)
+    monkeypatch.undo()
+    fused_norms(model)
+    assert all("forward" in m.__dict__ for m in layers)
+
+
 @pytest.mark.parametrize("refine", [False, True])  # point references (the reference's), boxes
 def test_deployed_decoder_projects_its_samples(refine, tmp_path, monkeypatch):
     """Where few queries sample many positions, the deployed attention samples the unprojected
