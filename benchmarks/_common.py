@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import shutil
 import statistics
@@ -79,7 +80,21 @@ int main(int argc, char** argv) {
   return 0;
 }
 """
-_round_trip_binary: list[str | None] = []
+@functools.cache
+def _round_trip_program() -> str | None:
+    """The round-trip program, built once per process into a folder removed at exit; None
+    without a C compiler or where it does not build."""
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        return None
+    folder = tempfile.mkdtemp(prefix="prunekit-bench-")
+    atexit.register(shutil.rmtree, folder, True)
+    source, binary = os.path.join(folder, "rt.c"), os.path.join(folder, "rt")
+    with open(source, "w") as f:
+        f.write(_ROUND_TRIP)
+    built = subprocess.run([cc, "-O2", "-pthread", source, "-o", binary], capture_output=True,
+                           check=False)
+    return binary if built.returncode == 0 else None
 
 
 def core_round_trip() -> float | None:
@@ -90,22 +105,7 @@ def core_round_trip() -> float | None:
     about 360 ns, for minutes at a time."""
     affinity = getattr(os, "sched_getaffinity", None)  # Linux only, as the program's pinning
     cpus = sorted(affinity(0)) if affinity else []
-    if len(cpus) < 2:
-        return None
-    if not _round_trip_binary:
-        cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-        binary = None
-        if cc:
-            folder = tempfile.mkdtemp(prefix="prunekit-bench-")
-            atexit.register(shutil.rmtree, folder, True)
-            source, binary = os.path.join(folder, "rt.c"), os.path.join(folder, "rt")
-            with open(source, "w") as f:
-                f.write(_ROUND_TRIP)
-            built = subprocess.run([cc, "-O2", "-pthread", source, "-o", binary],
-                                   capture_output=True, check=False)
-            binary = binary if built.returncode == 0 else None
-        _round_trip_binary.append(binary)
-    binary = _round_trip_binary[0]
+    binary = _round_trip_program() if len(cpus) >= 2 else None
     if binary is None:
         return None
     run = subprocess.run([binary, str(cpus[0]), str(cpus[1])], capture_output=True, text=True,
