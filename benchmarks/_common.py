@@ -137,7 +137,14 @@ def machine_state() -> dict[str, float | None]:
 def print_rounds(latencies: dict[str, list[float]], probes: list[dict[str, float | None]]
                  ) -> None:
     """Each round's latencies beside the machine's state after it, so that slow rounds can be
-    told from a slow machine."""
+    told from a slow machine, and the CPU they ran on (the ratios differ from one to
+    another)."""
+    from prunekit.device import cpu_info
+
+    info = cpu_info("model name", "cpu family", "model")
+    cpu = "unknown" if info is None else (f"{info['model name']} (family {info['cpu family']}, "
+                                          f"model {info['model']})")
+    print(f"  CPU {cpu}, {os.cpu_count()} logical CPUs")
     print("  per round: " + "; ".join(
         f"{k} " + ", ".join("-" if p[k] is None else f"{p[k]:.0f}" for p in probes)
         for k in probes[0]) + "; " + "; ".join(
@@ -197,6 +204,50 @@ def module_profile(model: torch.nn.Module, x: torch.Tensor, names: list[str], *,
     root = type(model).__name__
     return {n: (statistics.median(times[n]) * 1e3 if times[n] else 0.0,
                 int(sum(flops.get(f"{root}.{n}", {}).values()) // 2)) for n in names}
+
+
+def onednn_primitives(step: Callable[[], object], passes: int
+                      ) -> list[list[tuple[str, float, int]]]:
+    """The oneDNN primitives that ``passes`` calls of ``step`` execute, pass by pass: each
+    one's problem (oneDNN's own description, e.g. ``mb1_ic8oc16_ih208oh208kh3...``), its
+    execution time in ms and its MACs (convolutions; 0 for the rest). Read from oneDNN's
+    verbose log, which goes to the process's standard output: file descriptor 1 is sent to a
+    temporary file meanwhile. Every pass must execute the same number of primitives."""
+    import ctypes
+    import re
+    import sys
+
+    sys.stdout.flush()
+    libc = ctypes.CDLL(None)
+    with tempfile.TemporaryFile(mode="w+") as log:
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                for _ in range(passes):
+                    step()
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        lines = [f for f in (line.split(",") for line in log.read().splitlines())
+                 if f[0] == "onednn_verbose" and "primitive" in f[1:3] and "exec" in f[2:4]]
+    if not lines or len(lines) % passes:
+        raise RuntimeError(f"oneDNN logged {len(lines)} primitive executions for {passes} "
+                           f"passes: not the same number each pass")
+    shape = re.compile(r"mb(\d+)_ic(\d+)oc(\d+)_ih\d+oh(\d+)kh(\d+).*ow(\d+)kw(\d+)")
+
+    def macs(problem: str) -> int:
+        m = shape.match(problem)
+        if not m:
+            return 0
+        mb, ic, oc, oh, kh, ow, kw = map(int, m.groups())
+        return mb * ic * oc * oh * ow * kh * kw
+
+    rows = [(f[-2], float(f[-1]), macs(f[-2])) for f in lines]
+    n = len(rows) // passes
+    return [rows[i * n:(i + 1) * n] for i in range(passes)]
 
 
 def print_excess(dense: dict[str, tuple[float, int]], small: dict[str, tuple[float, int]],

@@ -8,6 +8,9 @@ rounds, and each model's latency is the median of its rounds, so a slow spell of
 machine falls on all of them rather than on one side of the ratio. `--round-to N` compacts with
 `mask --round-to N` (its extra MACs count: the MACs reduction is the rounded model's).
 `--profile` prints, per layer (eager), the compacted model's time beyond its MACs.
+`--primitives` (oneDNN Graph) splits each pass between oneDNN's primitives (the convolutions,
+the concatenations) and the work around them, from oneDNN's verbose log, and lists the compacted
+model's primitives furthest from the dense model's MACs a second.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from _common import (  # noqa: E402
     machine_state,
     module_profile,
+    onednn_primitives,
     print_excess,
     print_rounds,
     report,
@@ -36,7 +40,7 @@ from prunekit.score import l1_filter  # noqa: E402
 
 def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9,
          runtimes: str = "auto", seconds: float = 1.0, round_to: int = 1,
-         profile: bool = False) -> bool:
+         profile: bool = False, primitives: bool = False) -> bool:
     torch.manual_seed(0)
     dense = checkpoint.from_bytes(checkpoint.to_bytes(init(arch, classes=80, img_size=img)))
     dense.scores = l1_filter(dense.state, prunable(dense))
@@ -75,6 +79,10 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
                                 f"{m['bytes_stored'] / 1e6:.1f} MB, median of {rounds} rounds "
                                 f"of {seconds:g} s")
     print_rounds({f"{rt} {r:.0%}": latencies[rt, r] for rt, r in timed}, probes)
+    if primitives and "onednn-graph" in chosen:
+        print_primitives({r: timed["onednn-graph", r] for r in models},
+                         {r: statistics.median(latencies["onednn-graph", r]) for r in models},
+                         {r: figures[r]["macs"] for r in models})
     if profile:
         torch.set_num_threads(threads)
         # The eager form the timed runs use (deployed, channels-last on the CPU).
@@ -87,6 +95,43 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
     return ok
 
 
+def print_primitives(timed: dict[float, Latency], pass_ms: dict[float, float],
+                     macs: dict[float, int], passes: int = 40) -> None:
+    """Each model's pass split between oneDNN's primitives and the work around them (the
+    runtime's own: TorchScript, oneDNN Graph's partitions, PyTorch's operators between them),
+    the ratio the primitives alone would give, and the compacted models' primitives furthest
+    from the dense model's MACs a second (the same primitive of the dense pass)."""
+    runs = {r: onednn_primitives(t.step_in_context, passes) for r, t in timed.items()}
+    own = {r: statistics.median(sum(ms for _, ms, _ in p) for p in ps) for r, ps in runs.items()}
+    print(f"-- oneDNN's primitives a pass (its verbose log, median of {passes} passes), "
+          f"beside the timed pass (median of the rounds)")
+    print(f"{'model':<8} {'primitives':>10} {'pass ms':>8} {'prim. ms':>9} {'around ms':>10} "
+          f"{'ratio by prim.':>15}")
+    for r, ps in runs.items():
+        ratio = "" if r == 0.0 else f"{own[0.0] / own[r] / (macs[0.0] / macs[r]):15.3f}"
+        print(f"{r:<8.0%} {len(ps[0]):10d} {pass_ms[r]:8.2f} {own[r]:9.2f} "
+              f"{pass_ms[r] - own[r]:10.2f} {ratio}")
+    dense = runs[0.0]
+    for r, ps in runs.items():
+        if r == 0.0 or len(ps[0]) != len(dense[0]):
+            continue
+        rows = []
+        for i, (problem, _, m) in enumerate(ps[0]):
+            t = statistics.median(p[i][1] for p in ps)
+            t_dense = statistics.median(p[i][1] for p in dense)
+            m_dense = dense[0][i][2]
+            ideal = t_dense * m / m_dense if m_dense else t_dense * own[r] / own[0.0]
+            rows.append((t - ideal, t, m / t / 1e6 if m else 0.0,
+                         m_dense / t_dense / 1e6 if m_dense else 0.0, problem))
+        rows.sort(reverse=True)
+        print(f"-- compacted at {r:.0%}: primitives by time beyond the dense one's MACs a second "
+              f"(the rest a share of time); all: {sum(x[0] for x in rows):.2f} ms of "
+              f"{own[r]:.2f}")
+        for excess, t, rate, rate_dense, problem in rows[:8]:
+            print(f"  {excess:6.3f} ms beyond  {t:6.3f} ms  {rate:6.1f} G MACs/s "
+                  f"(dense {rate_dense:6.1f})  {problem}")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runtime", default="auto",
@@ -95,6 +140,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--round-to", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--primitives", action="store_true")
     args = parser.parse_args()
     sys.exit(0 if main(threads=args.threads, rounds=args.rounds, runtimes=args.runtime,
-                       round_to=args.round_to, profile=args.profile) else 1)
+                       round_to=args.round_to, profile=args.profile,
+                       primitives=args.primitives) else 1)

@@ -242,6 +242,11 @@ class Latency:
         if self._x.is_cuda:
             torch.cuda.synchronize()
 
+    def step_in_context(self) -> None:
+        """One forward pass as :meth:`measure` times it: its threads, its runtime's context."""
+        with self._context():
+            self._step()
+
     def measure(self, min_run_time: float) -> tuple[float, float]:
         """(median, inter-quartile range) of one forward pass, in seconds."""
         timer = benchmark.Timer(stmt="step()", globals={"step": self._step},

@@ -104,6 +104,22 @@ def test_onednn_graph_form_makes_no_layout_copies_around_upsampling_and_concaten
     assert not ops & {"aten::copy_", "aten::clone"}
 
 
+def test_one_pass_runs_as_the_timed_ones():
+    """``Latency.step_in_context``: one forward pass of the prepared model on the timed
+    threads (what the benchmarks profile), the caller's thread count left as it was."""
+    from prunekit.bench import Latency
+
+    model = tiny_checkpoint().build()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1  # not the caller's
+    t = Latency(model, torch.rand(1, *model.input_shape), "eager", threads=threads)
+    seen.clear()  # the warm-up's passes
+    t.step_in_context()
+    assert seen == [threads] and torch.get_num_threads() == before
+
+
 def test_a_model_onednn_graph_cannot_compile_falls_back_to_eager_and_says_so():
     # 90 % filter pruning of the eighth-width small model leaves 1-channel convs that oneDNN
     # cannot make a reorder for; `auto` times it in eager mode, an explicit request fails.
