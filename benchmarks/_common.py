@@ -161,6 +161,25 @@ def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = Tru
     return ok
 
 
+@functools.cache
+def _count_onednn_linears() -> None:
+    """FlopCounterMode knows ATen's operators only: without a formula for oneDNN's linear
+    (which Deformable DETR's deployed form runs), every linear layer would count 0 MACs and
+    its whole time would show as time beyond its MACs."""
+    from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+    op = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if op is None or op in flop_registry:
+        return
+
+    @register_flop_formula(op)
+    def _linear_flops(x_shape, w_shape, *args, **kwargs) -> int:
+        rows = 1
+        for n in x_shape[:-1]:
+            rows *= n
+        return 2 * rows * w_shape[0] * w_shape[1]
+
+
 def module_profile(model: torch.nn.Module, x: torch.Tensor, names: list[str], *,
                    runs: int = 5, call=None) -> dict[str, tuple[float, int]]:
     """Median milliseconds and MACs of each named submodule in one forward pass of ``model``
@@ -168,6 +187,7 @@ def module_profile(model: torch.nn.Module, x: torch.Tensor, names: list[str], *,
     Hooks time each module from its first input to its output, children included."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    _count_onednn_linears()
     call = call or (lambda m, t: m(t))
     modules = dict(model.named_modules())
     times: dict[str, list[float]] = {n: [] for n in names}
