@@ -41,6 +41,10 @@ from prunekit.score import l1_filter  # noqa: E402
 def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9,
          runtimes: str = "auto", seconds: float = 1.0, round_to: int = 1,
          profile: bool = False, primitives: bool = False) -> bool:
+    chosen = [resolve_runtime(r, torch.device("cpu")) for r in runtimes.split(",")]
+    if primitives and "onednn-graph" not in chosen:
+        raise SystemExit(f"--primitives reads oneDNN Graph's primitives, not those of "
+                         f"{', '.join(chosen)}: add onednn-graph to --runtime")
     torch.manual_seed(0)
     dense = checkpoint.from_bytes(checkpoint.to_bytes(init(arch, classes=80, img_size=img)))
     dense.scores = l1_filter(dense.state, prunable(dense))
@@ -50,7 +54,6 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
                                     round_to=round_to))
         models[ratio] = checkpoint.from_bytes(checkpoint.to_bytes(small))
     figures = {r: bench(ck, latency=False) for r, ck in models.items()}
-    chosen = [resolve_runtime(r, torch.device("cpu")) for r in runtimes.split(",")]
     x = torch.rand(1, 3, img, img)
     timed = {(rt, r): Latency(ck.build(), x, rt, threads=threads, fallback=False)
              for rt in chosen for r, ck in models.items()}

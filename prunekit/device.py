@@ -19,8 +19,10 @@ def cpu_info(*keys: str) -> dict[str, str] | None:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return None
-    return {key: next((x.split(":", 1)[1].strip() for x in lines
-                       if x.startswith(key) and ":" in x), "") for key in keys}
+    fields = [(name.strip(), value.strip()) for name, _, value in
+              (x.partition(":") for x in lines if ":" in x)]
+    # The whole field name, not a prefix: ``model`` is not ``model name``.
+    return {key: next((v for name, v in fields if name == key), "") for key in keys}
 
 
 #: The x86 instructions that multiply and add 8-bit pairs into 32 bits in one step, so that
