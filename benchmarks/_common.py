@@ -152,6 +152,30 @@ def print_rounds(latencies: dict[str, list[float]], probes: list[dict[str, float
         flush=True)
 
 
+def print_headroom(title: str, rows: list[tuple[str, float, int]], threads: int,
+                   limit: float = 0.9) -> None:
+    """Each model's MACs a second beside this CPU's float32 matrix product on the same threads
+    (:func:`prunekit.bench.matmul_rate`), and what ``limit`` × the MACs reduction asks of each
+    smaller model: the rate, and the share of the product's, its pass must reach. ``rows``:
+    (label, pass ms, MACs), the dense model first."""
+    from prunekit.bench import matmul_rate
+
+    peak = matmul_rate(threads)
+    print(f"-- {title}: MACs a second against this CPU's float32 matrix product (2048², "
+          f"{threads} threads, {peak:.1f} G MACs/s)")
+    _, dense_ms, dense_macs = rows[0]
+    for i, (label, ms, macs) in enumerate(rows):
+        rate = macs / ms / 1e6
+        line = f"  {label:<10} {macs / 1e9:7.2f} G MACs in {ms:8.2f} ms: {rate:6.1f} G/s " \
+               f"({rate / peak:.0%})"
+        if i:
+            need_ms = dense_ms / (limit * dense_macs / macs)
+            need = macs / need_ms / 1e6
+            line += f"; {limit:g} x the MACs reduction needs <= {need_ms:.2f} ms: " \
+                    f"{need:.1f} G/s ({need / peak:.0%})"
+        print(line, flush=True)
+
+
 def report(name: str, ratio: float, limit: float, *, lower_is_better: bool = True,
            detail: str = "") -> bool:
     ok = ratio <= limit if lower_is_better else ratio >= limit

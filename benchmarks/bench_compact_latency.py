@@ -27,6 +27,7 @@ from _common import (  # noqa: E402
     module_profile,
     onednn_primitives,
     print_excess,
+    print_headroom,
     print_rounds,
     report,
 )
@@ -82,6 +83,9 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
                                 f"{m['bytes_stored'] / 1e6:.1f} MB, median of {rounds} rounds "
                                 f"of {seconds:g} s")
     print_rounds({f"{rt} {r:.0%}": latencies[rt, r] for rt, r in timed}, probes)
+    for rt in chosen:
+        print_headroom(rt, [(f"{r:.0%}", statistics.median(latencies[rt, r]), figures[r]["macs"])
+                            for r in models], threads)
     if primitives and "onednn-graph" in chosen:
         print_primitives({r: timed["onednn-graph", r] for r in models},
                          {r: statistics.median(latencies["onednn-graph", r]) for r in models},

@@ -28,6 +28,7 @@ from _common import (  # noqa: E402
     machine_state,
     module_profile,
     print_excess,
+    print_headroom,
     print_rounds,
     report,
 )
@@ -78,6 +79,9 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
                        f"counted: by the MACs run, x{run_reduction:.2f} and "
                        f"{speedup / run_reduction:.3f}")
     print_rounds(latencies, probes)
+    print_headroom("eager, by the MACs counted", [
+        ("dense", base_ms, figures["dense"]["macs"]),
+        (f"{ratio:.0%}", small_ms, figures["pruned"]["macs"])], threads)
     if profile:
         _profile({name: ck.build() for name, ck in (("dense", dense), ("pruned", small))}, x)
     return ok

@@ -156,3 +156,27 @@ def test_grid_cell_refuses_an_unknown_runtime_before_any_work(runner, tmp_path):
     assert result.exit_code == 1
     assert "--runtime 'tvm' is unknown; use auto, onednn-graph, eager" in result.stderr
     assert not (out / "result.json").exists()
+
+
+def test_matmul_rate_counts_one_products_macs_and_restores_threads(monkeypatch):
+    import prunekit.bench as bench_module
+
+    runs = []
+
+    class Timer:  # the product run for real, its time fixed
+        def __init__(self, stmt, globals, num_threads):
+            self.stmt, self.globals, self.threads = stmt, globals, num_threads
+
+        def timeit(self, number):
+            exec(self.stmt, dict(self.globals))
+            runs.append((number, self.threads, torch.get_num_threads()))
+            return type("M", (), {"median": 0.25})()
+
+    monkeypatch.setattr(bench_module.benchmark, "Timer", Timer)
+    before = torch.get_num_threads()
+    threads = 2 if before == 1 else 1  # not the caller's
+    rate = bench_module.matmul_rate(threads, size=64, repeats=3)
+    assert rate == pytest.approx(64 ** 3 / 0.25 / 1e9)
+    # One unmeasured, then the measured repeats, on the asked-for threads.
+    assert runs == [(1, threads, threads), (3, threads, threads)]
+    assert torch.get_num_threads() == before
