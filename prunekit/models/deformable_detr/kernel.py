@@ -7,9 +7,10 @@ and sums; autograd keeps that tensor and builds two more of its size going back.
 training step of deformable-detr-small (two threads), that stacking, weighting and summing plus
 ``grid_sample`` forward and backward took about half of the step, against a few per cent of its
 multiply–accumulates. The loop here visits the four bilinear corners of each sampling point
-once and never builds anything of that size: forward, the attention-weighted corners are summed
-into the output row; backward, the gradients of the value map (scattered), of the sampling
-locations and of the attention weights come from one more visit.
+once and never builds anything of that size: forward, each row's points become their corners'
+weights and positions sixteen at a time in vector registers, and the attention-weighted corners
+are summed into the output row; backward, the gradients of the value map (scattered), of the
+sampling locations and of the attention weights come from one more visit.
 
 It is the arithmetic of ``grid_sample`` (bilinear, zero padding, ``align_corners=False``) and
 its gradients, which the tests compare with HF's path in double precision. The C++ source below
@@ -133,8 +134,8 @@ void by_width(int64_t D, const F& f) {
   }
 }
 
-// A head's row of W values as one GCC/Clang vector where it fits 64 bytes (16 floats: W = 16 in
-// float32), so that its sums stay in registers and each step on it is one or two SIMD
+// The backward's row of W values: one GCC/Clang vector where it fits 64 bytes (16 floats: W = 16
+// in float32), so that its sums stay in registers and each step on it is one or two SIMD
 // instructions: g++ 12 turned a plain 16-float accumulator into 16 scalar registers and
 // multiplied corner by corner, lane by lane. Wider rows (W = 32, or double precision) keep
 // plain arrays of compile-time width, which g++ vectorises well (a row of two 64-byte vectors
@@ -177,56 +178,163 @@ struct Row {
   }
 };
 
+// One 64-byte register's worth of T, and of integers as wide as T.
+template <typename T>
+struct Lanes {
+  static constexpr int64_t N = 64 / int64_t(sizeof(T));
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> I;
+  typedef T V __attribute__((vector_size(64)));
+  typedef I VI __attribute__((vector_size(64)));
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  static VI load(const I* p) {
+    VI v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  // floor(x) for |x| < 2^31: truncated, less one where truncation went up.
+  static V floor(V x) {
+    const V t = __builtin_convertvector(__builtin_convertvector(x, VI), V);
+    return t + __builtin_convertvector(x < t, V);  // true is -1
+  }
+};
+
+// The four corners of np points (a multiple of Lanes<T>::N), Lanes<T>::N at a time: each
+// corner's weight (the attention weight times the bilinear weight, 0 for a corner off the map
+// or a point outside it) and its position in the value map (the level's first position for a
+// corner off the map: read and weighted 0, so that the sums need no branch; a value map with
+// an infinity or NaN there gives NaN where grid_sample's zero padding would not). The same
+// arithmetic as grid_sample's, in the same order: each weight's bits are the scalar code's.
+// xs, ys: grid_sample's pixel coordinates (with ``scale``, fractions of the map to scale to
+// them); lw, lh, ls: each point's level's width, height and first position.
+template <typename T>
+void corners(const T* xs, const T* ys, const T* as, const T* lw, const T* lh,
+             const typename Lanes<T>::I* ls, int64_t np, bool scale, T* w,
+             typename Lanes<T>::I* pos) {
+  using L = Lanes<T>;
+  using V = typename L::V;
+  using VI = typename L::VI;
+  const V zero = {}, one = zero + T(1), half = zero + T(0.5);
+  for (int64_t k = 0; k < np; k += L::N) {
+    const V wl = L::load(lw + k), hl = L::load(lh + k);
+    V x = L::load(xs + k), y = L::load(ys + k);
+    if (scale) {
+      x = x * wl - half;
+      y = y * hl - half;
+    }
+    const VI inside = (x > -one) & (x < wl) & (y > -one) & (y < hl);
+    const V x0 = L::floor(inside ? x : zero), y0 = L::floor(inside ? y : zero);
+    const V fx = x - x0, fy = y - y0, a = inside ? L::load(as + k) : zero;
+    const VI x0in = x0 >= zero, x1in = x0 + one < wl, y0in = y0 >= zero, y1in = y0 + one < hl;
+    const VI in0 = y0in & x0in, in1 = y0in & x1in, in2 = y1in & x0in, in3 = y1in & x1in;
+    const V w0 = a * (one - fx) * (one - fy), w1 = a * fx * (one - fy);
+    const V w2 = a * (one - fx) * fy, w3 = a * fx * fy;
+    const VI start = L::load(ls + k), iw = __builtin_convertvector(wl, VI);
+    const VI c0 = start + __builtin_convertvector(y0, VI) * iw + __builtin_convertvector(x0, VI);
+    const V wc[4] = {in0 ? w0 : zero, in1 ? w1 : zero, in2 ? w2 : zero, in3 ? w3 : zero};
+    const VI pc[4] = {in0 ? c0 : start, in1 ? c0 + 1 : start, in2 ? c0 + iw : start,
+                      in3 ? c0 + iw + 1 : start};
+    for (int c = 0; c < 4; ++c) {
+      std::memcpy(w + c * np + k, &wc[c], sizeof(V));
+      std::memcpy(pos + c * np + k, &pc[c], sizeof(VI));
+    }
+  }
+}
+
 // Rows [lo, hi) of (batch, query, head). With ``ref`` (batch × queries × levels × 2, pixels),
-// ``loc`` holds offsets in pixels from each level's reference.
+// ``loc`` holds offsets in pixels from each level's reference. Each row's points are first
+// turned into corners (corners(), in vector registers), then the corners' value rows are
+// summed, weighted, in registers of compile-time width W (0: the width known at run time only).
+// On the reference model at 375 × 1242 (two threads, Intel Xeon of 2026-12-06), against one
+// loop over the points with the corners' arithmetic scalar and a branch for each: an encoder
+// layer's sampling timed alone 7.8-8.0 → 6.7-7.2 ms (processes in turn), inside the model
+// unchanged (about 10 ms, its reads waiting on memory written just before); a decoder layer's
+// (whole 256-wide rows) 2.2 → 1.7 ms and its 16-wide sampling 0.37 → 0.29 ms inside the model.
 template <typename T, int64_t W>
 void forward_rows(const T* __restrict__ value, const int64_t* shapes, const int64_t* starts,
                   const T* __restrict__ loc, const T* __restrict__ attn, T* __restrict__ out,
                   int64_t S, int64_t H, int64_t D, int64_t Q, int64_t L, int64_t P,
                   bool pixels, const T* __restrict__ ref, int64_t lo, int64_t hi) {
-  constexpr bool vector = Row<T, W>::kVector;
-  const int64_t row = H * D, width = W > 0 ? W : D;
-  T acc[vector ? 1 : (W > 0 ? W : 1024)];
-  Row<T, W> lanes;
-  // out += s * the row at x.
-  auto add = [&](T s, const T* __restrict__ x) {
-    if constexpr (vector) {
-      lanes.add(s, Row<T, W>::load(x));
-    } else {
-      for (int64_t d = 0; d < width; ++d) acc[d] += s * x[d];
-    }
-  };
-  for (int64_t i = lo; i < hi; ++i) {
-    const int64_t b = i / (Q * H), h = i % H;
-    if constexpr (vector) {
-      lanes = Row<T, W>{};
-    } else {
-      std::fill(acc, acc + width, T(0));
-    }
-    const T* lp = loc + i * L * P * 2;
-    const T* ap = attn + i * L * P;
-    const T* rp = ref ? ref + i / H * L * 2 : nullptr;
-    for (int64_t l = 0; l < L; ++l) {
-      const int64_t hl = shapes[2 * l], wl = shapes[2 * l + 1];
-      const T* v = value + (b * S + starts[l]) * row + h * D;
-      const T rx = rp ? rp[2 * l] : T(0), ry = rp ? rp[2 * l + 1] : T(0);
-      for (int64_t p = 0; p < P; ++p, lp += 2, ++ap) {
-        const Point<T> pt(rx + lp[0], ry + lp[1], wl, hl, pixels);
-        if (!pt.inside) continue;
-        const T a = *ap, fx = pt.fx, fy = pt.fy;
-        const bool x0in = pt.x0 >= 0, x1in = pt.x0 + 1 < wl;
-        const bool y0in = pt.y0 >= 0, y1in = pt.y0 + 1 < hl;
-        const int64_t off = (pt.y0 * wl + pt.x0) * row;
-        if (y0in && x0in) add(a * (1 - fx) * (1 - fy), v + off);
-        if (y0in && x1in) add(a * fx * (1 - fy), v + off + row);
-        if (y1in && x0in) add(a * (1 - fx) * fy, v + off + wl * row);
-        if (y1in && x1in) add(a * fx * fy, v + off + (wl + 1) * row);
+  using LT = Lanes<T>;
+  using I = typename LT::I;
+  const int64_t row = H * D, width = W > 0 ? W : D, n = L * P;
+  const int64_t np = (n + LT::N - 1) / LT::N * LT::N;
+  // Per point: level width, height, first position; per row of a block: x, y, attention,
+  // and corners. A block's rows are read and stored first, then turned into corners, then
+  // summed: a vector load of what scalar stores had just written waited for them to reach the
+  // cache (27 % of the corners' time, row by row).
+  constexpr int64_t R = 8;
+  std::vector<T> buf(2 * np + R * 3 * np + R * 4 * np + (W > 0 ? 0 : width), T(0));
+  T *lw = buf.data(), *lh = lw + np, *xs = lh + np, *ys = xs + R * np, *as = ys + R * np;
+  T* w = as + R * np;  // R × 4 × np
+  T* acc = w + R * 4 * np;
+  std::vector<I> ints(np + R * 4 * np, I(0));
+  I *ls = ints.data(), *pos = ls + np;
+  for (int64_t k = 0; k < np; ++k) {
+    const int64_t l = k < n ? k / P : 0;
+    lh[k] = T(shapes[2 * l]);
+    lw[k] = T(shapes[2 * l + 1]);
+    ls[k] = I(starts[l]);
+  }
+  for (int64_t i0 = lo; i0 < hi; i0 += R) {
+    const int64_t rows = std::min(R, hi - i0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r;
+      const T* lp = loc + i * n * 2;
+      const T* ap = attn + i * n;
+      const T* rp = ref ? ref + i / H * L * 2 : nullptr;
+      T *x = xs + r * np, *y = ys + r * np, *a = as + r * np;
+      for (int64_t l = 0, k = 0; l < L; ++l) {
+        const T rx = rp ? rp[2 * l] : T(0), ry = rp ? rp[2 * l + 1] : T(0);
+        for (int64_t p = 0; p < P; ++p, ++k) {
+          x[k] = rx + lp[2 * k];
+          y[k] = ry + lp[2 * k + 1];
+          a[k] = ap[k];
+        }
       }
     }
-    if constexpr (vector) {
-      lanes.store(out + i * D);
-    } else {
-      std::copy(acc, acc + width, out + i * D);
+    for (int64_t r = 0; r < rows; ++r)
+      corners<T>(xs + r * np, ys + r * np, as + r * np, lw, lh, ls, np, !pixels,
+                 w + r * 4 * np, pos + r * 4 * np);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r, b = i / (Q * H), h = i % H;
+      const T* v = value + b * S * row + h * D;
+      const T* wr = w + r * 4 * np;
+      const I* pr = pos + r * 4 * np;
+      if constexpr (W > 0 && W % LT::N == 0) {
+        // Corners into separate sums (up to four, eight registers at most): one sum's chain
+        // of dependent multiply-adds bounded the loop.
+        constexpr int64_t C = W / LT::N, SETS = C >= 8 ? 1 : (C >= 4 ? 2 : 4);
+        typename LT::V sum[SETS][C] = {};
+        for (int64_t k = 0; k < n; ++k) {
+          for (int c = 0; c < 4; ++c) {
+            const T s = wr[c * np + k];
+            const T* x = v + int64_t(pr[c * np + k]) * row;
+            for (int64_t j = 0; j < C; ++j) sum[c % SETS][j] += s * LT::load(x + j * LT::N);
+          }
+        }
+        for (int64_t j = 0; j < C; ++j) {
+          if constexpr (SETS == 4) {
+            sum[0][j] = (sum[0][j] + sum[1][j]) + (sum[2][j] + sum[3][j]);
+          } else if constexpr (SETS == 2) {
+            sum[0][j] += sum[1][j];
+          }
+        }
+        std::memcpy(out + i * D, sum[0], sizeof sum[0]);
+      } else {
+        std::fill(acc, acc + width, T(0));
+        for (int64_t k = 0; k < n; ++k) {
+          for (int c = 0; c < 4; ++c) {
+            const T s = wr[c * np + k];
+            const T* x = v + int64_t(pr[c * np + k]) * row;
+            for (int64_t d = 0; d < width; ++d) acc[d] += s * x[d];
+          }
+        }
+        std::copy(acc, acc + width, out + i * D);
+      }
     }
   }
 }
