@@ -258,7 +258,7 @@ class Latency:
 
 def matmul_rate(threads: int, size: int = 2048, repeats: int = 5) -> float:
     """G multiply–accumulates a second of one float32 ``size`` × ``size`` matrix product on the
-    CPU with ``threads`` threads (median of ``repeats`` after one unmeasured): about the most a
+    CPU with ``threads`` threads (the mean of ``repeats`` after one unmeasured): about the most a
     float32 model's MACs can run at here, to read a model's own rate against. At 2048 on two
     cores of an Intel Xeon with AVX-512 (2026-12-06) it was 165-168, and a 256 → 256 3 × 3
     convolution at 52² 165. PyTorch's thread count is restored afterwards."""
