@@ -152,15 +152,12 @@ def print_rounds(latencies: dict[str, list[float]], probes: list[dict[str, float
         flush=True)
 
 
-def print_headroom(title: str, rows: list[tuple[str, float, int]], threads: int,
+def print_headroom(title: str, rows: list[tuple[str, float, int]], peak: float, threads: int,
                    limit: float = 0.9) -> None:
-    """Each model's MACs a second beside this CPU's float32 matrix product on the same threads
-    (:func:`prunekit.bench.matmul_rate`), and what ``limit`` × the MACs reduction asks of each
-    smaller model: the rate, and the share of the product's, its pass must reach. ``rows``:
+    """Each model's MACs a second beside ``peak``, this CPU's float32 matrix product on the same
+    threads (:func:`prunekit.bench.matmul_rate`), and what ``limit`` × the MACs reduction asks of
+    each smaller model: the rate, and the share of the product's, its pass must reach. ``rows``:
     (label, pass ms, MACs), the dense model first."""
-    from prunekit.bench import matmul_rate
-
-    peak = matmul_rate(threads)
     print(f"-- {title}: MACs a second against this CPU's float32 matrix product (2048², "
           f"{threads} threads, {peak:.1f} G MACs/s)")
     _, dense_ms, dense_macs = rows[0]

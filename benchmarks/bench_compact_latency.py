@@ -33,7 +33,13 @@ from _common import (  # noqa: E402
 )
 
 from prunekit import checkpoint  # noqa: E402
-from prunekit.bench import Latency, bench, inference_form, resolve_runtime  # noqa: E402
+from prunekit.bench import (  # noqa: E402
+    Latency,
+    bench,
+    inference_form,
+    matmul_rate,
+    resolve_runtime,
+)
 from prunekit.init import init  # noqa: E402
 from prunekit.mask import PruneConfig, mask, prunable  # noqa: E402
 from prunekit.score import l1_filter  # noqa: E402
@@ -83,9 +89,10 @@ def main(threads: int = 2, arch: str = "yolov3", img: int = 416, rounds: int = 9
                                 f"{m['bytes_stored'] / 1e6:.1f} MB, median of {rounds} rounds "
                                 f"of {seconds:g} s")
     print_rounds({f"{rt} {r:.0%}": latencies[rt, r] for rt, r in timed}, probes)
+    peak = matmul_rate(threads)  # once, for every runtime's lines
     for rt in chosen:
         print_headroom(rt, [(f"{r:.0%}", statistics.median(latencies[rt, r]), figures[r]["macs"])
-                            for r in models], threads)
+                            for r in models], peak, threads)
     if primitives and "onednn-graph" in chosen:
         print_primitives({r: timed["onednn-graph", r] for r in models},
                          {r: statistics.median(latencies["onednn-graph", r]) for r in models},

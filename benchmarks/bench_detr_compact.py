@@ -33,7 +33,7 @@ from _common import (  # noqa: E402
     report,
 )
 
-from prunekit.bench import Latency, bench, inference_form  # noqa: E402
+from prunekit.bench import Latency, bench, inference_form, matmul_rate  # noqa: E402
 from prunekit.init import init  # noqa: E402
 from prunekit.mask import PruneConfig, mask  # noqa: E402
 from prunekit.score import score  # noqa: E402
@@ -81,7 +81,7 @@ def main(threads: int = 2, height: int = 375, width: int = 1242, ratio: float = 
     print_rounds(latencies, probes)
     print_headroom("eager, by the MACs counted", [
         ("dense", base_ms, figures["dense"]["macs"]),
-        (f"{ratio:.0%}", small_ms, figures["pruned"]["macs"])], threads)
+        (f"{ratio:.0%}", small_ms, figures["pruned"]["macs"])], matmul_rate(threads), threads)
     if profile:
         _profile({name: ck.build() for name, ck in (("dense", dense), ("pruned", small))}, x)
     return ok

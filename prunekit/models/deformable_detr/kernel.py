@@ -95,16 +95,15 @@ void parallel(int64_t n, int64_t threads, const F& f) {
 #endif
 }
 
-// One sampling point: its top-left corner, fractions, and whether it touches the map at all.
-// Locations are fractions of the map (x, y in [0, 1] on it), or with ``pixels`` already
-// grid_sample's pixel coordinates (fraction × size − 0.5).
+// One sampling point of the backward: its top-left corner, fractions, and whether it touches
+// the map at all. Locations are fractions of the map (x, y in [0, 1] on it).
 template <typename T>
 struct Point {
   int64_t x0, y0;
   T fx, fy;
   bool inside;
-  Point(T lx, T ly, int64_t w, int64_t h, bool pixels = false) {
-    const T x = pixels ? lx : lx * w - T(0.5), y = pixels ? ly : ly * h - T(0.5);
+  Point(T lx, T ly, int64_t w, int64_t h) {
+    const T x = lx * w - T(0.5), y = ly * h - T(0.5);
     inside = x > T(-1) && x < T(w) && y > T(-1) && y < T(h);
     const T fx0 = inside ? std::floor(x) : T(0), fy0 = inside ? std::floor(y) : T(0);
     x0 = static_cast<int64_t>(fx0);
@@ -138,8 +137,9 @@ void by_width(int64_t D, const F& f) {
 // in float32), so that its sums stay in registers and each step on it is one or two SIMD
 // instructions: g++ 12 turned a plain 16-float accumulator into 16 scalar registers and
 // multiplied corner by corner, lane by lane. Wider rows (W = 32, or double precision) keep
-// plain arrays of compile-time width, which g++ vectorises well (a row of two 64-byte vectors
-// ran 1.75 times slower there), and W = 0, the width known at run time only, plain loops.
+// plain arrays of compile-time width, which g++ vectorises well (in the forward's earlier
+// per-point loop, a row of two 64-byte vectors ran 1.75 times slower), and W = 0, the width
+// known at run time only, plain loops.
 template <typename T, int64_t W>
 struct Row {
   static constexpr bool kVector = W > 0 && W * int64_t(sizeof(T)) <= 64;
