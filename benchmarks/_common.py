@@ -14,7 +14,11 @@ from collections.abc import Callable
 
 import torch
 
+from prunekit.device import keep_freed_memory
 from prunekit.models.base import Geometry, Target
+
+# What the command line does before every command, so that the benchmarks time what it runs.
+keep_freed_memory()
 
 
 def median_seconds(fn: Callable[[], object], *, repeats: int = 5, warmup: int = 1) -> float:

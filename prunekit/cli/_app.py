@@ -18,8 +18,10 @@ class _Group(TyperGroup):
     def invoke(self, ctx):  # noqa: ANN001 (typer's vendored click Context)
         try:
             from prunekit.cli._families import check
+            from prunekit.device import keep_freed_memory
 
             check()  # the installed families, before any command: a clash is one line
+            keep_freed_memory()  # large activations reused, not page-faulted in every pass
             return super().invoke(ctx)
         except PrunekitError as e:
             _fail(str(e))
