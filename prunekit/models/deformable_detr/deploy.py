@@ -313,29 +313,50 @@ class OneDnnLinear(nn.Linear):
     and a ReLU after it is one more pass: on the reference Deformable DETR's encoder (9,792
     queries, d_model 256, two threads) a 256 → 256 product took 7.3 ms that way against 6.0 ms
     as one oneDNN primitive. Those passes are as wide as the model's unpruned width, so
-    filter pruning cannot shrink them."""
+    filter pruning cannot shrink them.
+
+    The primitive reads the weight in oneDNN's blocked layout, reordered once (for the row
+    count of the first call) and kept until the weight changes, rather than reordered on every
+    call: 6-8 % off each of the reference encoder's products, timed alone."""
 
     def __init__(self, linear: nn.Linear, *, relu: bool = False) -> None:
         super().__init__(linear.in_features, linear.out_features, linear.bias is not None,
                          device="meta")
         self.weight, self.bias, self.relu = linear.weight, linear.bias, relu
+        self._packed: tuple[tuple[int, int], Tensor] | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         if _onednn_linear() and x.device.type == "cpu" and x.dtype == torch.float32 \
                 and self.weight.dtype == torch.float32 and not torch.jit.is_tracing() \
                 and not torch.compiler.is_compiling() and not (torch.is_grad_enabled() and (
                     x.requires_grad or self.weight.requires_grad)):
-            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias,
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed_weight(x), self.bias,
                                                       "relu" if self.relu else "none",
                                                       [None] if self.relu else [], "")
         y = F.linear(x, self.weight, self.bias)
         return F.relu(y) if self.relu else y
 
+    def _packed_weight(self, x: Tensor) -> Tensor:
+        # Keyed by the weight's storage and version: an in-place update or a new tensor
+        # repacks, so the primitive never reads a stale copy.
+        key = (self.weight.data_ptr(), self.weight._version)
+        if self._packed is None or self._packed[0] != key:
+            rows = x.numel() // max(x.shape[-1], 1)
+            self._packed = key, torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(),
+                                                                       max(rows, 1))
+        return self._packed[1]
+
+    def __getstate__(self) -> dict:
+        # The packed weight is a cache (and an opaque oneDNN tensor, which neither pickles
+        # nor deep-copies): a copy repacks on its first call.
+        return {**super().__getstate__(), "_packed": None}
+
 
 @functools.cache
 def _onednn_linear() -> bool:
     return torch.backends.mkldnn.is_available() \
-        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 def onednn_linears(model: nn.Module) -> nn.Module:

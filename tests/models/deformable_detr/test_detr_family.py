@@ -218,6 +218,34 @@ def test_onednn_linear_is_the_linear_it_replaces(relu):
     torch.testing.assert_close(grad, ref)
 
 
+def test_onednn_linear_repacks_a_changed_weight_and_copies_without_its_pack():
+    """The weight oneDNN reads is packed once and kept: a weight changed in place is packed
+    again (never a stale product), another row count reads the same pack, and a deep copy or a
+    pickle (the pack is an opaque oneDNN tensor) packs its own on its first call."""
+    import copy
+    import pickle
+
+    from prunekit.models.deformable_detr import deploy
+
+    if not deploy._onednn_linear():
+        pytest.skip("PyTorch without oneDNN's linear")
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 48)
+    fused = deploy.OneDnnLinear(linear)
+    with torch.no_grad():
+        for rows in (9, 1, 300):
+            x = torch.randn(rows, 32)
+            torch.testing.assert_close(fused(x), linear(x), atol=1e-5, rtol=1e-5)
+        pack = fused._packed[1]
+        assert pack.is_mkldnn and fused(x) is not None and fused._packed[1] is pack
+        linear.weight.mul_(-2.0)
+        torch.testing.assert_close(fused(x), linear(x), atol=1e-5, rtol=1e-5)
+        assert fused._packed[1] is not pack
+        for twin in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+            assert twin._packed is None
+            torch.testing.assert_close(twin(x), linear(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("sampling", ["kernel", "gather"])
 def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
     """BatchNorm folded and the deformable sampling through the kernel, or as one weighted
