@@ -92,7 +92,7 @@ def keep_freed_memory() -> bool:
 
     glibc serves a block of 32 MiB or more (its largest dynamic threshold) with a fresh
     ``mmap`` and unmaps it when freed, so each such tensor is page-faulted in again on every
-    forward pass, a few milliseconds per 40 MB on these machines. The dense reference
+    forward pass, about 12 ms per 40 MB on the Intel Xeon below. The dense reference
     Deformable DETR writes six of them an image (each encoder feed-forward's 9,792 × 1,024
     activations) and paid 72 ms of 920 for it (two threads, Intel Xeon, 2026-12-06), the one
     filter-pruned at 50 %, whose activations are under 32 MiB, 9 ms: a handicap of the dense
