@@ -223,7 +223,8 @@ class OnnxDetector(nn.Module):
 
         n = threads or self._threads or torch.get_num_threads()
         if n not in self._sessions:
-            self._sessions[n] = session(self.file.data, threads=n)
+            self._sessions[n] = session(self.file.data, threads=n,
+                                        nchwc=self.file.precision != "int8")
         return self._sessions[n]
 
     def feeds(self, x: Tensor, geometries: list[Geometry] | None = None) -> dict[str, np.ndarray]:

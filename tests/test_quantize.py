@@ -63,6 +63,39 @@ def test_yolov3_int8_file(names, synth_data, tmp_path):
     assert (tmp_path / "q.onnx").stat().st_size < 0.4 * len(done.float.data)
 
 
+def test_an_int8_files_float_convolution_runs_in_nchw(names, synth_data, tmp_path,
+                                                      monkeypatch):
+    """onnxruntime's NCHWc layout is left off for INT8 files: their first convolution, kept in
+    float, would otherwise be converted out of NCHWc and transposed into the NHWC of the
+    integer kernels after it. The sessions' optimised graphs show what runs."""
+    import onnxruntime as ort
+
+    from prunekit.onnxfile import from_file_bytes
+
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                     seed=0), 64)
+    done = export_int8(ck, tmp_path / "q.onnx",
+                       Int8Config(data=str(synth_data / "val.json"), calib=2))
+    real = ort.InferenceSession
+    saved = {}
+
+    def saving(data, options, **kwargs):
+        options.optimized_model_filepath = str(tmp_path / f"opt{len(saved)}.onnx")
+        saved[len(saved)] = options.optimized_model_filepath
+        return real(data, options, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", saving)
+
+    def domains(file) -> set[str]:
+        file.build(threads=1).session()
+        return {n.domain for n in onnx.load(saved[len(saved) - 1]).graph.node}
+
+    assert "com.microsoft.nchwc" in domains(from_file_bytes(done.float.data, "f.onnx"))
+    int8 = domains(load_model(tmp_path / "q.onnx"))
+    assert "com.microsoft.nchwc" not in int8
+    assert "com.microsoft" in int8  # its integer kernels (QLinear*) still run
+
+
 def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path):
     ck = init("deformable-detr-small", names=names, img_size=64, seed=0)
     val = str(synth_data / "val.json")
