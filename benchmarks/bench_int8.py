@@ -3,7 +3,8 @@
 yolov3-416 (80 classes): dense, and filter-pruned (L1) and compacted at 50 % and 75 %, each
 exported as `prunekit export` writes it, float and static INT8 (`export --int8`'s quantization:
 QDQ, per-channel weights, the family's plan; calibrated here on a few random images, which sets
-the ranges but not the speed), all timed in one onnxruntime CPU session each, batch 1, two
+the ranges but not the speed), all timed in one onnxruntime CPU session each as prunekit opens
+the file (INT8 files without the NCHWc layout: :func:`prunekit.onnx.session`), batch 1, two
 threads, beside the dense model in PyTorch eager mode. Deformable DETR (`deformable-detr`, the
 reference, at KITTI's 375 × 1242), dense and 50 % compacted, float and INT8 in onnxruntime.
 Every model is prepared once and timed in turn, round after round (median of rounds), so a slow
