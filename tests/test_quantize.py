@@ -77,18 +77,18 @@ def test_an_int8_files_float_convolution_runs_in_nchw(names, synth_data, tmp_pat
     done = export_int8(ck, tmp_path / "q.onnx",
                        Int8Config(data=str(synth_data / "val.json"), calib=2))
     real = ort.InferenceSession
-    saved = {}
+    saved: list[str] = []
 
     def saving(data, options, **kwargs):
-        options.optimized_model_filepath = str(tmp_path / f"opt{len(saved)}.onnx")
-        saved[len(saved)] = options.optimized_model_filepath
+        saved.append(str(tmp_path / f"opt{len(saved)}.onnx"))
+        options.optimized_model_filepath = saved[-1]
         return real(data, options, **kwargs)
 
     monkeypatch.setattr(ort, "InferenceSession", saving)
 
     def domains(file) -> set[str]:
         file.build(threads=1).session()
-        return {n.domain for n in onnx.load(saved[len(saved) - 1]).graph.node}
+        return {n.domain for n in onnx.load(saved[-1]).graph.node}
 
     assert "com.microsoft.nchwc" in domains(from_file_bytes(done.float.data, "f.onnx"))
     int8 = domains(load_model(tmp_path / "q.onnx"))
