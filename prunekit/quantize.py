@@ -13,6 +13,17 @@ QuantizeLinear: Deformable DETR's ``GridSample`` (the deformable sampling) alway
 products are quantized where one side is a weight (``MatMulConstBOnly``): attention's products
 of two activations stay in float.
 
+**Output convolutions padded to 16 filters** (:func:`_pad_output_convolutions`): onnxruntime's
+fast integer convolution (MLAS's symmetric kernels) takes only layers whose output channels are
+at least 16 and a multiple of 4 (AVX-512), 8 (AVX2, AVX-VNNI) or 16 (ARM); others fall back to
+im2col and a general matrix product, 2–4× slower (measured: 64 → 255 channels at 52², 434 µs;
+64 → 256, 122 µs). A convolution that writes one of the graph's outputs with another count
+(YOLOv3's heads: 3 × (5 + classes) = 255) gets zero filters up to the next multiple of 16 and a
+``Slice`` after it, which runs on uint8: the same outputs, exactly. Inner layers are left as
+they are: a slice there costs more than it saves (yolov3-416 at 30 % filters, where compaction
+leaves 45, 90, 179… channels: 49.8 ms against 44.1 ms, heads only 42.1 ms); ``mask --compact
+--round-to`` is what aligns them.
+
 **Weights in 7 bits** (``weight_bits``, default 7): on an x86 CPU without VNNI (AVX2, AVX-512
 without VNNI), onnxruntime's uint8 × int8 kernels add pairs of products in 16-bit registers
 (``vpmaddubsw``), which saturate once 255 × |w| × 2 passes 32767: with weights in the full int8
@@ -112,6 +123,12 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     check_weight_bits(weight_bits)
     proto = onnx.load_from_string(data)
     excluded, kept = _excluded(proto, plan)
+    op_types = list(plan.op_types)
+    slices = _pad_output_convolutions(proto, plan, set(excluded))
+    if slices:  # the padding is sliced off in uint8; any other Slice keeps its plan
+        op_types.append("Slice")
+        excluded += [n.name for n in proto.graph.node
+                     if n.op_type == "Slice" and n.name not in slices]
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     # The histogram calibrators print their progress on stdout, which carries data here.
@@ -119,7 +136,7 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
             contextlib.redirect_stdout(io.StringIO()):
         out = Path(tmp) / "int8.onnx"
         quantize_static(proto, out, _Reader(feeds, count), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(plan.op_types), per_channel=True,
+                        op_types_to_quantize=op_types, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         reduce_range=weight_bits == 7,
                         nodes_to_exclude=excluded, calibrate_method=calibrate,
@@ -205,6 +222,54 @@ def _excluded(proto: Any, plan: Quantization) -> tuple[list[str], dict[str, str]
             ops = Counter(n.op_type for n in hits)
             kept[f"{pattern.lstrip('*.')} ({_count(ops)})"] = why
     return names, kept
+
+
+# Output channels onnxruntime's symmetric integer convolution takes on every CPU it has one for.
+_FILTER_MULTIPLE = 16
+
+
+def _pad_output_convolutions(proto: Any, plan: Quantization, excluded: set[str]) -> set[str]:
+    """Pads each integer convolution that writes a graph output, and whose filter count is not
+    a multiple of ``_FILTER_MULTIPLE``, with zero filters up to one, and slices them off after
+    it (module docstring). Edits ``proto``; returns the names of the ``Slice`` nodes added."""
+    from onnx import helper, numpy_helper
+
+    if "Conv" not in plan.op_types:
+        return set()
+    outputs = {o.name for o in proto.graph.output}
+    weights = {i.name: i for i in proto.graph.initializer}
+    nodes, slices, resized = [], set(), set()
+    for node in proto.graph.node:
+        nodes.append(node)
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if (node.op_type != "Conv" or node.name in excluded or group != 1
+                or node.output[0] not in outputs or node.input[1] not in weights):
+            continue
+        filters = weights[node.input[1]].dims[0]
+        padded = -(-filters // _FILTER_MULTIPLE) * _FILTER_MULTIPLE
+        if padded == filters:
+            continue
+        for name in node.input[1:3]:  # the weight, and the bias where there is one
+            value = numpy_helper.to_array(weights[name])
+            zeros = np.zeros((padded - filters, *value.shape[1:]), value.dtype)
+            weights[name].CopyFrom(numpy_helper.from_array(np.concatenate([value, zeros]), name))
+            resized.add(name)
+        out = node.output[0]
+        node.output[0] = f"{out}/padded"
+        bounds = [f"{out}/{b}" for b in ("starts", "ends", "axes")]
+        for name, value in zip(bounds, ([0], [filters], [1]), strict=True):
+            proto.graph.initializer.append(numpy_helper.from_array(np.array(value, np.int64),
+                                                                   name))
+        nodes.append(helper.make_node("Slice", [node.output[0], *bounds], [out],
+                                      name=f"{out}/unpad"))
+        slices.add(nodes[-1].name)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    # the exporter records the initializers' shapes too; those changed
+    kept = [v for v in proto.graph.value_info if v.name not in resized]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept)
+    return slices
 
 
 def _float_ops(q: Any, plan: Quantization) -> dict[str, str]:

@@ -96,6 +96,48 @@ def test_an_int8_files_float_convolution_runs_in_nchw(names, synth_data, tmp_pat
     assert "com.microsoft" in int8  # its integer kernels (QLinear*) still run
 
 
+def test_output_convolutions_get_filters_the_integer_kernels_take(names, monkeypatch):
+    """YOLOv3's heads (3 × (5 + classes) filters) are padded with zero filters to a multiple of
+    16, which onnxruntime's fast integer convolution needs, and the padding is sliced off in
+    uint8 after them: the outputs are exactly those of the file without the padding."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from prunekit import onnx as onnx_export
+
+    model = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64).build()
+    data = onnx_export.export(model, batch=1, verify=False, name="m").data
+    filters = 3 * (5 + len(names))
+    assert filters % 16  # the case this is about
+    images = np.random.default_rng(0).random((3, 1, 3, 64, 64), np.float32)
+
+    def int8() -> bytes:
+        return quantize.quantize(data, model.quantization(),
+                                 lambda: ({"images": x} for x in images), 3).data
+
+    padded = onnx.load_from_string(q := int8()).graph
+    monkeypatch.setattr(quantize, "_pad_output_convolutions", lambda *a: set())
+    plain = int8()
+    made = {o: n for n in padded.node for o in n.output}
+    ops = [made[made[o.name].input[0]].input[0] for o in padded.output]
+    slices = [made[o] for o in ops]  # output ← DequantizeLinear ← QuantizeLinear ← Slice
+    assert [n.op_type for n in slices] == ["Slice"] * 3
+    weights = {t.name: numpy_helper.to_array(t) for t in padded.initializer}
+    for s in slices:
+        # Slice ← DequantizeLinear ← QuantizeLinear ← Conv: between quantized pairs, so
+        # onnxruntime slices the uint8 values
+        conv = made[made[made[s.input[0]].input[0]].input[0]]
+        assert conv.op_type == "Conv"
+        w = weights[made[conv.input[1]].input[0]]
+        assert w.shape[0] == -(-filters // 16) * 16 and not w[filters:].any()
+    runs = [ort.InferenceSession(d, providers=["CPUExecutionProvider"]).run(
+        None, {"images": images[0]}) for d in (q, plain)]
+    for a, b in zip(*runs, strict=True):
+        assert a.shape == b.shape and a.shape[1] == filters
+        np.testing.assert_array_equal(a, b)
+
+
 def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path):
     ck = init("deformable-detr-small", names=names, img_size=64, seed=0)
     val = str(synth_data / "val.json")
