@@ -138,6 +138,92 @@ def test_output_convolutions_get_filters_the_integer_kernels_take(names, monkeyp
         np.testing.assert_array_equal(a, b)
 
 
+def _small_yolov3_graph(names):
+    from prunekit import onnx as onnx_export
+
+    model = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64).build()
+    images = np.random.default_rng(0).random((2, 1, 3, 64, 64), np.float32)
+    data = onnx_export.export(model, batch=1, verify=False, name="m").data
+    return model, data, images
+
+
+def _zero_points(data: bytes) -> dict[str, int]:
+    """Each weight's int8 zero point (one value per layer: onnxruntime wants them equal)."""
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(data).graph
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    return {n.input[0]: int(consts[n.input[2]].flat[0]) for n in graph.node
+            if n.op_type == "DequantizeLinear" and len(n.input) > 2
+            and consts.get(n.input[0], np.zeros(0, np.uint8)).dtype == np.int8}
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_an_8_bit_files_convolutions_take_the_faster_kernel(names, monkeypatch, bits):
+    """Where onnxruntime's matrix product times faster than its symmetric kernels (here a fake
+    timer says so for every layer), an 8-bit file stores the layer's weights one step lower
+    with zero point −1: the same outputs, to the bit. A 7-bit file never does (±65 would pass
+    the bound that keeps CPUs without VNNI exact)."""
+    import onnxruntime as ort
+
+    model, data, images = _small_yolov3_graph(names)
+    monkeypatch.setattr(quantize, "_kernel_time", lambda d, *a: 50.0 if -1 in
+                        _zero_points(d).values() else 100.0)
+
+    def int8() -> quantize.Quantized:
+        return quantize.quantize(data, model.quantization(),
+                                 lambda: ({"images": x} for x in images), 2, weight_bits=bits)
+
+    moved = int8()
+    monkeypatch.setattr(quantize, "_matrix_product_layers", lambda *a: [])
+    plain = int8()
+    if bits == 7:
+        assert moved.matrix_product == () and moved.data == plain.data
+        return
+    # every integer convolution, the padded heads' too
+    assert len(moved.matrix_product) == moved.quantized["Conv"]
+    shifted, before = _zero_points(moved.data), _zero_points(plain.data)
+    assert set(before.values()) == {0} and set(shifted.values()) == {-1}
+    w1, w0 = _int8_weights(moved.data), _int8_weights(plain.data)
+    assert all(np.array_equal(a.astype(int), b.astype(int) - 1) for a, b in zip(w1, w0,
+                                                                              strict=True))
+    runs = [ort.InferenceSession(d, providers=["CPUExecutionProvider"]).run(
+        None, {"images": images[0]}) for d in (moved.data, plain.data)]
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    meta = json.loads(quantize.describe(moved, method="minmax", calib=2, data="d",
+                                        weight_bits=8))
+    assert len(meta["matrix_product"]) == len(moved.matrix_product)
+    assert "zero point -1" in meta["weights"]
+
+
+def test_a_convolution_timed_alone_is_onnxruntimes_integer_convolution(names):
+    """The timing harness: one layer cut out of an INT8 file with its quantization runs as a
+    QLinearConv (the profiler finds it), the same with its weights shifted, to the bit."""
+    import onnxruntime as ort
+
+    model, data, images = _small_yolov3_graph(names)
+    q = onnx.load_from_string(quantize.quantize(
+        data, model.quantization(), lambda: ({"images": x} for x in images), 2,
+        weight_bits=8, threads=1).data)
+    conv, x, _ = quantize._integer_convolutions(q)[3]
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(q).graph.value_info}
+    shape = [d.dim_value for d in inferred[x.input[0]].type.tensor_type.shape.dim]
+    alone = quantize._alone(q, conv, x.input[0], shape)
+    shifted = onnx.ModelProto()
+    shifted.CopyFrom(alone)
+    quantize._shift_weights(shifted, conv.name)
+    feed = {x.input[0]: np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)}
+    out = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+           .run(None, feed)[0] for m in (alone, shifted)]
+    assert out[0].dtype == np.uint8 and len(np.unique(out[0])) > 10
+    np.testing.assert_array_equal(out[0], out[1])
+    for m in (alone, shifted):
+        t = quantize._kernel_time(m.SerializeToString(), x.input[0], shape, threads=1, runs=3)
+        assert 0 < t < 1e5
+
+
 def test_deformable_detr_keeps_its_sampling_in_float(names, synth_data, tmp_path):
     ck = init("deformable-detr-small", names=names, img_size=64, seed=0)
     val = str(synth_data / "val.json")
@@ -183,6 +269,27 @@ def test_cli_export_int8_says_what_it_measured(names, synth_data, tmp_path, runn
     assert "INT8 against float, signal-to-noise: logits" in err
     assert "on 6 held-out images of" in err and "mAP50 float" in err
     assert result.stdout == ""
+
+
+def test_cli_export_8_bit_says_which_convolutions_take_the_matrix_product(
+        names, synth_data, tmp_path, runner, monkeypatch):
+    from prunekit import checkpoint
+
+    src = tmp_path / "m.st"
+    checkpoint.save(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                         seed=0), src)
+    # a fake timer: the matrix product faster on the layers with 32 filters or more
+    monkeypatch.setattr(quantize, "_kernel_time", lambda d, *a: 50.0 if -1 in _zero_points(
+        d).values() and max(w.shape[0] for w in _int8_weights(d)) >= 32 else 100.0)
+    result = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "q.onnx"), "--int8",
+                                 "--data", str(synth_data / "val.json"), "--calib", "2",
+                                 "--weight-bits", "8"])
+    assert result.exit_code == 0, result.stderr
+    meta = load_model(tmp_path / "q.onnx").quantization
+    moved, convs = len(meta["matrix_product"]), meta["quantized"]["Conv"]
+    assert 0 < moved < convs
+    assert f"{moved} of {convs} integer convolutions run on onnxruntime's matrix product" in \
+        " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize("bits, dot_products, noted", [

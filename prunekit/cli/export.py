@@ -164,6 +164,10 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
                   highlight=False)
     for what, why in q.kept_float.items():
         console.print(f"kept in float: {what}: {why}", highlight=False)
+    if q.matrix_product:
+        console.print(f"{len(q.matrix_product)} of {q.quantized.get('Conv', 0)} integer "
+                      f"convolutions run on onnxruntime's matrix product (each timed both ways "
+                      f"on this CPU; faster there)", highlight=False)
     console.print("INT8 against float, signal-to-noise: " + ", ".join(
         f"{k} {v:.1f} dB" for k, v in done.sqnr_db.items()), highlight=False)
     f, i = done.metrics["float"], done.metrics["int8"]
