@@ -31,7 +31,8 @@ has it (``MatMulInteger`` 2048³ on two threads of an Intel Xeon with AMX: 1.89 
 the symmetric kernels reach about 0.45). Storing a layer's weights one step lower with zero
 point −1 is the same function, to the bit. An 8-bit file has each convolution timed alone, on
 its own input shape, both ways on the exporting CPU, and stored for the matrix product where
-that takes less than 0.9 of the time (yolov3-416 with AMX: the layers on 26² and 13² maps).
+that takes less than 0.9 of the time (yolov3-416 on an Intel Xeon with AMX: 55 of 74 layers
+dense, 13 at 75 % filters; dense 72.9 → 52.0 ms, 75 % 10.2 → 9.7 ms).
 7-bit files are left as they are: their shifted weights would reach ±65, past the ±64 that
 keeps the 16-bit pair sums of CPUs without VNNI from saturating.
 
