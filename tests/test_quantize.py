@@ -292,14 +292,16 @@ def test_cli_export_8_bit_says_which_convolutions_take_the_matrix_product(
         " ".join(result.stderr.split())
 
 
-@pytest.mark.parametrize("bits, dot_products, noted", [
-    (8, [], True),                 # x86 without VNNI: the kernels may saturate
-    (8, ["avx512_vnni"], False),   # VNNI: 8-bit weights are exact
-    (8, None, False),              # not x86, or flags unknown: nothing to say
-    (7, [], False),                # 7-bit weights never saturate
+@pytest.mark.parametrize("bits, dot_products, noted, advised", [
+    (8, [], True, False),                 # x86 without VNNI: the kernels may saturate
+    (8, ["avx512_vnni"], False, False),   # VNNI: 8-bit weights are exact
+    (8, None, False, False),              # not x86, or flags unknown: nothing to say
+    (7, [], False, False),                # 7-bit weights never saturate
+    (7, None, False, False),
+    (7, ["avx512_vnni", "amx_int8"], False, True),  # 8 bits would run exactly, and faster
 ])
-def test_an_8_bit_export_without_vnni_says_its_figures_are_this_cpus(
-        bits, dot_products, noted, monkeypatch, capsys):
+def test_an_export_says_what_its_weight_bits_mean_on_this_cpu(
+        bits, dot_products, noted, advised, monkeypatch, capsys):
     import importlib
 
     from prunekit import device
@@ -309,6 +311,9 @@ def test_an_8_bit_export_without_vnni_says_its_figures_are_this_cpus(
     err = " ".join(capsys.readouterr().err.split())
     assert ("this CPU has no VNNI" in err and "--weight-bits 7 runs exactly everywhere" in err) \
         is noted
+    assert ("this CPU has avx512_vnni, amx_int8: --weight-bits 8 runs exactly here" in err) \
+        is advised
+    assert bool(err) is (noted or advised)
 
 
 def _int8_weights(data: bytes) -> list[np.ndarray]:

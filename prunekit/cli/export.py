@@ -179,10 +179,17 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
 
 
 def _saturation_note(weight_bits: int) -> None:
-    """8-bit weights on an x86 CPU without VNNI: the figures above are this CPU's, saturated."""
+    """8-bit weights on an x86 CPU without VNNI: the figures above are this CPU's, saturated.
+    7-bit weights on a CPU with VNNI or AMX: 8-bit ones would run exactly here, and faster."""
     from prunekit.device import int8_dot_products
 
-    if weight_bits == 8 and int8_dot_products() == []:
+    dot = int8_dot_products()
+    if weight_bits == 8 and dot == []:
         console.print("note: this CPU has no VNNI, so onnxruntime's kernels may saturate on "
                       "8-bit weights and the figures above may be lower than on a VNNI CPU; "
                       "--weight-bits 7 runs exactly everywhere", highlight=False)
+    elif weight_bits == 7 and dot:
+        console.print(f"note: this CPU has {', '.join(dot)}: --weight-bits 8 runs exactly "
+                      f"here, and lets each convolution take onnxruntime's faster kernel "
+                      f"(yolov3-416 on an Intel Xeon with AMX: 72 -> 52 ms); 7-bit files run "
+                      f"exactly on every CPU", highlight=False)
