@@ -64,12 +64,13 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from prunekit.device import cpu_info
 from prunekit.errors import PrunekitError
 from prunekit.models.base import Quantization
 
@@ -93,12 +94,15 @@ class Quantized:
             it that compute), with their node counts in the description.
         matrix_product: the convolutions stored for onnxruntime's general matrix product
             (:func:`_matrix_product_layers`; 8-bit files only).
+        timed_on: where the 8-bit file's convolutions were timed: ``cpu`` (its model name)
+            and ``threads``; empty for a 7-bit file.
     """
 
     data: bytes
     quantized: dict[str, int]
     kept_float: dict[str, str]
     matrix_product: tuple[str, ...] = ()
+    timed_on: dict[str, Any] = field(default_factory=dict)
 
 
 def check_method(method: str) -> None:
@@ -164,10 +168,15 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     quantized = Counter(n.op_type for n in q.graph.node if n.op_type in plan.op_types
                         and any(i in dequantized for i in n.input))
     kept.update(_float_ops(q, plan))
-    moved = _matrix_product_layers(q, threads or _torch_threads()) if weight_bits == 8 else []
+    moved, timed_on = [], {}
+    if weight_bits == 8:
+        threads = threads or _torch_threads()
+        moved = _matrix_product_layers(q, threads)
+        timed_on = {"cpu": (cpu_info("model name") or {}).get("model name") or "unknown",
+                    "threads": threads}
     for conv in moved:
         _shift_weights(q, conv)
-    return Quantized(q.SerializeToString(), dict(quantized), kept, tuple(moved))
+    return Quantized(q.SerializeToString(), dict(quantized), kept, tuple(moved), timed_on)
 
 
 @contextlib.contextmanager
@@ -451,4 +460,5 @@ def describe(quantized: Quantized, *, method: str, calib: int, data: str,
                        "format": "QDQ", "weights": weights, "weight_bits": weight_bits,
                        "activations": "uint8 per tensor", "quantized": quantized.quantized,
                        "kept_float": quantized.kept_float,
-                       "matrix_product": list(quantized.matrix_product)})
+                       "matrix_product": list(quantized.matrix_product),
+                       "kernels_timed_on": quantized.timed_on})

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from prunekit import quantize
 from prunekit.cli import app
@@ -180,6 +181,7 @@ def test_an_8_bit_files_convolutions_take_the_faster_kernel(names, monkeypatch, 
     plain = int8()
     if bits == 7:
         assert moved.matrix_product == () and moved.data == plain.data
+        assert moved.timed_on == {}
         return
     # every integer convolution, the padded heads' too
     assert len(moved.matrix_product) == moved.quantized["Conv"]
@@ -196,6 +198,8 @@ def test_an_8_bit_files_convolutions_take_the_faster_kernel(names, monkeypatch, 
                                         weight_bits=8))
     assert len(meta["matrix_product"]) == len(moved.matrix_product)
     assert "zero point -1" in meta["weights"]
+    assert meta["kernels_timed_on"]["threads"] == torch.get_num_threads()
+    assert meta["kernels_timed_on"]["cpu"]
 
 
 def test_a_convolution_timed_alone_is_onnxruntimes_integer_convolution(names):
