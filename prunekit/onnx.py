@@ -233,7 +233,8 @@ def _check(data: bytes, name: str) -> None:
                             f"onnx.checker: {_first_line(e)}; nothing was written") from e
 
 
-def session(data: bytes, *, threads: int, nchwc: bool = True) -> Any:
+def session(data: bytes, *, threads: int, nchwc: bool = True,
+            profile: str | None = None) -> Any:
     """An onnxruntime CPU session of ``data`` on ``threads`` threads (intra-op; sequential
     execution, full graph optimisation).
 
@@ -242,6 +243,9 @@ def session(data: bytes, *, threads: int, nchwc: bool = True) -> Any:
     the float ones that a plan keeps (YOLOv3's first) paid a conversion out of NCHWc and a
     transpose into NHWC, 1.4-1.6 ms of yolov3-416's INT8 files at every width (75 % compacted
     12.5 -> 10.9 ms; Deformable DETR's unchanged).
+
+    ``profile``: a path prefix; the session records onnxruntime's per-node profile, written
+    there by ``end_profiling()``.
     """
     import onnxruntime as ort
 
@@ -251,6 +255,9 @@ def session(data: bytes, *, threads: int, nchwc: bool = True) -> Any:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: its warnings go to stderr unasked
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
                                 disabled_optimizers=[] if nchwc else ["NchwcTransformer"])
 

@@ -69,10 +69,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from prunekit.device import cpu_info
 from prunekit.errors import PrunekitError
 from prunekit.models.base import Quantization
+from prunekit.onnx import session
 
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_METHOD = "minmax"
@@ -170,7 +172,7 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     kept.update(_float_ops(q, plan))
     moved, timed_on = [], {}
     if weight_bits == 8:
-        threads = threads or _torch_threads()
+        threads = threads or torch.get_num_threads()
         moved = _matrix_product_layers(q, threads)
         timed_on = {"cpu": (cpu_info("model name") or {}).get("model name") or "unknown",
                     "threads": threads}
@@ -191,12 +193,6 @@ def _root_log_quiet():
         yield
     finally:
         root.setLevel(level)
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
 
 
 def _round(count: int) -> int:
@@ -312,8 +308,8 @@ def _pad_output_convolutions(proto: Any, plan: Quantization, excluded: set[str])
 _MATRIX_PRODUCT_GAIN = 0.9
 
 
-def _integer_convolutions(q: Any) -> list[tuple[Any, Any, Any]]:
-    """(Conv, its input's DequantizeLinear, its weight's DequantizeLinear) of each convolution
+def _integer_convolutions(q: Any) -> list[tuple[Any, Any]]:
+    """(Conv, its input's DequantizeLinear) of each convolution
     onnxruntime fuses into a symmetric integer one: int8 weights, every zero point 0, and a
     QuantizeLinear after it."""
     import onnx
@@ -335,7 +331,7 @@ def _integer_convolutions(q: Any) -> list[tuple[Any, Any, Any]]:
                 or numpy_helper.to_array(consts[w.input[2]]).any()
                 or next((a.i for a in conv.attribute if a.name == "group"), 1) != 1):
             continue
-        found.append((conv, x, w))
+        found.append((conv, x))
     return found
 
 
@@ -351,7 +347,7 @@ def _matrix_product_layers(q: Any, threads: int) -> list[str]:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in (*shape_inference.infer_shapes(q).graph.value_info, *q.graph.input)}
     moved = []
-    for conv, x, _ in convs:
+    for conv, x in convs:
         shape = shapes.get(x.input[0])
         if shape:
             shape[0] = shape[0] or 1  # a dynamic batch, timed at batch 1
@@ -389,20 +385,12 @@ def _alone(q: Any, conv: Any, input_name: str, shape: list[int]) -> Any:
 def _kernel_time(data: bytes, input_name: str, shape: list[int], threads: int,
                  runs: int = 15) -> float:
     """Median kernel time of the integer convolution in ``data`` (onnxruntime's profiler), µs."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     with tempfile.TemporaryDirectory(prefix="prunekit-kernel-") as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        run = session(data, threads=threads, nchwc=False, profile=str(Path(tmp) / "profile"))
         for _ in range(runs + 3):
-            session.run(None, {input_name: x})
-        events = json.loads(Path(session.end_profiling()).read_text())
+            run.run(None, {input_name: x})
+        events = json.loads(Path(run.end_profiling()).read_text())
     times = [e["dur"] for e in events if e.get("cat") == "Node"
              and e.get("args", {}).get("op_name") == "QLinearConv"]
     return float(np.median(times[3:] or times or [np.inf]))

@@ -211,7 +211,7 @@ def test_a_convolution_timed_alone_is_onnxruntimes_integer_convolution(names):
     q = onnx.load_from_string(quantize.quantize(
         data, model.quantization(), lambda: ({"images": x} for x in images), 2,
         weight_bits=8, threads=1).data)
-    conv, x, _ = quantize._integer_convolutions(q)[3]
+    conv, x = quantize._integer_convolutions(q)[3]
     inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(q).graph.value_info}
     shape = [d.dim_value for d in inferred[x.input[0]].type.tensor_type.shape.dim]
     alone = quantize._alone(q, conv, x.input[0], shape)
