@@ -24,17 +24,20 @@ they are: a slice there costs more than it saves (yolov3-416 at 30 % filters, wh
 leaves 45, 90, 179… channels: 49.8 ms against 44.1 ms, heads only 42.1 ms); ``mask --compact
 --round-to`` is what aligns them.
 
-**Each convolution on its faster kernel, in 8-bit files** (:func:`_matrix_product_layers`):
-onnxruntime runs an integer convolution with the symmetric kernels when its weights' zero point
-is 0, and otherwise with its general uint8 × int8 matrix product, which uses AMX where the CPU
-has it (``MatMulInteger`` 2048³ on two threads of an Intel Xeon with AMX: 1.89 T MACs a second;
-the symmetric kernels reach about 0.45). Storing a layer's weights one step lower with zero
-point −1 is the same function, to the bit. An 8-bit file has each convolution timed alone, on
-its own input shape, both ways on the exporting CPU, and stored for the matrix product where
-that takes less than 0.9 of the time (yolov3-416 on an Intel Xeon with AMX: 55 of 74 layers
-dense, 13 at 75 % filters; dense 72.9 → 52.0 ms, 75 % 10.2 → 9.7 ms).
-7-bit files are left as they are: their shifted weights would reach ±65, past the ±64 that
-keeps the 16-bit pair sums of CPUs without VNNI from saturating.
+**Each convolution on its faster kernel** (:func:`_matrix_product_layers`): onnxruntime runs an
+integer convolution with the symmetric kernels when its weights' zero point is 0, and otherwise
+with its general uint8 × int8 matrix product, which uses AMX where the CPU has it
+(``MatMulInteger`` 2048³ on two threads of an Intel Xeon with AMX: 1.89 T MACs a second; the
+symmetric kernels reach about 0.45). Storing a layer's weights one step lower with zero point −1
+is the same function, to the bit, where the stored values stay in range. Each convolution is
+timed alone, on its own input shape, both ways on the exporting CPU, and stored for the matrix
+product where that takes less than 0.9 of the time (yolov3-416 on an Intel Xeon with AMX: 55 of
+74 layers dense, 13 at 75 % filters; dense 72.9 → 52.0 ms, 75 % 10.2 → 9.7 ms, 8-bit). In a
+7-bit file a filter whose weights reach −64 would pass the ±64 bound (below) stored one step
+lower: that filter is quantized again from its float weights at 63 steps a side (its scale
+×64/63, its bias with it), the file's other filters keep their values, and every stored weight
+stays within ±64 (onnxruntime wants one zero point per layer, so a layer cannot keep 0 for some
+filters and −1 for others).
 
 **Weights in 7 bits** (``weight_bits``, default 7): on an x86 CPU without VNNI (AVX2, AVX-512
 without VNNI), onnxruntime's uint8 × int8 kernels add pairs of products in 16-bit registers
@@ -95,9 +98,9 @@ class Quantized:
         kept_float: what stays in float → why (modules of the plan, and operator types outside
             it that compute), with their node counts in the description.
         matrix_product: the convolutions stored for onnxruntime's general matrix product
-            (:func:`_matrix_product_layers`; 8-bit files only).
-        timed_on: where the 8-bit file's convolutions were timed: ``cpu`` (its model name)
-            and ``threads``; empty for a 7-bit file.
+            (:func:`_matrix_product_layers`).
+        timed_on: where the file's convolutions were timed: ``cpu`` (its model name) and
+            ``threads``.
     """
 
     data: bytes
@@ -131,7 +134,7 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
         count: how many items ``feeds`` yields.
         method: ``minmax``, ``entropy`` or ``percentile``.
         weight_bits: 7 (weights within ±64, exact on every CPU) or 8 (the full int8 range).
-        threads: onnxruntime's threads when an 8-bit file's convolutions are timed (default:
+        threads: onnxruntime's threads when the file's convolutions are timed (default:
             torch's).
     """
     import onnx
@@ -152,6 +155,7 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
         op_types.append("Slice")
         excluded += [n.name for n in proto.graph.node
                      if n.op_type == "Slice" and n.name not in slices]
+    floats = _float_weights(proto)  # as the quantizer reads them, padding included
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     # The histogram calibrators print their progress on stdout, which carries data here.
@@ -170,14 +174,12 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     quantized = Counter(n.op_type for n in q.graph.node if n.op_type in plan.op_types
                         and any(i in dequantized for i in n.input))
     kept.update(_float_ops(q, plan))
-    moved, timed_on = [], {}
-    if weight_bits == 8:
-        threads = threads or torch.get_num_threads()
-        moved = _matrix_product_layers(q, threads)
-        timed_on = {"cpu": (cpu_info("model name") or {}).get("model name") or "unknown",
-                    "threads": threads}
+    threads = threads or torch.get_num_threads()
+    moved = _matrix_product_layers(q, threads, floats, weight_bits)
+    timed_on = {"cpu": (cpu_info("model name") or {}).get("model name") or "unknown",
+                "threads": threads}
     for conv in moved:
-        _shift_weights(q, conv)
+        _shift_weights(q, conv, floats, weight_bits)
     return Quantized(q.SerializeToString(), dict(quantized), kept, tuple(moved), timed_on)
 
 
@@ -303,7 +305,7 @@ def _pad_output_convolutions(proto: Any, plan: Quantization, excluded: set[str])
     return slices
 
 
-# An 8-bit file's convolution moves to the matrix product where that takes less than this share
+# A convolution moves to the matrix product where that takes less than this share
 # of the symmetric kernel's time (so that timing noise does not decide near ties).
 _MATRIX_PRODUCT_GAIN = 0.9
 
@@ -335,7 +337,8 @@ def _integer_convolutions(q: Any) -> list[tuple[Any, Any]]:
     return found
 
 
-def _matrix_product_layers(q: Any, threads: int) -> list[str]:
+def _matrix_product_layers(q: Any, threads: int, floats: dict[str, tuple[Any, Any]],
+                           weight_bits: int) -> list[str]:
     """The convolutions of ``q`` that onnxruntime runs faster with its general matrix product
     than with its symmetric kernels on this CPU (module docstring): each timed alone, on its
     own input shape, both ways."""
@@ -356,7 +359,7 @@ def _matrix_product_layers(q: Any, threads: int) -> list[str]:
         alone = _alone(q, conv, x.input[0], shape)
         shifted = type(alone)()
         shifted.CopyFrom(alone)
-        _shift_weights(shifted, conv.name)
+        _shift_weights(shifted, conv.name, floats, weight_bits)
         times = [_kernel_time(m.SerializeToString(), x.input[0], shape, threads)
                  for m in (alone, shifted)]
         if times[1] < _MATRIX_PRODUCT_GAIN * times[0]:
@@ -396,21 +399,67 @@ def _kernel_time(data: bytes, input_name: str, shape: list[int], threads: int,
     return float(np.median(times[3:] or times or [np.inf]))
 
 
-def _shift_weights(q: Any, conv_name: str) -> None:
-    """Stores ``conv_name``'s int8 weights one step lower with zero point −1: the same weights,
-    which onnxruntime runs with its general matrix product instead of its symmetric kernels."""
+def _float_weights(proto: Any) -> dict[str, tuple[Any, Any]]:
+    """Each named convolution of the float graph → its float weight and bias (None without
+    one), as the quantizer read them."""
     from onnx import numpy_helper
 
+    consts = {t.name: t for t in proto.graph.initializer}
+    out = {}
+    for node in proto.graph.node:
+        if node.op_type == "Conv" and node.name and node.input[1] in consts:
+            bias = node.input[2] if len(node.input) > 2 else ""
+            out[node.name] = (numpy_helper.to_array(consts[node.input[1]]),
+                              numpy_helper.to_array(consts[bias]) if bias in consts else None)
+    return out
+
+
+def _shift_weights(q: Any, conv_name: str, floats: dict[str, tuple[Any, Any]],
+                   weight_bits: int) -> None:
+    """Stores ``conv_name``'s int8 weights one step lower with zero point −1, which onnxruntime
+    runs with its general matrix product instead of its symmetric kernels: the same weights, to
+    the bit, in an 8-bit file (stored within −128…126). In a 7-bit file a filter whose weights
+    reach −64 would pass the ±64 bound stored lower; that filter is quantized again from its
+    float weights at 63 steps a side (its scale ×64/63, its bias with it), the others keep
+    their values."""
+    from onnx import numpy_helper
+
+    made = {o: n for n in q.graph.node for o in n.output}
     conv = next(n for n in q.graph.node if n.name == conv_name)
-    dq = next(n for n in q.graph.node if n.output[0] == conv.input[1])
+    dq = made[conv.input[1]]
     consts = {t.name: t for t in q.graph.initializer}
-    w = numpy_helper.to_array(consts[dq.input[0]])
-    zero = numpy_helper.to_array(consts[dq.input[2]])
+
+    def value(name: str) -> np.ndarray:
+        return numpy_helper.to_array(consts[name]).copy()
+
+    def store(name: str, array: np.ndarray) -> None:
+        consts[name].CopyFrom(numpy_helper.from_array(array, name))
+
+    w, zero = value(dq.input[0]).astype(np.int32), value(dq.input[2])
+    lowest = -(2 ** (weight_bits - 1))
     if w.min() < -127 or zero.any():
         raise AssertionError(f"{conv_name}: weights outside ±127 or zero point not 0")
-    consts[dq.input[0]].CopyFrom(numpy_helper.from_array((w.astype(np.int16) - 1)
-                                                         .astype(np.int8), dq.input[0]))
-    consts[dq.input[2]].CopyFrom(numpy_helper.from_array(np.full_like(zero, -1), dq.input[2]))
+    rows = w.reshape(len(w), -1)
+    again = rows.min(1) - 1 < lowest
+    if again.any():
+        real_w, real_b = floats[conv_name]
+        steps = -lowest - 1
+        real = real_w.reshape(len(real_w), -1)[again].astype(np.float64)
+        scale = value(dq.input[1])
+        scale[again] = (np.abs(real).max(1) / steps).astype(scale.dtype)
+        rows[again] = np.clip(np.round(real / scale[again, None].astype(np.float64)), -steps,
+                              steps)
+        store(dq.input[1], scale)
+        if len(conv.input) > 2 and conv.input[2]:
+            bias_dq = made[conv.input[2]]
+            x_scale = value(made[conv.input[0]].input[1]).astype(np.float32)
+            bias, bias_scale = value(bias_dq.input[0]), value(bias_dq.input[1])
+            bias_scale[again] = x_scale * scale[again]
+            bias[again] = np.round(real_b[again] / bias_scale[again]).astype(bias.dtype)
+            store(bias_dq.input[0], bias)
+            store(bias_dq.input[1], bias_scale)
+    store(dq.input[0], (rows - 1).reshape(w.shape).astype(np.int8))
+    store(dq.input[2], np.full_like(zero, -1))
 
 
 def _float_ops(q: Any, plan: Quantization) -> dict[str, str]:
@@ -443,7 +492,8 @@ def describe(quantized: Quantized, *, method: str, calib: int, data: str,
     if quantized.matrix_product:
         weights += (f"; {len(quantized.matrix_product)} convolutions stored one step lower with "
                     f"zero point -1, for onnxruntime's matrix product (faster on the exporting "
-                    f"CPU)")
+                    f"CPU)" + (", their filters that reached -64 quantized at 63 steps a side"
+                               if weight_bits == 7 else ""))
     return json.dumps({"method": method, "calibration_images": calib, "data": data,
                        "format": "QDQ", "weights": weights, "weight_bits": weight_bits,
                        "activations": "uint8 per tensor", "quantized": quantized.quantized,

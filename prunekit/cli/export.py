@@ -180,7 +180,8 @@ def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | 
 
 def _saturation_note(weight_bits: int) -> None:
     """8-bit weights on an x86 CPU without VNNI: the figures above are this CPU's, saturated.
-    7-bit weights on a CPU with VNNI or AMX: 8-bit ones would run exactly here, and faster."""
+    7-bit weights on a CPU with VNNI or AMX: 8-bit ones would run exactly here, and more
+    precisely."""
     from prunekit.device import int8_dot_products
 
     dot = int8_dot_products()
@@ -190,6 +191,5 @@ def _saturation_note(weight_bits: int) -> None:
                       "--weight-bits 7 runs exactly everywhere", highlight=False)
     elif weight_bits == 7 and dot:
         console.print(f"note: this CPU has {', '.join(dot)}: --weight-bits 8 runs exactly "
-                      f"here, and lets each convolution take onnxruntime's faster kernel "
-                      f"(yolov3-416 on an Intel Xeon with AMX: 72 -> 52 ms); 7-bit files run "
-                      f"exactly on every CPU", highlight=False)
+                      f"here, with one more bit of weight precision; 7-bit files run exactly "
+                      f"on every CPU", highlight=False)
