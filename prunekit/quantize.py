@@ -36,8 +36,8 @@ product where that takes less than 0.9 of the time (yolov3-416 on an Intel Xeon 
 7-bit file a filter whose weights reach −64 would pass the ±64 bound (below) stored one step
 lower: that filter is quantized again from its float weights at 63 steps a side (its scale
 ×64/63, its bias with it), the file's other filters keep their values, and every stored weight
-stays within ±64 (onnxruntime wants one zero point per layer, so a layer cannot keep 0 for some
-filters and −1 for others).
+stays within ±64 (one zero point per layer: onnxruntime before mid-2026, whose 1.20 and later
+prunekit takes, refuses a convolution whose filters' zero points differ).
 
 **Weights in 7 bits** (``weight_bits``, default 7): on an x86 CPU without VNNI (AVX2, AVX-512
 without VNNI), onnxruntime's uint8 × int8 kernels add pairs of products in 16-bit registers
