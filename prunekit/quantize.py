@@ -179,7 +179,8 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
     timed_on = {"cpu": (cpu_info("model name") or {}).get("model name") or "unknown",
                 "threads": threads}
     for conv in moved:
-        _shift_weights(q, conv, floats, weight_bits)
+        if not _shift_weights(q, conv, floats, weight_bits):
+            raise AssertionError(f"{conv}: shifted when timed, not now")
     return Quantized(q.SerializeToString(), dict(quantized), kept, tuple(moved), timed_on)
 
 
@@ -359,7 +360,8 @@ def _matrix_product_layers(q: Any, threads: int, floats: dict[str, tuple[Any, An
         alone = _alone(q, conv, x.input[0], shape)
         shifted = type(alone)()
         shifted.CopyFrom(alone)
-        _shift_weights(shifted, conv.name, floats, weight_bits)
+        if not _shift_weights(shifted, conv.name, floats, weight_bits):
+            continue
         times = [_kernel_time(m.SerializeToString(), x.input[0], shape, threads)
                  for m in (alone, shifted)]
         if times[1] < _MATRIX_PRODUCT_GAIN * times[0]:
@@ -415,13 +417,14 @@ def _float_weights(proto: Any) -> dict[str, tuple[Any, Any]]:
 
 
 def _shift_weights(q: Any, conv_name: str, floats: dict[str, tuple[Any, Any]],
-                   weight_bits: int) -> None:
+                   weight_bits: int) -> bool:
     """Stores ``conv_name``'s int8 weights one step lower with zero point −1, which onnxruntime
     runs with its general matrix product instead of its symmetric kernels: the same weights, to
     the bit, in an 8-bit file (stored within −128…126). In a 7-bit file a filter whose weights
     reach −64 would pass the ±64 bound stored lower; that filter is quantized again from its
     float weights at 63 steps a side (its scale ×64/63, its bias with it), the others keep
-    their values."""
+    their values. False, and ``q`` as it was, where that filter's float weights or bias are not
+    at hand."""
     from onnx import numpy_helper
 
     made = {o: n for n in q.graph.node for o in n.output}
@@ -442,7 +445,12 @@ def _shift_weights(q: Any, conv_name: str, floats: dict[str, tuple[Any, Any]],
     rows = w.reshape(len(w), -1)
     again = rows.min(1) - 1 < lowest
     if again.any():
-        real_w, real_b = floats[conv_name]
+        real_w, real_b = floats.get(conv_name, (None, None))
+        bias_dq = made.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if real_w is None or real_w.shape != w.shape or (bias_dq is not None and (
+                real_b is None or bias_dq.op_type != "DequantizeLinear"
+                or bias_dq.input[0] not in consts or real_b.shape != (len(w),))):
+            return False
         steps = -lowest - 1
         real = real_w.reshape(len(real_w), -1)[again].astype(np.float64)
         scale = value(dq.input[1])
@@ -450,8 +458,7 @@ def _shift_weights(q: Any, conv_name: str, floats: dict[str, tuple[Any, Any]],
         rows[again] = np.clip(np.round(real / scale[again, None].astype(np.float64)), -steps,
                               steps)
         store(dq.input[1], scale)
-        if len(conv.input) > 2 and conv.input[2]:
-            bias_dq = made[conv.input[2]]
+        if bias_dq is not None:
             x_scale = value(made[conv.input[0]].input[1]).astype(np.float32)
             bias, bias_scale = value(bias_dq.input[0]), value(bias_dq.input[1])
             bias_scale[again] = x_scale * scale[again]
@@ -460,6 +467,7 @@ def _shift_weights(q: Any, conv_name: str, floats: dict[str, tuple[Any, Any]],
             store(bias_dq.input[1], bias_scale)
     store(dq.input[0], (rows - 1).reshape(w.shape).astype(np.int8))
     store(dq.input[2], np.full_like(zero, -1))
+    return True
 
 
 def _float_ops(q: Any, plan: Quantization) -> dict[str, str]:

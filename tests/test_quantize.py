@@ -230,6 +230,29 @@ def test_convolutions_take_the_faster_kernel(names, monkeypatch, bits):
     assert meta["kernels_timed_on"]["cpu"]
 
 
+def test_a_7_bit_layer_whose_float_weights_are_not_at_hand_stays_as_it_is(names):
+    """A 7-bit filter at −64 is quantized again from its float weights; without them the layer
+    is not shifted at all (and so not moved), rather than stored past ±64."""
+    model, data, images = _small_yolov3_graph(names)
+    q = onnx.load_from_string(quantize.quantize(
+        data, model.quantization(), lambda: ({"images": x} for x in images), 2,
+        weight_bits=7, threads=1).data)
+    floats = quantize._float_weights(onnx.load_from_string(data))
+    at_bound = [c.name for c, _ in quantize._integer_convolutions(q)
+                if -64 in _conv_weights(_alone_bytes(q, c.name))[0][0]]
+    assert at_bound
+    before = q.SerializeToString()
+    assert not quantize._shift_weights(q, at_bound[0], {}, 7)
+    assert q.SerializeToString() == before
+    assert quantize._shift_weights(q, at_bound[0], floats, 7)
+    assert q.SerializeToString() != before
+
+
+def _alone_bytes(q, conv_name: str) -> bytes:
+    conv, x = next((c, x) for c, x in quantize._integer_convolutions(q) if c.name == conv_name)
+    return quantize._alone(q, conv, x.input[0], [1, 1, 1, 1]).SerializeToString()
+
+
 def test_a_convolution_timed_alone_is_onnxruntimes_integer_convolution(names):
     """The timing harness: one layer cut out of an INT8 file with its quantization runs as a
     QLinearConv (the profiler finds it), the same with its weights shifted, to the bit."""
@@ -245,8 +268,8 @@ def test_a_convolution_timed_alone_is_onnxruntimes_integer_convolution(names):
     alone = quantize._alone(q, conv, x.input[0], shape)
     shifted = onnx.ModelProto()
     shifted.CopyFrom(alone)
-    quantize._shift_weights(shifted, conv.name,
-                            quantize._float_weights(onnx.load_from_string(data)), 8)
+    assert quantize._shift_weights(shifted, conv.name,
+                                   quantize._float_weights(onnx.load_from_string(data)), 8)
     feed = {x.input[0]: np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)}
     out = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
            .run(None, feed)[0] for m in (alone, shifted)]
