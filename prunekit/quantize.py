@@ -155,7 +155,9 @@ def quantize(data: bytes, plan: Quantization, feeds: Callable[[], Iterable[dict[
         op_types.append("Slice")
         excluded += [n.name for n in proto.graph.node
                      if n.op_type == "Slice" and n.name not in slices]
-    floats = _float_weights(proto)  # as the quantizer reads them, padding included
+    # Only 7-bit filters are ever quantized again (an 8-bit weight is at least −127): their
+    # float weights as the quantizer reads them, padding included.
+    floats = _float_weights(proto) if weight_bits == 7 else {}
     calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                  "percentile": CalibrationMethod.Percentile}[method]
     # The histogram calibrators print their progress on stdout, which carries data here.
