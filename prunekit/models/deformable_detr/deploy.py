@@ -26,7 +26,11 @@ form does about 3.5 G fewer of them than counted at 375 × 1242 (net of its wide
 a pruned model as in the dense one.
 
 Each encoder layer adds its two residuals and normalises the sums in one pass of the same
-library (:func:`kernel.add_norm`), where the model has two passes over every position.
+library (:func:`kernel.add_norm`), where the model has two passes over every position, and
+its sampling takes the attention logits, softmaxed as the kernel reads them: HF's softmax
+was one more pass over the weights (about 1.1 ms of each encoder layer inside the reference
+model, as long in a pruned model as in the dense one). The encoder's attention layers then
+return no attention weights; nothing in the deployed model reads them.
 """
 
 from __future__ import annotations
@@ -148,7 +152,8 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     division nor the multiplication over every sampling point is needed. A padding mask that
     masks nothing is not applied. Where the kernel runs without gradients, it adds each
     offset to its reference in its own loop
-    (:func:`~prunekit.models.deformable_detr.kernel.sample_offsets`), and where far fewer
+    (:func:`~prunekit.models.deformable_detr.kernel.sample_offsets`) and, for the encoder,
+    softmaxes the attention logits as it reads them (returning no weights), and where far fewer
     queries sample than there are positions (the decoder's), the value projection is applied
     after the sampling rather than before it (:func:`_project_samples`). Otherwise box
     references take HF's own path into :class:`GatherSampling`.
@@ -161,12 +166,25 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     mask = attention_mask if attention_mask is not None and not bool(attention_mask.all()) \
         else None
     offsets = self.sampling_offsets(hidden_states).view(b, q, heads, levels, points, 2)
-    attn = F.softmax(self.attention_weights(hidden_states).view(
-        b, q, heads, levels * points), -1).view(b, q, heads, levels, points)
-    inferring = kernel.usable(encoder_hidden_states, reference_points, offsets, attn) and not (
+    logits = self.attention_weights(hidden_states).view(b, q, heads, levels, points)
+    inferring = kernel.usable(encoder_hidden_states, reference_points, offsets, logits) and not (
         torch.is_grad_enabled() and any(t.requires_grad for t in (
-            encoder_hidden_states, reference_points, offsets, attn, self.value_proj.weight)))
-    if inferring and _samples_first(q, s, heads, levels * points, self.d_model):
+            encoder_hidden_states, reference_points, offsets, logits, self.value_proj.weight)))
+    samples_first = inferring and _samples_first(q, s, heads, levels * points, self.d_model)
+    if inferring and reference_points.shape[-1] == 2 and not samples_first:
+        # The encoder's: the kernel softmaxes the logits as it reads them, and no attention
+        # weights are returned (the encoder layer discards them).
+        ref, _ = _pixels(reference_points, None, spatial_shapes_list, points)
+        value = self.value_proj(encoder_hidden_states)
+        if mask is not None:
+            value = value.masked_fill(~mask[..., None], 0.0)
+        value = value.view(b, s, heads, self.d_model // heads)
+        out = kernel.sample_offsets(value, spatial_shapes_list, ref, offsets, logits,
+                                    logits=True)
+        return self.output_proj(out), None
+    attn = F.softmax(logits.view(b, q, heads, levels * points), -1) \
+        .view(b, q, heads, levels, points)
+    if samples_first:
         ref, offsets = _pixels(reference_points, offsets, spatial_shapes_list, points)
         out = _project_samples(self.value_proj, encoder_hidden_states, mask,
                                spatial_shapes_list, ref, offsets, attn)
@@ -177,12 +195,9 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     value = value.view(b, s, heads, self.d_model // heads)
     if reference_points.shape[-1] == 2:
         ref, _ = _pixels(reference_points, None, spatial_shapes_list, points)
-        if inferring:
-            out = kernel.sample_offsets(value, spatial_shapes_list, ref, offsets, attn)
-        else:
-            pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
-            out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
-                                attn.permute(0, 2, 1, 3, 4))
+        pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
+        out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
+                            attn.permute(0, 2, 1, 3, 4))
     else:
         loc = reference_points[:, :, None, :, None, :2] + offsets / points \
             * reference_points[:, :, None, :, None, 2:] * 0.5

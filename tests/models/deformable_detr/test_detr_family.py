@@ -274,17 +274,22 @@ def test_deployed_form_gives_the_same_outputs(sampling, monkeypatch):
     assert linears and all(isinstance(m, OneDnnLinear) for m in linears)
     assert sum(m.relu for m in linears) == 4  # each feed-forward's first layer with its ReLU
     x = torch.rand(2, 3, *model.input_shape[1:])
-    fused = []
-    add_norm = kernel.add_norm
+    fused, softmaxed = [], []
+    add_norm, sample_offsets = kernel.add_norm, kernel.sample_offsets
     monkeypatch.setattr(kernel, "add_norm", lambda *a: fused.append(1) or add_norm(*a))
+    monkeypatch.setattr(kernel, "sample_offsets", lambda *a, logits=False: softmaxed.append(
+        logits) or sample_offsets(*a, logits=logits))
     with torch.no_grad():
         expected = model(x)
         if sampling == "gather":
             monkeypatch.setattr(kernel, "usable", lambda *tensors: False)
         for a, b in zip(expected, deployed(x), strict=True):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        # Each encoder layer's two residual sums and their norms go through one function.
+        # Each encoder layer's two residual sums and their norms go through one function,
+        # and the kernel softmaxes its attention logits.
         assert len(fused) == 2 * model.detr.config.encoder_layers
+        assert softmaxed.count(True) == (
+            model.detr.config.encoder_layers if sampling == "kernel" else 0)
         fused.clear()
         deployed.train()  # dropout: the layers' own forward
         deployed(x)

@@ -116,6 +116,33 @@ def test_offsets_from_references_give_the_same_samples(dtype, width, points):
         kernel.sample_offsets(value, shapes, reference, offsets, attn.requires_grad_())
 
 
+@pytest.mark.parametrize("points", [3, 4, 8])  # 12 (lane by lane), 16 and 32 logits a row
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_kernel_softmaxes_logits_as_it_reads_them(dtype, points):
+    """The deployed encoder's call with the attention layer's logits: the same samples as with
+    PyTorch's softmax of them, over each (query, head)'s levels × points, for logits far
+    apart (weights that underflow to 0), all equal, and one far above the rest."""
+    value, shapes, loc, _ = _inputs(dtype, width=16, points=points, queries=41)
+    b, q, h, levels, points, _ = loc.shape
+    g = torch.Generator().manual_seed(3)
+    size = torch.tensor(shapes, dtype=dtype).flip(-1).view(1, 1, levels, 2)
+    reference = torch.rand(b, q, levels, 2, generator=g, dtype=dtype) * size - 0.5
+    offsets = torch.randn(b, q, h, levels, points, 2, generator=g, dtype=dtype) * 3
+    logits = torch.randn(b, q, h, levels, points, generator=g, dtype=dtype) * 4
+    logits[0, 0] = 7.5  # all equal
+    logits[0, 1, 0, 0, 0] = 1000.0  # one weight of 1, the others underflowing
+    logits[1, 2] *= 30  # spread over about ±400
+    weights = torch.softmax(logits.view(b, q, h, -1), -1).view_as(logits)
+    assert (weights == 0).any() and (weights == 1).any()
+    with torch.no_grad():
+        out = kernel.sample_offsets(value, shapes, reference, offsets, logits, logits=True)
+        expected = kernel.sample_offsets(value, shapes, reference, offsets, weights)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(out, expected, **tolerance)
+    assert not torch.equal(out, kernel.sample_offsets(value, shapes, reference, offsets,
+                                                      logits))  # the flag is read
+
+
 def test_wide_heads_take_hfs_path():
     value, shapes, loc, attn = _inputs(torch.float32, width=kernel.MAX_WIDTH + 1, queries=2)
     assert not kernel.usable(value, loc, attn)
