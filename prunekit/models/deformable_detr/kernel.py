@@ -202,55 +202,72 @@ struct Lanes {
   }
 };
 
-// softmax of a row's n attention logits, written to out. float32 rows of whole registers take
-// exp() sixteen lanes at a time (Cephes' expf: a degree-5 polynomial on the remainder after
-// powers of two, within 2 ulp of std::exp; its inputs are x - max <= 0, so nothing overflows,
-// and below -87.3 it gives 0); anything else takes std::exp lane by lane. Vector loads read
-// the logits where the linear layer wrote them, not scalar copies just stored (which they
-// would wait for).
+// The largest and the sum of a vector's lanes, the vector halved until one lane is left: four
+// steps for sixteen floats where a lane-by-lane loop is a chain of fifteen.
+template <typename T, int64_t N, typename V>
+T lanes_max(const V& v) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return lanes_max<T, N / 2>(lo > hi ? lo : hi);
+  }
+}
+
+template <typename T, int64_t N, typename V>
+T lanes_sum(const V& v) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return lanes_sum<T, N / 2>(lo + hi);
+  }
+}
+
+// exp(x) for x <= 0, sixteen floats at a time: Cephes' expf, a degree-5 polynomial on the
+// remainder after powers of two (within 2 ulp of std::exp); below -87.3, 0.
+inline Lanes<float>::V exp_nonpositive(Lanes<float>::V x) {
+  using L = Lanes<float>;
+  using V = L::V;
+  using VI = L::VI;
+  const V zero = {}, lo = zero - 87.33654f, one = zero + 1.0f;
+  const VI under = x < lo;
+  x = under ? lo : x;
+  // x = j ln 2 + r, |r| <= ln 2 / 2, ln 2 in two parts so that j ln 2 is exact.
+  const V j = L::floor(x * 1.44269504088896341f + 0.5f);
+  const V r = (x - j * 0.693359375f) - j * -2.12194440e-4f;
+  V p = zero + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + one;
+  const VI bits = (__builtin_convertvector(j, VI) + 127) << 23;  // 2^j
+  V e;
+  std::memcpy(&e, &bits, sizeof e);
+  return under ? zero : p * e;
+}
+
+// softmax of a row's n attention logits, written to out. float32 rows of one register (the
+// reference model's four levels × four points) stay in it throughout; anything else takes
+// std::exp lane by lane. The logits are read where the linear layer wrote them, not from
+// scalar copies just stored (a vector load would wait for those).
 template <typename T>
 void softmax_row(const T* in, T* out, int64_t n) {
   if constexpr (std::is_same_v<T, float>) {
     using L = Lanes<float>;
-    using V = L::V;
-    using VI = L::VI;
-    if (n % L::N == 0) {
-      V top = L::load(in);
-      for (int64_t k = L::N; k < n; k += L::N) {
-        const V x = L::load(in + k);
-        top = x > top ? x : top;
-      }
-      float m = top[0];
-      for (int64_t l = 1; l < L::N; ++l) m = std::max(m, top[l]);
-      const V zero = {}, lo = zero - 87.33654f, one = zero + 1.0f;
-      V sums = zero;
-      for (int64_t k = 0; k < n; k += L::N) {
-        V x = L::load(in + k) - m;
-        const VI under = x < lo;
-        x = under ? lo : x;
-        // x = j ln 2 + r, |r| <= ln 2 / 2, ln 2 in two parts so that j ln 2 is exact.
-        const V j = L::floor(x * 1.44269504088896341f + 0.5f);
-        const V r = (x - j * 0.693359375f) - j * -2.12194440e-4f;
-        V p = zero + 1.9875691500e-4f;
-        p = p * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * (r * r) + r + one;
-        const VI bits = (__builtin_convertvector(j, VI) + 127) << 23;  // 2^j
-        V e;
-        std::memcpy(&e, &bits, sizeof e);
-        const V y = under ? zero : p * e;
-        std::memcpy(out + k, &y, sizeof y);
-        sums += y;
-      }
-      float total = 0.0f;
-      for (int64_t l = 0; l < L::N; ++l) total += sums[l];
-      for (int64_t k = 0; k < n; k += L::N) {
-        const V y = L::load(out + k) / total;
-        std::memcpy(out + k, &y, sizeof y);
-      }
+    if (n == L::N) {
+      const L::V x = L::load(in);
+      const L::V y = exp_nonpositive(x - lanes_max<float, L::N>(x));
+      const L::V w = y * (1.0f / lanes_sum<float, L::N>(y));
+      std::memcpy(out, &w, sizeof w);
       return;
     }
   }
