@@ -171,19 +171,11 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
         torch.is_grad_enabled() and any(t.requires_grad for t in (
             encoder_hidden_states, reference_points, offsets, logits, self.value_proj.weight)))
     samples_first = inferring and _samples_first(q, s, heads, levels * points, self.d_model)
-    if inferring and reference_points.shape[-1] == 2 and not samples_first:
-        # The encoder's: the kernel softmaxes the logits as it reads them, and no attention
-        # weights are returned (the encoder layer discards them).
-        ref, _ = _pixels(reference_points, None, spatial_shapes_list, points)
-        value = self.value_proj(encoder_hidden_states)
-        if mask is not None:
-            value = value.masked_fill(~mask[..., None], 0.0)
-        value = value.view(b, s, heads, self.d_model // heads)
-        out = kernel.sample_offsets(value, spatial_shapes_list, ref, offsets, logits,
-                                    logits=True)
-        return self.output_proj(out), None
-    attn = F.softmax(logits.view(b, q, heads, levels * points), -1) \
-        .view(b, q, heads, levels, points)
+    points_in_kernel = inferring and reference_points.shape[-1] == 2 and not samples_first
+    # The encoder's kernel softmaxes the logits as it reads them, and no attention weights are
+    # returned (the encoder layer discards them).
+    attn = None if points_in_kernel else F.softmax(
+        logits.view(b, q, heads, levels * points), -1).view(b, q, heads, levels, points)
     if samples_first:
         ref, offsets = _pixels(reference_points, offsets, spatial_shapes_list, points)
         out = _project_samples(self.value_proj, encoder_hidden_states, mask,
@@ -195,9 +187,13 @@ def _attention_forward(self: nn.Module, hidden_states: Tensor,
     value = value.view(b, s, heads, self.d_model // heads)
     if reference_points.shape[-1] == 2:
         ref, _ = _pixels(reference_points, None, spatial_shapes_list, points)
-        pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
-        out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
-                            attn.permute(0, 2, 1, 3, 4))
+        if points_in_kernel:
+            out = kernel.sample_offsets(value, spatial_shapes_list, ref, offsets, logits,
+                                        logits=True)
+        else:
+            pixels = (ref.unsqueeze(2).unsqueeze(-2) + offsets).permute(0, 2, 1, 3, 4, 5)
+            out = gather_sample(value, spatial_shapes_list, pixels[..., 0], pixels[..., 1],
+                                attn.permute(0, 2, 1, 3, 4))
     else:
         loc = reference_points[:, :, None, :, None, :2] + offsets / points \
             * reference_points[:, :, None, :, None, 2:] * 0.5

@@ -133,6 +133,24 @@ void by_width(int64_t D, const F& f) {
   }
 }
 
+// The lanes of an N-wide vector reduced by op (a sum, a maximum), the vector halved until one
+// lane is left: four steps for sixteen floats where a lane-by-lane loop is a chain of fifteen.
+template <typename T, int64_t N, typename V, typename Op>
+T halves(const V& v, const Op& op) {
+  if constexpr (N == 1) {
+    return v[0];
+  } else {
+    typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
+    Half lo, hi;
+    std::memcpy(&lo, &v, sizeof lo);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
+    return halves<T, N / 2>(op(lo, hi), op);
+  }
+}
+
+inline constexpr auto kAdd = [](const auto& a, const auto& b) { return a + b; };
+inline constexpr auto kMax = [](const auto& a, const auto& b) { return a > b ? a : b; };
+
 // The backward's row of W values: one GCC/Clang vector where it fits 64 bytes (16 floats: W = 16
 // in float32), so that its sums stay in registers and each step on it is one or two SIMD
 // instructions: g++ 12 turned a plain 16-float accumulator into 16 scalar registers and
@@ -160,22 +178,8 @@ struct Row {
     r.c[0] = c[0] * x.c[0];
     return r;
   }
-  // The sum of the lanes, the vector halved until one lane is left.
-  T sum() const { return halves<kLanes>(c[0]); }
-
- private:
-  template <int64_t N, typename V>
-  static T halves(const V& v) {
-    if constexpr (N == 1) {
-      return v[0];
-    } else {
-      typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
-      Half lo, hi;
-      std::memcpy(&lo, &v, sizeof lo);
-      std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-      return halves<N / 2>(lo + hi);
-    }
-  }
+  // The sum of the lanes.
+  T sum() const { return halves<T, kLanes>(c[0], kAdd); }
 };
 
 // One 64-byte register's worth of T, and of integers as wide as T.
@@ -201,34 +205,6 @@ struct Lanes {
     return t + __builtin_convertvector(x < t, V);  // true is -1
   }
 };
-
-// The largest and the sum of a vector's lanes, the vector halved until one lane is left: four
-// steps for sixteen floats where a lane-by-lane loop is a chain of fifteen.
-template <typename T, int64_t N, typename V>
-T lanes_max(const V& v) {
-  if constexpr (N == 1) {
-    return v[0];
-  } else {
-    typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
-    Half lo, hi;
-    std::memcpy(&lo, &v, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-    return lanes_max<T, N / 2>(lo > hi ? lo : hi);
-  }
-}
-
-template <typename T, int64_t N, typename V>
-T lanes_sum(const V& v) {
-  if constexpr (N == 1) {
-    return v[0];
-  } else {
-    typedef T Half __attribute__((vector_size(sizeof(T) * (N / 2))));
-    Half lo, hi;
-    std::memcpy(&lo, &v, sizeof lo);
-    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + sizeof lo, sizeof hi);
-    return lanes_sum<T, N / 2>(lo + hi);
-  }
-}
 
 // exp(x) for x <= 0, sixteen floats at a time: Cephes' expf, a degree-5 polynomial on the
 // remainder after powers of two (within 2 ulp of std::exp); below -87.3, 0.
@@ -265,8 +241,8 @@ void softmax_row(const T* in, T* out, int64_t n) {
     using L = Lanes<float>;
     if (n == L::N) {
       const L::V x = L::load(in);
-      const L::V y = exp_nonpositive(x - lanes_max<float, L::N>(x));
-      const L::V w = y * (1.0f / lanes_sum<float, L::N>(y));
+      const L::V y = exp_nonpositive(x - halves<float, L::N>(x, kMax));
+      const L::V w = y * (1.0f / halves<float, L::N>(y, kAdd));
       std::memcpy(out, &w, sizeof w);
       return;
     }
