@@ -264,8 +264,7 @@ def _check_int8(float_data: bytes, int8_data: bytes, val_set: Any, held: list[in
     for images, _, records in loader(Subset(val_set, held[:_COMPARED]), 4):
         geometries = [r["geometry"] for r in records]
         for kind, model in files.items():
-            got = model.session().run(None, model.feeds(images, geometries))
-            signal[kind].append(got)
+            signal[kind].append(model.run(images, geometries))
     names = [o.name for o in files["float"].session().get_outputs()]
     sqnr = {}
     for k, out in enumerate(names):

@@ -236,6 +236,12 @@ class OnnxDetector(nn.Module):
         if self.file.decoded:
             raise PrunekitError(f"{self.file.name} outputs decoded boxes; export it without "
                                 f"--decode to detect with it")
+        outputs = tuple(torch.from_numpy(a) for a in self.run(x, geometries))
+        return self.reference.from_graph(outputs)
+
+    def run(self, x: Tensor, geometries: list[Geometry] | None = None) -> list[np.ndarray]:
+        """The graph's outputs for a batch of any size, as onnxruntime gives them (a file
+        with a fixed batch runs it in chunks of its size, the last one padded)."""
         size = self.file.batch or x.shape[0]
         parts = []
         for start in range(0, x.shape[0], size):
@@ -246,9 +252,8 @@ class OnnxDetector(nn.Module):
                 chunk = torch.cat((chunk, chunk.new_zeros(size - n, *chunk.shape[1:])))
                 geo = geo + [geo[-1]] * (size - n) if geo is not None else None
             got = self.session().run(None, self.feeds(chunk, geo))
-            parts.append([torch.from_numpy(a[:n]) for a in got])
-        outputs = tuple(torch.cat(p) for p in zip(*parts, strict=True))
-        return self.reference.from_graph(outputs)
+            parts.append([a[:n] for a in got])
+        return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
     def postprocess(self, outputs: Outputs, geometries: list[Geometry], *, conf: float,
                     iou: float, max_det: int) -> list[Detections]:

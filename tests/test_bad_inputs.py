@@ -351,6 +351,13 @@ CASES = [
          "--weight-bits 4 is not offered; use 7 (every CPU) or 8 (CPUs with VNNI)"),
     case("export {y} -o {out}/q.onnx --weight-bits 8", "--weight-bits sets the INT8 weights' "
          "range; add --int8 or leave it out"),
+    case("export {y} -o {out}/q.onnx --data {val}", "--data applies to INT8 exports only; add "
+         "--int8 or leave it out"),
+    case("export {y} -o {out}/q.onnx --calib 5 --calib-method entropy", "--calib, "
+         "--calib-method apply to INT8 exports only; add --int8 or leave them out"),
+    case("export {y} -o {out}/q.onnx --int8 --data {val} --no-verify", "--int8 always checks "
+         "what it writes (the float graph against PyTorch, the INT8 one against the float "
+         "graph); leave out --no-verify"),
     case("detect {foreign_onnx} --data {val} -o {out}/d.csv",
          "without prunekit's metadata (family, classes, input pipeline): prunekit did not "
          "write it"),

@@ -303,6 +303,27 @@ def test_a_check_the_int8_model_misses_writes_nothing(names, synth_data, tmp_pat
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_int8_file_of_a_fixed_batch_is_checked_in_chunks_of_it(names, synth_data,
+                                                                    tmp_path):
+    """`export --int8 --batch 2` (it crashed: the check fed the file four images at a time):
+    the check runs the held-out images two at a time, the last one padded, and each image's
+    outputs are its own, whatever it is batched with."""
+    ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
+                        seed=0), 64)
+    done = export_int8(ck, tmp_path / "b2.onnx",
+                       Int8Config(data=str(synth_data / "val.json"), calib=3, seed=1), batch=2)
+    assert done.held_out == 5 and done.metrics["int8"]["images"] == 5
+    assert all(v >= MIN_SQNR_DB for v in done.sqnr_db.values())
+    model = load_model(tmp_path / "b2.onnx").build()
+    assert model.file.batch == 2 and model.file.precision == "int8"
+    x = torch.rand(5, 3, 64, 64)
+    together = model.run(x)
+    assert [a.shape[0] for a in together] == [5, 5, 5]
+    alone = [model.run(x[i:i + 1]) for i in range(5)]  # each padded with a blank image
+    for k, out in enumerate(together):
+        np.testing.assert_allclose(out, np.concatenate([a[k] for a in alone]), atol=1e-5)
+
+
 def test_calibrating_on_one_file_and_checking_on_another(names, synth_data, tmp_path):
     ck = lively(init("yolov3-small", names=names, img_size=64, options={"width": 0.25},
                         seed=0), 64)

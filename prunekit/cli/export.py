@@ -62,10 +62,12 @@ def export_cmd(
     data: Annotated[Path | None, typer.Option("--data", help="--int8: COCO JSON of the "
                                               "calibration images (the model's own data).",
                                               show_default=False)] = None,
-    calib: Annotated[int, typer.Option("--calib", help="--int8: calibration images, drawn "
-                                       "from --data with --seed.")] = 100,
-    calib_method: Annotated[str, typer.Option("--calib-method", help="--int8: minmax, "
-                                              "entropy or percentile.")] = "minmax",
+    calib: Annotated[int | None, typer.Option("--calib", help="--int8: calibration images, "
+                                              "drawn from --data with --seed (default 100).",
+                                              show_default=False)] = None,
+    calib_method: Annotated[str | None, typer.Option("--calib-method", help="--int8: minmax "
+                                                     "(default), entropy or percentile.",
+                                                     show_default=False)] = None,
     weight_bits: Annotated[int | None, typer.Option(
         "--weight-bits", help="--int8: 7 (default; weights within ±64, exact on every CPU) or "
                               "8 (the full int8 range, for CPUs with VNNI: without it "
@@ -104,12 +106,10 @@ def export_cmd(
     check_opset(opset if opset is not None else DEFAULT_OPSET)
     if int8:
         config = _int8_config(data, calib, calib_method, val, images, seed, decoded,
-                              weight_bits)
-    elif weight_bits is not None:
-        from prunekit.errors import PrunekitError
-
-        raise PrunekitError("--weight-bits sets the INT8 weights' range; add --int8 or leave it "
-                            "out")
+                              weight_bits, verify)
+    else:
+        _refuse_int8_options(data=data, calib=calib, calib_method=calib_method,
+                             weight_bits=weight_bits, val=val, images=images)
     ck = read_checkpoint(model)
     if int8:
         _export_int8(ck, output, config, None if batch == "dynamic" else int(batch),
@@ -125,9 +125,28 @@ def export_cmd(
                   f"{done.batch}; {checked})", highlight=False)
 
 
-def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
+_INT8_ONLY = {"data": "--data", "calib": "--calib", "calib_method": "--calib-method",
+              "weight_bits": "--weight-bits", "val": "--val", "images": "--images"}
+
+
+def _refuse_int8_options(**given: Any) -> None:
+    """A float export takes no calibration settings: one given is a forgotten --int8, not a
+    setting to drop silently."""
+    from prunekit.errors import PrunekitError
+
+    named = [_INT8_ONLY[k] for k, v in given.items() if v is not None]
+    if named:
+        what = ("sets the INT8 weights' range" if named == ["--weight-bits"]
+                else "applies to INT8 exports only")
+        if len(named) > 1:
+            what = what.replace("applies", "apply")
+        raise PrunekitError(f"{', '.join(named)} {what}; add --int8 or leave "
+                            f"{'it' if len(named) == 1 else 'them'} out")
+
+
+def _int8_config(data: Path | None, calib: int | None, method: str | None, val: Path | None,
                  images: Path | None, seed: int, decoded: bool,
-                 weight_bits: int | None) -> Int8Config:
+                 weight_bits: int | None, verify: bool) -> Int8Config:
     """The INT8 settings, checked before the checkpoint is read."""
     from prunekit.errors import PrunekitError
     from prunekit.export import Int8Config
@@ -138,13 +157,14 @@ def _int8_config(data: Path | None, calib: int, method: str, val: Path | None,
     if decoded:
         raise PrunekitError("--int8 writes the raw outputs (decoding stays in float outside "
                             "the file); leave out --decode")
-    from prunekit.quantize import DEFAULT_WEIGHT_BITS
-
-    return Int8Config(data=str(data), calib=calib, method=method,
-                      val=str(val) if val is not None else None,
+    if not verify:
+        raise PrunekitError("--int8 always checks what it writes (the float graph against "
+                            "PyTorch, the INT8 one against the float graph); leave out "
+                            "--no-verify")
+    given = {"calib": calib, "method": method, "weight_bits": weight_bits}
+    return Int8Config(data=str(data), val=str(val) if val is not None else None,
                       images=str(images) if images is not None else None, seed=seed,
-                      weight_bits=DEFAULT_WEIGHT_BITS if weight_bits is None
-                      else weight_bits).check()
+                      **{k: v for k, v in given.items() if v is not None}).check()
 
 
 def _export_int8(ck: Checkpoint, output: Path, config: Int8Config, batch: int | None,
