@@ -343,9 +343,12 @@ def bench(ck: Checkpoint | OnnxFile, *, device: str = "cpu", batch: int = 1,
     """
     if batch < 1:
         raise PrunekitError(f"--batch must be at least 1, got {batch}")
-    threads = threads or torch.get_num_threads()
+    threads = torch.get_num_threads() if threads is None else threads
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    if latency and not min_run_time > 0:
+        raise PrunekitError(f"--min-time must be more than 0 seconds of timed runs, got "
+                            f"{min_run_time:g}; 2 is the default")
     dev = resolve_device(device)
     if isinstance(ck, OnnxFile):
         used = resolve_file_runtime(ck, runtime, dev)

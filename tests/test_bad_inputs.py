@@ -312,6 +312,10 @@ CASES = [
     # --- history ------------------------------------------------------------------------------
     case("history {text}", "is truncated or not safetensors"),
     case("bench {y} --batch 0 --no-latency", "--batch must be at least 1, got 0"),
+    case("bench {y} --threads 0 --no-latency", "--threads must be at least 1, got 0"),
+    case("bench {y} --min-time 0", "--min-time must be more than 0 seconds of timed runs, got "
+         "0; 2 is the default"),
+    case("bench {yq} --min-time -1", "--min-time must be more than 0 seconds"),
     case("bench {y} --device tpu --no-latency", "--device 'tpu' is unknown"),
     case("bench {y} --runtime tensorrt --no-latency", "--runtime 'tensorrt' is unknown"),
     case("bench {dc} --runtime onednn-graph --no-latency",
