@@ -212,12 +212,25 @@ def to_bytes(ck: Checkpoint) -> bytes:
 # --------------------------------------------------------------------------------------- read
 
 
+def looks_like_onnx(data: bytes, name: str = "") -> bool:
+    """Whether ``data`` is meant as an ONNX file: named ``.onnx``, or a protobuf that starts as
+    a ModelProto does (field 1, ``ir_version``), where a safetensors file has its header's
+    length and then ``{``."""
+    if data[8:9] == b"{":
+        return False
+    return name.lower().endswith(".onnx") or data[:1] == b"\x08"
+
+
 def _check_container(data: bytes, name: str) -> None:
-    """What a checkpoint's reader can say better than the container: an empty file, and a
-    pickle (never loaded)."""
+    """What a checkpoint's reader can say better than the container: an empty file, an ONNX
+    file (which only the commands that run models take), and a pickle (never loaded)."""
     if not data:
         raise CheckpointError(f"{name} is empty; expected a prunekit safetensors checkpoint "
                               f"(create one with `prunekit init`)")
+    if looks_like_onnx(data, name):
+        raise CheckpointError(f"{name} is an ONNX file, not a prunekit checkpoint: this "
+                              f"command reads checkpoints; give the checkpoint it was exported "
+                              f"from (`detect` and `bench` take ONNX files)")
     looks_safetensors = data[8:9] == b"{"
     if not looks_safetensors and (data[:4] == b"PK\x03\x04" or (
             data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))):

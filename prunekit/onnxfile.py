@@ -28,19 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from prunekit.checkpoint import Checkpoint, Source, from_bytes, read_bytes
+from prunekit.checkpoint import Checkpoint, Source, from_bytes, looks_like_onnx, read_bytes
 from prunekit.errors import CheckpointError, PrunekitError
 from prunekit.models import registry
 from prunekit.models.base import Detections, Detector, Geometry, InputTransform, Outputs
-
-
-def looks_like_onnx(data: bytes, name: str = "") -> bool:
-    """Whether ``data`` is meant as an ONNX file: named ``.onnx``, or a protobuf that starts as
-    a ModelProto does (field 1, ``ir_version``), where a safetensors file has its header's
-    length and then ``{``."""
-    if data[8:9] == b"{":
-        return False
-    return name.lower().endswith(".onnx") or data[:1] == b"\x08"
 
 
 @dataclass

@@ -377,6 +377,10 @@ CASES = [
     case("bench {yo} --runtime eager --no-latency", "runs PyTorch checkpoints; use --runtime "
                                                     "onnxruntime"),
     case("bench {yo_decoded} --batch 1 --no-latency", "fixed batch of 2; bench it with --batch 2"),
+    case("attack {yo} --data {val} -o {out}/adv", "is an ONNX file, not a prunekit checkpoint: "
+         "this command reads checkpoints; give the checkpoint it was exported from"),
+    case("mask {yq} --ratio 0.5 -o {out}/m.st", "is an ONNX file, not a prunekit checkpoint"),
+    case("export {yo} -o {out}/again.onnx", "is an ONNX file, not a prunekit checkpoint"),
     # --- grid ---------------------------------------------------------------------------------
     case("grid subset {val} {out}/sub.json", "must be in the same folder as"),
     case("grid subset {out}/none.json {out}/sub.json", "does not exist"),
