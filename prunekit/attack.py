@@ -67,11 +67,12 @@ class AttackConfig:
     random_start: bool = True
     target_conf: float = 0.25
 
-    def check(self, steps_flag: str = "--steps") -> AttackConfig:
-        """Refuse settings no attack can run with (``steps_flag``: the command's flag for
-        ``steps``, named in the message)."""
+    def check(self, steps_flag: str = "--steps", *, method_flag: str = "--method"
+              ) -> AttackConfig:
+        """Refuse settings no attack can run with (``steps_flag`` and ``method_flag``: the
+        command's flags for ``steps`` and ``method``, named in the messages)."""
         if self.method not in METHODS:
-            raise PrunekitError(f"--method {self.method!r} is unknown; use pgd or fgsm")
+            raise PrunekitError(f"{method_flag} {self.method!r} is unknown; use pgd or fgsm")
         if self.loss not in LOSSES:
             raise PrunekitError(f"--loss {self.loss!r} is unknown; use total, cls, box or obj")
         if not 0 < self.eps <= 1:

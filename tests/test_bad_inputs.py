@@ -122,6 +122,10 @@ CASES = [
          "--alpha must lie in (0, 1]"),
     case("finetune {y} --data {train} --steps 1 --adv pgd --attack-steps 0 @ -o {out}/x.st",
          "--attack-steps must be at least 1"),
+    case("finetune {y} --data {train} --steps 1 --eps 0.1 @ -o {out}/x.st",
+         "--eps sets an attack, and none runs; add --adv pgd (or fgsm)"),
+    case("finetune {y} --data {train} --steps 1 --pgd-steps 3 @ -o {out}/x.st",
+         "--attack-steps sets an attack, and none runs"),
     case("finetune {y} --data {train} --steps 1 --adv-mix 1.5 --adv pgd @ -o {out}/x.st",
          "--adv-mix must lie in [0, 1]"),
     case("finetune {y} --data {train} --steps 1 --img-size 48 @ -o {out}/x.st",
@@ -254,6 +258,8 @@ CASES = [
          "--group 'nope' is not a group of"),
     case("sensitivity {ys} --data {val} --jobs 0 -o {out}/s.csv", "--jobs must be at least 1"),
     case("sensitivity {ys} --data {val} --adv cw -o {out}/s.csv", "--adv 'cw' is unknown"),
+    case("sensitivity {ys} --data {val} --loss obj -o {out}/s.csv",
+         "--loss sets an attack, and none runs; add --adv pgd (or fgsm) or leave it out"),
     case("sensitivity {ys} --data {val} --adv pgd --eps 2 -o {out}/s.csv",
          "--eps must lie in (0, 1]"),
     case("sensitivity {ys} --data {val} --max-images 0 -o {out}/s.csv",
@@ -282,6 +288,12 @@ CASES = [
          "--batch-size must be at least 1, got 0"),
     case("detect {y} --data {val} --attack pgd --eps -1 -o {out}/d.csv",
          "--eps must lie in (0, 1]"),
+    case("detect {y} --data {val} --eps 0.1 -o {out}/d.csv", "--eps sets an attack, and none "
+         "runs; add --attack pgd (or fgsm) or leave it out"),
+    case("detect {y} --data {val} --steps 3 --loss obj -o {out}/d.csv", "--steps, --loss set an "
+         "attack, and none runs; add --attack pgd (or fgsm) or leave them out"),
+    case("detect {y} --data {val} --attack cw -o {out}/d.csv",
+         "--attack 'cw' is unknown; use pgd or fgsm"),
     case("detect {y} -o {out}/d.csv", "what to detect on?"),
     case("detect {y} --images {emptydir} -o {out}/d.csv", "holds no images"),
     case("detect {y} --images {out}/nothere -o {out}/d.csv", "is not a folder of images"),
@@ -395,6 +407,9 @@ CASES = [
          "--data {train} --val {val}", "--ratio must lie in [0, 1)"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--adv cw --data {train} --val {val}", "--adv 'cw' is unknown"),
+    case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
+         "--adv none --no-adv-eval --eps 0.1 --data {train} --val {val}",
+         "--eps sets an attack, and none runs; add --adv pgd (or fgsm) or leave it out"),
     case("grid cell {y} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--data {train} --val {val}", "has no scores for"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from prunekit import checkpoint
+from prunekit.attack import AttackConfig
 from prunekit.cli import app
 from prunekit.errors import PrunekitError
 from prunekit.history import ALWAYS, FLAGS, commands, pipeline
@@ -37,6 +38,11 @@ def test_every_flag_defaults_to_its_settings_default():
                 default = param.default
                 if (command, f.name) == ("mask", "granularity"):
                     assert default is None  # none given: weight, or filter with --structured
+                    continue
+                if kind is AttackConfig and default is None:
+                    # left out, an attack setting takes the configuration's default (refused
+                    # without an attack: cli._options.attack_config); the help names it
+                    assert f"(default {f.default})" in param.help, (command, f.name)
                     continue
                 if isinstance(f.default, float) and default is not None:
                     default = float(default)

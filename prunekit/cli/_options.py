@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from prunekit.errors import PrunekitError
+
+if TYPE_CHECKING:
+    from prunekit.attack import AttackConfig
 
 
 def _workers(value: int) -> int:
@@ -41,13 +44,41 @@ ImgSizeOpt = Annotated[
                  "of 32), or Deformable DETR's canvas height (default: the model's).",
                  show_default=False),
 ]
-EpsOpt = Annotated[float, typer.Option("--eps", help="Attack radius (L∞, images in [0, 1]).")]
-AlphaOpt = Annotated[float, typer.Option("--alpha", help="Attack (PGD) step size.")]
+# An attack's settings: None where left out, so that one given to a command that runs no
+# attack is refused (attack_config) rather than ignored; the defaults are AttackConfig's.
+EpsOpt = Annotated[float | None, typer.Option("--eps", help="L∞ attack radius, images in [0, "
+                                              "1] (default 0.05).", show_default=False)]
+AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Attack (PGD) step size "
+                                                "(default 0.02).", show_default=False)]
 # PGD steps: `--steps` where the command has no training steps, `--attack-steps` where it has.
-AttackStepsOpt = Annotated[int, typer.Option("--attack-steps", help="PGD steps.")]
+AttackStepsOpt = Annotated[int | None, typer.Option("--attack-steps", help="PGD steps (default 5).",
+                                                    show_default=False)]
+LossOpt = Annotated[str | None, typer.Option("--loss", help="Attack objective: total (default), "
+                                             "cls, box or obj (vanishing).",
+                                             show_default=False)]
 WorkersOpt = Annotated[int, typer.Option("--workers", help="DataLoader worker processes.",
                                          callback=_workers)]
 ThreadsOpt = Annotated[
     int | None,
     typer.Option("--threads", help="CPU threads (default: torch's).", show_default=False),
 ]
+
+
+def attack_config(method: str | None, *, method_flag: str, steps_flag: str = "--steps",
+                  settings_used: bool = False, **given: Any) -> AttackConfig | None:
+    """The attack a command's flags ask for, checked: None where ``method`` is None or
+    ``none``. ``given`` holds the settings the command offers (``eps``, ``alpha``, ``steps``,
+    ``loss``), None where left out (AttackConfig's defaults, the paper's). A setting given with
+    no attack to apply it to is refused, not ignored, unless the command uses the settings for
+    something else too (``settings_used``: the grid's adversarial evaluation)."""
+    from prunekit.attack import AttackConfig
+
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if method is None or method == "none":
+        if chosen and not settings_used:
+            flags = [steps_flag if k == "steps" else f"--{k}" for k in chosen]
+            raise PrunekitError(f"{', '.join(flags)} set{'s' if len(flags) == 1 else ''} an "
+                                f"attack, and none runs; add {method_flag} pgd (or fgsm) or "
+                                f"leave {'it' if len(flags) == 1 else 'them'} out")
+        return None
+    return AttackConfig(method=method, **chosen).check(steps_flag, method_flag=method_flag)

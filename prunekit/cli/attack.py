@@ -10,7 +10,16 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, progress_bar, read_checkpoint
-from prunekit.cli._options import AlphaOpt, CheckpointArg, DeviceOpt, EpsOpt, SeedOpt, ThreadsOpt
+from prunekit.cli._options import (
+    AlphaOpt,
+    CheckpointArg,
+    DeviceOpt,
+    EpsOpt,
+    LossOpt,
+    SeedOpt,
+    ThreadsOpt,
+    attack_config,
+)
 
 EXAMPLE = """Examples:
 
@@ -30,10 +39,11 @@ def attack_cmd(
     images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
                                                 "folder).", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="pgd or fgsm.")] = "pgd",
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
-    loss: Annotated[str, typer.Option(help="total, cls, box or obj (vanishing).")] = "total",
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
+                                                            show_default=False)] = None,
+    loss: LossOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
@@ -42,13 +52,14 @@ def attack_cmd(
                                          "empty).", show_default=False)] = ...,
 ) -> None:
     """Attack every image of a dataset; write PNGs and a COCO JSON with the same ids."""
-    from prunekit.attack import AttackConfig, attack_dataset
+    from prunekit.attack import attack_dataset
     from prunekit.errors import PrunekitError
 
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
     ck = read_checkpoint(model)
-    config = AttackConfig(method=method, eps=eps, alpha=alpha, steps=steps, loss=loss).check()
+    config = attack_config(method, method_flag="--method", eps=eps, alpha=alpha, steps=steps,
+                           loss=loss)
     with progress_bar("attack") as bar:
         task = bar.add_task("attack", total=None, info="")
         summary = attack_dataset(ck, data, output, config, images=images,

@@ -13,10 +13,12 @@ from prunekit.cli._options import (
     AlphaOpt,
     DeviceOpt,
     EpsOpt,
+    LossOpt,
     ModelArg,
     SeedOpt,
     ThreadsOpt,
     WorkersOpt,
+    attack_config,
 )
 
 EXAMPLE = """Examples:
@@ -49,11 +51,11 @@ def detect_cmd(
     workers: WorkersOpt = 0,
     attack: Annotated[str | None, typer.Option(help="Attack each image first: pgd or fgsm.",
                                                show_default=False)] = None,
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
-    loss: Annotated[str, typer.Option(help="Attack objective: total, cls, box or obj "
-                                      "(vanishing).")] = "total",
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
+                                                            show_default=False)] = None,
+    loss: LossOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,
     device: DeviceOpt = "auto",
@@ -66,17 +68,14 @@ def detect_cmd(
     with the checkpoint's own input transform and post-processing. A file is not attacked
     (no gradients through it): detect with it the images `prunekit attack` wrote on its source
     checkpoint (a transferred attack)."""
-    from prunekit.attack import AttackConfig
     from prunekit.detect import detect_dataset
     from prunekit.detections import DetectionWriter
     from prunekit.onnxfile import OnnxFile, transferred_attack
 
     check_output(output)
     ck = read_model(model)
-    config = None
-    if attack is not None:
-        config = AttackConfig(method=attack, eps=eps, alpha=alpha, steps=steps,
-                              loss=loss).check()
+    config = attack_config(attack, method_flag="--attack", eps=eps, alpha=alpha, steps=steps,
+                           loss=loss)
     total, ids, results = detect_dataset(ck, data=data, images=images, conf=conf, iou=iou,
                                          max_det=max_det, batch_size=batch_size,
                                          workers=workers, device=device, threads=threads,

@@ -25,6 +25,7 @@ from prunekit.cli._options import (
     SeedOpt,
     ThreadsOpt,
     WorkersOpt,
+    attack_config,
 )
 from prunekit.errors import PrunekitError
 
@@ -68,10 +69,12 @@ def finetune_cmd(
     adv: Annotated[str, typer.Option(help="Adversarial training: none, pgd, or fgsm (FGSM "
                                      "with random start).")] = "none",
     adv_mix: Annotated[float, typer.Option(help="Weight of the adversarial loss.")] = 0.5,
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    attack_steps: Annotated[int, typer.Option("--attack-steps", "--pgd-steps",
-                                              help="PGD steps.")] = 5,
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    attack_steps: Annotated[int | None, typer.Option("--attack-steps", "--pgd-steps",
+                                                     help="PGD steps (default 5).",
+                                                     show_default=False)]
+    = None,
     workers: WorkersOpt = 1,
     images: Annotated[Path | None, typer.Option(help="Image root (default: the JSON's "
                                                 "folder).", show_default=False)] = None,
@@ -117,7 +120,6 @@ def finetune_cmd(
     import contextlib
 
     from prunekit import distributed
-    from prunekit.attack import AttackConfig
     from prunekit.finetune import TrainConfig, finetune
 
     if adv not in ("none", "pgd", "fgsm"):
@@ -128,8 +130,8 @@ def finetune_cmd(
         adv_mix=adv_mix, images=str(images) if images else None,
         val=str(val) if val else None, eval_every=eval_every, save_every=save_every,
         bn_batches=bn_batches, workers=workers, seed=seed)
-    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
-                                                     steps=attack_steps).check("--attack-steps")
+    attack = attack_config(adv, method_flag="--adv", steps_flag="--attack-steps", eps=eps,
+                           alpha=alpha, steps=attack_steps)
     prune = _prune_config(prune_to, schedule, prune_start, prune_end, prune_every,
                           granularity, scope, compact, steps)
     with distributed.session(device) as s:

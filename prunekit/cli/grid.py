@@ -10,7 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import check_output, console, write_text
-from prunekit.cli._options import AlphaOpt, AttackStepsOpt, EpsOpt
+from prunekit.cli._options import AlphaOpt, AttackStepsOpt, EpsOpt, attack_config
 
 grid_app = typer.Typer(
     help="The experiment grid's building blocks (see `make all-scenarios`): one cell, "
@@ -52,9 +52,9 @@ def cell_cmd(
     lr: Annotated[float, typer.Option(help="Fine-tuning learning rate.")] = 2e-3,
     weight_decay: Annotated[float, typer.Option(help="Fine-tuning weight decay.")] = 0.05,
     adv: Annotated[str, typer.Option(help="Fine-tuning attack: fgsm, pgd or none.")] = "fgsm",
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    attack_steps: AttackStepsOpt = 5,
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    attack_steps: AttackStepsOpt = None,
     adv_eval: Annotated[bool, typer.Option("--adv-eval/--no-adv-eval", help="Also detect on "
                                            "PGD-attacked images (adv_* metrics).")] = True,
     images: Annotated[Path | None, typer.Option(help="Image root of --data and --val "
@@ -91,7 +91,6 @@ def cell_cmd(
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
     from dataclasses import replace
 
-    from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
     from prunekit.finetune import TrainConfig
     from prunekit.grid import GRADUAL, CellSchedule, Measure, cell
@@ -119,10 +118,12 @@ def cell_cmd(
     train = TrainConfig(data=str(data), steps=steps, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, images=root, workers=0, seed=seed) \
         if steps else None
-    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
-                                                     steps=attack_steps).check("--attack-steps")
-    evaluation = AttackConfig(method="pgd", eps=eps, alpha=alpha,
-                              steps=attack_steps).check("--attack-steps") if adv_eval else None
+    settings = {"eps": eps, "alpha": alpha, "steps": attack_steps}
+    attack = attack_config(adv, method_flag="--adv", steps_flag="--attack-steps",
+                           settings_used=adv_eval, **settings)
+    evaluation = attack_config("pgd" if adv_eval else None, method_flag="--adv-eval",
+                               steps_flag="--attack-steps", settings_used=adv != "none",
+                               **settings)
     measure = Measure(val=str(val), images=root, attack=evaluation, bench_seconds=bench_seconds,
                       runtime=runtime, threads=threads, seed=seed)
     row = cell(model, out, scenario=scenario, run=run, prune=prune, train=train, attack=attack,

@@ -25,6 +25,7 @@ from prunekit.cli._options import (
     SeedOpt,
     ThreadsOpt,
     WorkersOpt,
+    attack_config,
 )
 
 EXAMPLE = """Examples:
@@ -54,9 +55,9 @@ def score_cmd(
     scope: Annotated[str, typer.Option(help="HYDRA: layer or global top-k.")] = "layer",
     adv: Annotated[str, typer.Option(help="HYDRA: optimise on adversarial examples (none, "
                                      "pgd, fgsm).")] = "none",
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    attack_steps: AttackStepsOpt = 5,
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    attack_steps: AttackStepsOpt = None,
     baseline: Annotated[str, typer.Option(help="DeepLIFT reference: black, white, grey or "
                                           "blur.")] = "black",
     batches: Annotated[int, typer.Option(help="Calibration batches (taylor, deeplift).")] = 16,
@@ -71,7 +72,6 @@ def score_cmd(
     """Add scores.<param> for every conv and linear weight to the checkpoint. Frozen weights
     (an imported model's frozen backbone) are scored too; a weight that gets no gradient is
     left unpruned, and the command says so."""
-    from prunekit.attack import AttackConfig
     from prunekit.errors import PrunekitError
     from prunekit.mask import PruneConfig
     from prunekit.score import ScoreConfig, score
@@ -83,8 +83,8 @@ def score_cmd(
                          batch_size=batch_size, steps=steps, lr=lr, baseline=baseline,
                          workers=workers, seed=seed).check()
     target = PruneConfig(ratio=ratio, granularity=granularity, scope=scope).check()
-    attack = None if adv == "none" else AttackConfig(method=adv, eps=eps, alpha=alpha,
-                                                     steps=attack_steps).check("--attack-steps")
+    attack = attack_config(adv, method_flag="--adv", steps_flag="--attack-steps", eps=eps,
+                           alpha=alpha, steps=attack_steps)
     check_output(output, what="a checkpoint")
     ck = read_checkpoint(model)
     with progress_bar("score") as bar:

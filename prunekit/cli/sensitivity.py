@@ -14,8 +14,10 @@ from prunekit.cli._options import (
     CheckpointArg,
     DeviceOpt,
     EpsOpt,
+    LossOpt,
     SeedOpt,
     ThreadsOpt,
+    attack_config,
 )
 
 EXAMPLE = """Examples:
@@ -50,11 +52,11 @@ def sensitivity_cmd(
                                                     show_default=False)] = None,
     adv: Annotated[str | None, typer.Option(help="Also measure mAP under this attack: pgd or "
                                             "fgsm.", show_default=False)] = None,
-    eps: EpsOpt = 0.05,
-    alpha: AlphaOpt = 0.02,
-    steps: Annotated[int, typer.Option(help="PGD steps.")] = 5,
-    loss: Annotated[str, typer.Option(help="Attack objective: total, cls, box or obj.")]
-    = "total",
+    eps: EpsOpt = None,
+    alpha: AlphaOpt = None,
+    steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
+                                                            show_default=False)] = None,
+    loss: LossOpt = None,
     conf: Annotated[float, typer.Option(help="Detection threshold (0.001: COCO practice for "
                                         "mAP).")] = 0.001,
     iou: Annotated[float, typer.Option(help="NMS IoU threshold.")] = 0.45,
@@ -76,18 +78,14 @@ def sensitivity_cmd(
     """Prune each group alone at each ratio (by the checkpoint's scores, as `mask` would) and
     write clean (and attacked) mAP per group and ratio as CSV, with a figure."""
     from prunekit import sensitivity as sens
-    from prunekit.attack import AttackConfig
     from prunekit.cli._io import write_text
     from prunekit.errors import PrunekitError
 
     if structured and granularity not in (None, "filter"):
         raise PrunekitError(f"--structured means --granularity filter, not {granularity}")
     gran = "filter" if structured else (granularity or "weight")
-    attack = None
-    if adv is not None:
-        if adv not in ("pgd", "fgsm"):
-            raise PrunekitError(f"--adv {adv!r} is unknown; use pgd or fgsm")
-        attack = AttackConfig(method=adv, eps=eps, alpha=alpha, steps=steps, loss=loss)
+    attack = attack_config(adv, method_flag="--adv", eps=eps, alpha=alpha, steps=steps,
+                           loss=loss)
     config = sens.SensitivityConfig(ratios=sens.parse_ratios(ratios), granularity=gran,
                                     attack=attack, max_images=max_images, conf=conf, iou=iou,
                                     max_det=max_det, batch_size=batch_size, seed=seed).check()
