@@ -23,7 +23,7 @@ from prunekit.attack import AttackConfig
 from prunekit.errors import PrunekitError
 from prunekit.finetune import TrainConfig
 from prunekit.mask import PruneConfig
-from prunekit.score import ScoreConfig
+from prunekit.score import METHODS, USED_BY, ScoreConfig
 
 # config class → field → flag ("--on/--off" for a bool that has both, "--on" for a flag).
 # A field missing here has no flag in that command.
@@ -145,7 +145,11 @@ def _init(args: dict[str, Any]) -> list[str]:
 
 
 def _score(args: dict[str, Any]) -> list[str]:
-    argv = ["prunekit", "score", *_flags("score", ScoreConfig, args["score"])]
+    recorded = dict(args["score"])
+    for f in fields(ScoreConfig):  # a setting the method does not read: `score` refuses it
+        if recorded["method"] not in USED_BY.get(f.name, METHODS) and f.default is not MISSING:
+            recorded[f.name] = f.default
+    argv = ["prunekit", "score", *_flags("score", ScoreConfig, recorded)]
     if args["target"] is not None:
         argv += _flags("score", PruneConfig, args["target"])
     if args["attack"] is not None:

@@ -39,6 +39,12 @@ from prunekit.models.base import Detector
 
 METHODS = ("magnitude", "l1-filter", "random", "taylor", "deeplift", "hydra")
 NEEDS_DATA = ("taylor", "deeplift", "hydra")
+# The methods that read each setting (ScoreConfig's fields; ``target`` and ``attack``, HYDRA's
+# own values); the others ignore it, so ``score`` refuses one given to them.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "data": NEEDS_DATA, "images": NEEDS_DATA, "batch_size": NEEDS_DATA, "workers": NEEDS_DATA,
+    "batches": ("taylor", "deeplift"), "baseline": ("deeplift",), "steps": ("hydra",),
+    "lr": ("hydra",), "target": ("hydra",), "attack": ("hydra",)}
 Progress = Callable[[int, int], None]
 
 

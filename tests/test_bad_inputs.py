@@ -163,6 +163,12 @@ CASES = [
     # --- score --------------------------------------------------------------------------------
     case("score {y} --method deeplift2 -o {out}/x.st", "--method 'deeplift2' is unknown"),
     case("score {y} --method taylor -o {out}/x.st", "--method taylor needs training images"),
+    case("score {y} --method l1-filter --adv pgd --eps 0.1 -o {out}/x.st", "--method l1-filter "
+         "does not use --adv, --eps (only hydra does); leave them out"),
+    case("score {y} --method magnitude --data {train} -o {out}/x.st", "--method magnitude does "
+         "not use --data (only taylor, deeplift, hydra do); leave it out"),
+    case("score {y} --method deeplift --data {train} --lr 0.2 -o {out}/x.st",
+         "--method deeplift does not use --lr (only hydra does); leave it out"),
     case("score {y} --method hydra --data {train} --ratio 1.5 -o {out}/x.st",
          "--ratio must lie in [0, 1) (the fraction removed), got 1.5"),
     case("score {y} --method hydra --data {train} --granularity channel -o {out}/x.st",

@@ -102,6 +102,16 @@ def test_mask_compact_is_one_command():
         "  | prunekit mask --ratio 0.25 --granularity filter --compact"
 
 
+def test_a_score_step_is_rebuilt_with_the_settings_its_method_reads():
+    """A library caller's ScoreConfig may carry settings its method ignores; `score` refuses
+    them on the command line, so the rebuilt command leaves them out."""
+    from prunekit.score import ScoreConfig, score
+
+    ck = score(tiny_checkpoint(), ScoreConfig(method="magnitude", batches=3, lr=0.5,
+                                              baseline="white", workers=0))
+    assert commands(ck.history)[-1] == ["prunekit", "score", "--method", "magnitude"]
+
+
 def test_a_history_without_settings_whole_is_refused_in_one_line():
     from tests.test_legacy import LEGACY
 

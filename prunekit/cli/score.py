@@ -38,8 +38,37 @@ EXAMPLE = """Examples:
 """
 
 
+# score's flags → the setting each gives (prunekit.score.USED_BY: the methods that read it).
+_SETTING = {"data": "data", "images": "images", "batch_size": "batch_size",
+            "workers": "workers", "batches": "batches", "baseline": "baseline", "steps": "steps",
+            "lr": "lr", "ratio": "target", "granularity": "target", "scope": "target",
+            "adv": "attack", "eps": "attack", "alpha": "attack", "attack_steps": "attack"}
+
+
+def _refuse_unused(ctx: typer.Context, method: str) -> None:
+    """A setting given on the command line that ``method`` does not read is refused, not
+    ignored (``--adv pgd`` with ``--method l1-filter`` would score no more robustly)."""
+    from prunekit.errors import PrunekitError
+    from prunekit.score import METHODS, USED_BY
+
+    if method not in METHODS:
+        return  # ScoreConfig.check names the methods
+    given = [p for p in ctx.command.params if p.name in _SETTING
+             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"
+             and not (p.name == "adv" and ctx.params[p.name] == "none")
+             and method not in USED_BY[_SETTING[p.name]]]
+    if given:
+        flags = [p.opts[0] for p in given]
+        users = sorted({m for p in given for m in USED_BY[_SETTING[p.name]]},
+                       key=METHODS.index)
+        raise PrunekitError(f"--method {method} does not use {', '.join(flags)} (only "
+                            f"{', '.join(users)} {'does' if len(users) == 1 else 'do'}); "
+                            f"leave {'it' if len(flags) == 1 else 'them'} out")
+
+
 @app.command("score", epilog=EXAMPLE)
 def score_cmd(
+    ctx: typer.Context,
     model: CheckpointArg = None,
     method: Annotated[str, typer.Option(help="magnitude, l1-filter, random, taylor, deeplift "
                                         "or hydra.", show_default=False)] = ...,
@@ -78,6 +107,7 @@ def score_cmd(
 
     if adv not in ("none", "pgd", "fgsm"):
         raise PrunekitError(f"--adv {adv!r} is unknown; use none, pgd or fgsm")
+    _refuse_unused(ctx, method)
     config = ScoreConfig(method=method, data=str(data) if data else None,
                          images=str(images) if images else None, batches=batches,
                          batch_size=batch_size, steps=steps, lr=lr, baseline=baseline,
