@@ -162,7 +162,13 @@ def _mask(args: dict[str, Any]) -> list[str]:
 
 
 def _finetune(args: dict[str, Any]) -> list[str]:
-    argv = ["prunekit", "finetune", *_flags("finetune", TrainConfig, args["train"])]
+    recorded = dict(args["train"])
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    if args["attack"] is None:  # settings without effect: `finetune` refuses them
+        recorded["adv_mix"] = defaults["adv_mix"]
+    if recorded.get("val") is None:
+        recorded["eval_every"] = defaults["eval_every"]
+    argv = ["prunekit", "finetune", *_flags("finetune", TrainConfig, recorded)]
     if args["attack"] is not None:
         argv += _flags("finetune", AttackConfig, args["attack"])
     if (args.get("processes") or 1) > 1:

@@ -126,6 +126,12 @@ CASES = [
          "--eps sets an attack, and none runs; add --adv pgd (or fgsm)"),
     case("finetune {y} --data {train} --steps 1 --pgd-steps 3 @ -o {out}/x.st",
          "--attack-steps sets an attack, and none runs"),
+    case("finetune {y} --data {train} --steps 1 --adv-mix 0.3 @ -o {out}/x.st",
+         "--adv-mix has no effect without --adv pgd or fgsm; leave it out"),
+    case("finetune {y} --data {train} --steps 1 --eval-every 5 @ -o {out}/x.st",
+         "--eval-every has no effect without --val (the data it evaluates on); leave it out"),
+    case("finetune {y} --data {train} --steps 1 --schedule linear --scope global @ -o {out}/x.st",
+         "--schedule, --scope have no effect without --prune-to RATIO; leave them out"),
     case("finetune {y} --data {train} --steps 1 --adv-mix 1.5 --adv pgd @ -o {out}/x.st",
          "--adv-mix must lie in [0, 1]"),
     case("finetune {y} --data {train} --steps 1 --img-size 48 @ -o {out}/x.st",
@@ -354,6 +360,10 @@ CASES = [
     case("export {pickle} --hf {out}/hf", "is a pickle / torch.save file"),
     case("export {dc} --hf {out}/hf", "this model is compacted"),
     case("export {d} --hf {synth}", "exists; remove it or choose another folder"),
+    case("export {d} --hf {out}/hf --opset 19", "--opset has no effect with --hf (ONNX export "
+         "settings); leave it out"),
+    case("export {d} --hf {out}/hf --int8 --data {val}", "--int8, --data have no effect with "
+         "--hf (ONNX export settings); leave them out"),
     # --- export --int8 and the exported file as a model (issue 27) ------------------------------
     case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 0",
          "--calib must be at least 1"),

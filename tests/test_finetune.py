@@ -373,7 +373,9 @@ def test_cli_gradual_pruning_and_its_bad_inputs(synth_data, tmp_path, runner):
             (["--prune-to", "0.5"], "--schedule cubic needs --prune-end"),
             (["--prune-to", "0.5", "--prune-end", "3", "--granularity", "row"],
              "--granularity 'row' is unknown"),
-            (["--compact"], "go with --prune-to")):
+            (["--compact"], "--compact has no effect without --prune-to RATIO; leave it out"),
+            (["--granularity", "filter", "--prune-every", "2"], "--prune-every, --granularity "
+             "have no effect without --prune-to RATIO; leave them out")):
         bad = tmp_path / "bad.st"
         done = runner.invoke(app, [*base, *extra, "-o", str(bad)])
         assert done.exit_code == 1, (extra, done.stderr)

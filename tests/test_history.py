@@ -112,6 +112,21 @@ def test_a_score_step_is_rebuilt_with_the_settings_its_method_reads():
     assert commands(ck.history)[-1] == ["prunekit", "score", "--method", "magnitude"]
 
 
+def test_a_finetune_step_is_rebuilt_without_settings_that_had_no_effect():
+    """adv_mix without an attack and eval_every without validation data did nothing, and
+    `finetune` refuses them, so the rebuilt command leaves them out."""
+    from dataclasses import asdict
+
+    from prunekit.finetune import TrainConfig
+
+    train = TrainConfig(data="train.json", steps=3, adv_mix=0.3, eval_every=5)
+    entry = {"command": "finetune", "args": {"train": asdict(train), "attack": None}}
+    assert commands([entry]) == [["prunekit", "finetune", "--data", "train.json", "--steps",
+                                  "3"]]
+    entry["args"]["train"]["val"] = "val.json"
+    assert commands([entry])[0][-4:] == ["--val", "val.json", "--eval-every", "5"]
+
+
 def test_a_history_without_settings_whole_is_refused_in_one_line():
     from tests.test_legacy import LEGACY
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -82,3 +83,26 @@ def attack_config(method: str | None, *, method_flag: str, steps_flag: str = "--
                                 f"leave {'it' if len(flags) == 1 else 'them'} out")
         return None
     return AttackConfig(method=method, **chosen).check(steps_flag, method_flag=method_flag)
+
+
+def given(ctx: typer.Context, names: Iterable[str]) -> dict[str, str]:
+    """Those of the parameters ``names`` that the command line gave (not left at their
+    defaults), each with its flag: for settings a command refuses where the rest of the line
+    leaves them without effect."""
+    params = {p.name: p for p in ctx.command.params}
+    return {n: params[n].opts[0] for n in names
+            if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"}
+
+
+def refuse_given(ctx: typer.Context, names: Iterable[str], where: str) -> None:
+    """Refuse the flags among ``names`` that the command line gave, as settings that have no
+    effect ``where`` (``without --prune-to RATIO``): given, they were meant to do something."""
+    refuse_flags(list(given(ctx, names).values()), where)
+
+
+def refuse_flags(flags: list[str], where: str) -> None:
+    """``--a, --b have no effect {where}; leave them out``, for any flags given."""
+    if flags:
+        one = len(flags) == 1
+        raise PrunekitError(f"{', '.join(flags)} {'has' if one else 'have'} no effect {where}; "
+                            f"leave {'it' if one else 'them'} out")

@@ -10,7 +10,7 @@ import typer
 from prunekit.cli._app import app
 from prunekit.cli._families import FamilyOptionsCommand, with_family_options
 from prunekit.cli._io import check_output, console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt
+from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt, refuse_flags
 
 if TYPE_CHECKING:
     from prunekit.checkpoint import Checkpoint
@@ -97,8 +97,16 @@ def export_cmd(
         raise PrunekitError(f"which format? give -o FILE.onnx (ONNX) or one of the model "
                             f"families' own formats ({flags}), one of them")
     if options:
-        ck = read_checkpoint(model)
         (fmt, dest), = options.items()
+        onnx_only = {"--batch": batch != "dynamic", "--opset": opset is not None,
+                     "--decode": decoded, "--no-verify": not verify, "--int8": int8,
+                     "--data": data is not None, "--calib": calib is not None,
+                     "--calib-method": calib_method is not None,
+                     "--weight-bits": weight_bits is not None, "--val": val is not None,
+                     "--images": images is not None, "--seed": seed != 0}
+        refuse_flags([f for f, on in onnx_only.items() if on],
+                     f"with --{fmt.replace('_', '-')} (ONNX export settings)")
+        ck = read_checkpoint(model)
         out = export(ck, dest, fmt=fmt)
         console.print(f"wrote {out}", highlight=False)
         return

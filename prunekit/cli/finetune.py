@@ -26,6 +26,7 @@ from prunekit.cli._options import (
     ThreadsOpt,
     WorkersOpt,
     attack_config,
+    refuse_given,
 )
 from prunekit.errors import PrunekitError
 
@@ -47,6 +48,7 @@ EXAMPLE = """Examples:
 
 @app.command("finetune", epilog=EXAMPLE)
 def finetune_cmd(
+    ctx: typer.Context,
     model: CheckpointArg = None,
     data: Annotated[Path, typer.Option(help="Training COCO JSON.", show_default=False)] = ...,
     val: Annotated[Path | None, typer.Option(help="Validation COCO JSON for the learning "
@@ -124,6 +126,13 @@ def finetune_cmd(
 
     if adv not in ("none", "pgd", "fgsm"):
         raise PrunekitError(f"--adv {adv!r} is unknown; use none, pgd or fgsm")
+    if prune_to is None:
+        refuse_given(ctx, ("schedule", "prune_start", "prune_end", "prune_every", "granularity",
+                           "scope", "compact"), "without --prune-to RATIO")
+    if adv == "none":
+        refuse_given(ctx, ("adv_mix",), "without --adv pgd or fgsm")
+    if val is None:
+        refuse_given(ctx, ("eval_every",), "without --val (the data it evaluates on)")
     config = TrainConfig(
         data=str(data), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup=warmup, augment=augment, grey=grey, img_size=img_size,
@@ -173,8 +182,6 @@ def _prune_config(prune_to: float | None, schedule: str, start: int, end: int | 
     from prunekit.schedule import Schedule
 
     if prune_to is None:
-        if compact or end is not None:
-            raise PrunekitError("--compact and --prune-end go with --prune-to RATIO")
         return None
     if end is None:
         if schedule != "one-shot":

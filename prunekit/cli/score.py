@@ -26,6 +26,7 @@ from prunekit.cli._options import (
     ThreadsOpt,
     WorkersOpt,
     attack_config,
+    given,
 )
 
 EXAMPLE = """Examples:
@@ -53,15 +54,12 @@ def _refuse_unused(ctx: typer.Context, method: str) -> None:
 
     if method not in METHODS:
         return  # ScoreConfig.check names the methods
-    given = [p for p in ctx.command.params if p.name in _SETTING
-             and getattr(ctx.get_parameter_source(p.name), "name", None) == "COMMANDLINE"
-             and not (p.name == "adv" and ctx.params[p.name] == "none")
-             and method not in USED_BY[_SETTING[p.name]]]
-    if given:
-        flags = [p.opts[0] for p in given]
-        users = sorted({m for p in given for m in USED_BY[_SETTING[p.name]]},
-                       key=METHODS.index)
-        raise PrunekitError(f"--method {method} does not use {', '.join(flags)} (only "
+    unused = [n for n in _SETTING if method not in USED_BY[_SETTING[n]]
+              and not (n == "adv" and ctx.params[n] == "none")]
+    flags = given(ctx, unused)
+    if flags:
+        users = sorted({m for n in flags for m in USED_BY[_SETTING[n]]}, key=METHODS.index)
+        raise PrunekitError(f"--method {method} does not use {', '.join(flags.values())} (only "
                             f"{', '.join(users)} {'does' if len(users) == 1 else 'do'}); "
                             f"leave {'it' if len(flags) == 1 else 'them'} out")
 
