@@ -91,6 +91,10 @@ CASES = [
          "is too large; give at most 4096 pixels a side"),
     case("data synth {out}/s --train 4 --val 2 --size 0", "--size 0 is too small"),
     case("data synth {out}/s --layout voc", "--layout 'voc' is unknown; use coco or kitti"),
+    case("data synth {out}/s --train 4 --val 2 --size 64 --width 500",
+         "--width has no effect with --layout coco; leave it out"),
+    case("data synth {out}/s --layout kitti --images 4 --train 5 --size 64",
+         "--train, --size have no effect with --layout kitti; leave them out"),
     case("data synth {synth} --train 4 --val 2 --size 64", "exists; remove it or choose another"),
     case("data synth {out}/s --layout kitti --images 0", "--images 0 is too small"),
     case("data synth {out}/s --layout kitti --images 4 --width 128 --height -5",
@@ -360,6 +364,10 @@ CASES = [
     case("export {pickle} --hf {out}/hf", "is a pickle / torch.save file"),
     case("export {dc} --hf {out}/hf", "this model is compacted"),
     case("export {d} --hf {synth}", "exists; remove it or choose another folder"),
+    case("mask {ys} --ratio 0.5 --metric adv_map -o {out}/m.st", "--metric has no effect "
+         "without --ratios-from (the sensitivity CSV it reads); leave it out"),
+    case("mask {ys} --ratio 0.5 --runtime eager -o {out}/m.st", "--runtime has no effect "
+         "without --target-latency; leave it out"),
     case("export {d} --hf {out}/hf --opset 19", "--opset has no effect with --hf (ONNX export "
          "settings); leave it out"),
     case("export {d} --hf {out}/hf --int8 --data {val}", "--int8, --data have no effect with "

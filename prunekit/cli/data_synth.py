@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from prunekit.cli._app import data_app
 from prunekit.cli._io import console
-from prunekit.cli._options import SeedOpt
+from prunekit.cli._options import SeedOpt, refuse_given
 
 EXAMPLE = """Examples:
 
@@ -27,6 +27,7 @@ EXAMPLE = """Examples:
 
 @data_app.command("synth", epilog=EXAMPLE)
 def synth_cmd(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder to create (must not exist, or be empty).",
                                         show_default=False)],
     layout: Annotated[str, typer.Option(help="coco: the shapes dataset as COCO JSON; kitti: "
@@ -51,6 +52,8 @@ def synth_cmd(
 
     if layout not in ("coco", "kitti"):
         raise PrunekitError(f"--layout {layout!r} is unknown; use coco or kitti")
+    other = ("train", "val", "size") if layout == "kitti" else ("images", "width", "height")
+    refuse_given(ctx, other, f"with --layout {layout}")
 
     columns = (TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     bar = Progress(*columns, console=console, redirect_stdout=False, redirect_stderr=False)

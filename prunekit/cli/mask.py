@@ -10,7 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import check_output, console, read_checkpoint, write_checkpoint
-from prunekit.cli._options import CheckpointArg, DeviceOpt, OutputOpt, ThreadsOpt
+from prunekit.cli._options import CheckpointArg, DeviceOpt, OutputOpt, ThreadsOpt, refuse_given
 
 EXAMPLE = """Examples:
 
@@ -30,6 +30,7 @@ EXAMPLE = """Examples:
 
 @app.command("mask", epilog=EXAMPLE)
 def mask_cmd(
+    ctx: typer.Context,
     model: CheckpointArg = None,
     ratio: Annotated[float | None, typer.Option(help="Fraction of weights (or kernels, or "
                                                 "filters) removed, in [0, 1).",
@@ -96,6 +97,10 @@ def mask_cmd(
     elif max_ratio is not None:
         raise PrunekitError("--max-ratio bounds the ratios --ratios-from allocates; with "
                             "--ratio every group is pruned at that ratio: drop --max-ratio")
+    if ratios_from is None:
+        refuse_given(ctx, ("metric",), "without --ratios-from (the sensitivity CSV it reads)")
+    if target_latency is None:
+        refuse_given(ctx, ("runtime",), "without --target-latency")
     gran = "filter" if structured else (granularity or "weight")
     config = PruneConfig(ratio=ratio or 0.0, granularity=gran, scope=scope, compact=compact,
                          round_to=round_to).check()
