@@ -42,7 +42,7 @@ def attack_cmd(
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
-                                                            show_default=False)] = None,
+                                              show_default=False)] = None,
     loss: LossOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,
     seed: SeedOpt = 0,

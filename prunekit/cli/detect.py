@@ -54,7 +54,7 @@ def detect_cmd(
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
-                                                            show_default=False)] = None,
+                                              show_default=False)] = None,
     loss: LossOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = None,

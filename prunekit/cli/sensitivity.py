@@ -55,7 +55,7 @@ def sensitivity_cmd(
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
     steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
-                                                            show_default=False)] = None,
+                                              show_default=False)] = None,
     loss: LossOpt = None,
     conf: Annotated[float, typer.Option(help="Detection threshold (0.001: COCO practice for "
                                         "mAP).")] = 0.001,
