@@ -59,12 +59,22 @@ def states(request, tmp_path_factory, synth_data):
     return family, paths
 
 
+def _score_settings(method, train):
+    """The small run's settings that ``method`` reads (`score` refuses the others)."""
+    from prunekit.score import USED_BY
+
+    settings = {"data": ["--data", train], "workers": ["--workers", "0"],
+                "steps": ["--steps", "1"], "batches": ["--batches", "1"],
+                "batch_size": ["--batch-size", "4"]}
+    return [a for name, args in settings.items() if method in USED_BY[name] for a in args]
+
+
 def _commands(family, synth_data, out):
     """Every command that takes a checkpoint, as arguments after the checkpoint's path."""
     train, val = str(synth_data / "train.json"), str(synth_data / "val.json")
     data = ["--data", train, "--workers", "0", *CPU]
-    found = {f"score {m}": ["score", "--method", m, *data, "--steps", "1", "--batches", "1",
-                            "--batch-size", "4", "-o", str(out / "s.st")] for m in METHODS}
+    found = {f"score {m}": ["score", "--method", m, *_score_settings(m, train), *CPU, "-o",
+                            str(out / "s.st")] for m in METHODS}
     found.update({
         "mask": ["mask", "--ratio", "0.5", "-o", str(out / "m.st")],
         "mask structured": ["mask", "--structured", "--ratio", "0.5", "--compact", "-o",
@@ -148,10 +158,9 @@ def test_imported_models_score_by_taylor_and_hydra(synth_data, tmp_path, runner)
         checkpoint.save(imported, path)
         for method in ("taylor", "hydra"):
             out = tmp_path / f"{family.name}-{method}.st"
-            line = _run(runner, ["score", str(path), "--method", method, "--data",
-                                 str(synth_data / "train.json"), "--steps", "1", "--batches",
-                                 "1", "--batch-size", "4", "--workers", "0", *CPU, "-o",
-                                 str(out)])
+            line = _run(runner, ["score", str(path), "--method", method,
+                                 *_score_settings(method, str(synth_data / "train.json")),
+                                 *CPU, "-o", str(out)])
             assert line is None, (family.name, method, line)
             scored = checkpoint.load(out)
             names = model.prunable()
