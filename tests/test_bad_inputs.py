@@ -127,9 +127,9 @@ CASES = [
     case("finetune {y} --data {train} --steps 1 --adv pgd --attack-steps 0 @ -o {out}/x.st",
          "--attack-steps must be at least 1"),
     case("finetune {y} --data {train} --steps 1 --eps 0.1 @ -o {out}/x.st",
-         "--eps sets an attack, and none runs; add --adv pgd (or fgsm)"),
+         "--eps has no effect without --adv pgd or fgsm; leave it out"),
     case("finetune {y} --data {train} --steps 1 --pgd-steps 3 @ -o {out}/x.st",
-         "--attack-steps sets an attack, and none runs"),
+         "--attack-steps has no effect without --adv pgd or fgsm"),
     case("finetune {y} --data {train} --steps 1 --adv-mix 0.3 @ -o {out}/x.st",
          "--adv-mix has no effect without --adv pgd or fgsm; leave it out"),
     case("finetune {y} --data {train} --steps 1 --eval-every 5 @ -o {out}/x.st",
@@ -173,12 +173,12 @@ CASES = [
     # --- score --------------------------------------------------------------------------------
     case("score {y} --method deeplift2 -o {out}/x.st", "--method 'deeplift2' is unknown"),
     case("score {y} --method taylor -o {out}/x.st", "--method taylor needs training images"),
-    case("score {y} --method l1-filter --adv pgd --eps 0.1 -o {out}/x.st", "--method l1-filter "
-         "does not use --adv, --eps (only hydra does); leave them out"),
-    case("score {y} --method magnitude --data {train} -o {out}/x.st", "--method magnitude does "
-         "not use --data (only taylor, deeplift, hydra do); leave it out"),
+    case("score {y} --method l1-filter --adv pgd --eps 0.1 -o {out}/x.st", "--adv, --eps have "
+         "no effect with --method l1-filter (read by hydra only); leave them out"),
+    case("score {y} --method magnitude --data {train} -o {out}/x.st", "--data has no effect "
+         "with --method magnitude (read by taylor, deeplift, hydra only); leave it out"),
     case("score {y} --method deeplift --data {train} --lr 0.2 -o {out}/x.st",
-         "--method deeplift does not use --lr (only hydra does); leave it out"),
+         "--lr has no effect with --method deeplift (read by hydra only); leave it out"),
     case("score {y} --method hydra --data {train} --ratio 1.5 -o {out}/x.st",
          "--ratio must lie in [0, 1) (the fraction removed), got 1.5"),
     case("score {y} --method hydra --data {train} --granularity channel -o {out}/x.st",
@@ -275,7 +275,7 @@ CASES = [
     case("sensitivity {ys} --data {val} --jobs 0 -o {out}/s.csv", "--jobs must be at least 1"),
     case("sensitivity {ys} --data {val} --adv cw -o {out}/s.csv", "--adv 'cw' is unknown"),
     case("sensitivity {ys} --data {val} --loss obj -o {out}/s.csv",
-         "--loss sets an attack, and none runs; add --adv pgd (or fgsm) or leave it out"),
+         "--loss has no effect without --adv pgd or fgsm; leave it out"),
     case("sensitivity {ys} --data {val} --adv pgd --eps 2 -o {out}/s.csv",
          "--eps must lie in (0, 1]"),
     case("sensitivity {ys} --data {val} --max-images 0 -o {out}/s.csv",
@@ -304,10 +304,10 @@ CASES = [
          "--batch-size must be at least 1, got 0"),
     case("detect {y} --data {val} --attack pgd --eps -1 -o {out}/d.csv",
          "--eps must lie in (0, 1]"),
-    case("detect {y} --data {val} --eps 0.1 -o {out}/d.csv", "--eps sets an attack, and none "
-         "runs; add --attack pgd (or fgsm) or leave it out"),
-    case("detect {y} --data {val} --steps 3 --loss obj -o {out}/d.csv", "--steps, --loss set an "
-         "attack, and none runs; add --attack pgd (or fgsm) or leave them out"),
+    case("detect {y} --data {val} --eps 0.1 -o {out}/d.csv", "--eps has no effect "
+         "without --attack pgd or fgsm; leave it out"),
+    case("detect {y} --data {val} --steps 3 --loss obj -o {out}/d.csv", "--steps, --loss have "
+         "no effect without --attack pgd or fgsm; leave them out"),
     case("detect {y} --data {val} --attack cw -o {out}/d.csv",
          "--attack 'cw' is unknown; use pgd or fgsm"),
     case("detect {y} -o {out}/d.csv", "what to detect on?"),
@@ -389,12 +389,12 @@ CASES = [
     case("export {y} -o {out}/q.onnx --int8 --data {val} --decode", "leave out --decode"),
     case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 2 --weight-bits 4",
          "--weight-bits 4 is not offered; use 7 (every CPU) or 8 (CPUs with VNNI)"),
-    case("export {y} -o {out}/q.onnx --weight-bits 8", "--weight-bits sets the INT8 weights' "
-         "range; add --int8 or leave it out"),
-    case("export {y} -o {out}/q.onnx --data {val}", "--data applies to INT8 exports only; add "
-         "--int8 or leave it out"),
+    case("export {y} -o {out}/q.onnx --weight-bits 8", "--weight-bits has no effect "
+         "without --int8 (INT8 settings); leave it out"),
+    case("export {y} -o {out}/q.onnx --data {val}", "--data has no effect without "
+         "--int8 (INT8 settings); leave it out"),
     case("export {y} -o {out}/q.onnx --calib 5 --calib-method entropy", "--calib, "
-         "--calib-method apply to INT8 exports only; add --int8 or leave them out"),
+         "--calib-method have no effect without --int8 (INT8 settings); leave them out"),
     case("export {y} -o {out}/q.onnx --int8 --data {val} --no-verify", "--int8 always checks "
          "what it writes (the float graph against PyTorch, the INT8 one against the float "
          "graph); leave out --no-verify"),
@@ -433,7 +433,7 @@ CASES = [
          "--adv cw --data {train} --val {val}", "--adv 'cw' is unknown"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--adv none --no-adv-eval --eps 0.1 --data {train} --val {val}",
-         "--eps sets an attack, and none runs; add --adv pgd (or fgsm) or leave it out"),
+         "--eps has no effect without --adv pgd or fgsm; leave it out"),
     case("grid cell {y} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--data {train} --val {val}", "has no scores for"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "

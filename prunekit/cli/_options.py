@@ -52,6 +52,8 @@ EpsOpt = Annotated[float | None, typer.Option("--eps", help="L∞ attack radius,
 AlphaOpt = Annotated[float | None, typer.Option("--alpha", help="Attack (PGD) step size "
                                                 "(default 0.02).", show_default=False)]
 # PGD steps: `--steps` where the command has no training steps, `--attack-steps` where it has.
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="PGD steps (default 5).",
+                                              show_default=False)]
 AttackStepsOpt = Annotated[int | None, typer.Option("--attack-steps", help="PGD steps (default 5).",
                                                     show_default=False)]
 LossOpt = Annotated[str | None, typer.Option("--loss", help="Attack objective: total (default), "
@@ -76,11 +78,9 @@ def attack_config(method: str | None, *, method_flag: str, steps_flag: str = "--
 
     chosen = {k: v for k, v in given.items() if v is not None}
     if method is None or method == "none":
-        if chosen and not settings_used:
-            flags = [steps_flag if k == "steps" else f"--{k}" for k in chosen]
-            raise PrunekitError(f"{', '.join(flags)} set{'s' if len(flags) == 1 else ''} an "
-                                f"attack, and none runs; add {method_flag} pgd (or fgsm) or "
-                                f"leave {'it' if len(flags) == 1 else 'them'} out")
+        if not settings_used:
+            refuse_flags([steps_flag if k == "steps" else f"--{k}" for k in chosen],
+                         f"without {method_flag} pgd or fgsm")
         return None
     return AttackConfig(method=method, **chosen).check(steps_flag, method_flag=method_flag)
 

@@ -17,6 +17,7 @@ from prunekit.cli._options import (
     EpsOpt,
     LossOpt,
     SeedOpt,
+    StepsOpt,
     ThreadsOpt,
     attack_config,
 )
@@ -41,8 +42,7 @@ def attack_cmd(
     method: Annotated[str, typer.Option(help="pgd or fgsm.")] = "pgd",
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
-    steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
-                                              show_default=False)] = None,
+    steps: StepsOpt = None,
     loss: LossOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images attacked together.")] = 16,
     seed: SeedOpt = 0,

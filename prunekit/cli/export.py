@@ -140,16 +140,8 @@ _INT8_ONLY = {"data": "--data", "calib": "--calib", "calib_method": "--calib-met
 def _refuse_int8_options(**given: Any) -> None:
     """A float export takes no calibration settings: one given is a forgotten --int8, not a
     setting to drop silently."""
-    from prunekit.errors import PrunekitError
-
-    named = [_INT8_ONLY[k] for k, v in given.items() if v is not None]
-    if named:
-        what = ("sets the INT8 weights' range" if named == ["--weight-bits"]
-                else "applies to INT8 exports only")
-        if len(named) > 1:
-            what = what.replace("applies", "apply")
-        raise PrunekitError(f"{', '.join(named)} {what}; add --int8 or leave "
-                            f"{'it' if len(named) == 1 else 'them'} out")
+    refuse_flags([_INT8_ONLY[k] for k, v in given.items() if v is not None],
+                 "without --int8 (INT8 settings)")
 
 
 def _int8_config(data: Path | None, calib: int | None, method: str | None, val: Path | None,

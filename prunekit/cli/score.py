@@ -27,6 +27,7 @@ from prunekit.cli._options import (
     WorkersOpt,
     attack_config,
     given,
+    refuse_flags,
 )
 
 EXAMPLE = """Examples:
@@ -49,7 +50,6 @@ _SETTING = {"data": "data", "images": "images", "batch_size": "batch_size",
 def _refuse_unused(ctx: typer.Context, method: str) -> None:
     """A setting given on the command line that ``method`` does not read is refused, not
     ignored (``--adv pgd`` with ``--method l1-filter`` would score no more robustly)."""
-    from prunekit.errors import PrunekitError
     from prunekit.score import METHODS, USED_BY
 
     if method not in METHODS:
@@ -59,9 +59,8 @@ def _refuse_unused(ctx: typer.Context, method: str) -> None:
     flags = given(ctx, unused)
     if flags:
         users = sorted({m for n in flags for m in USED_BY[_SETTING[n]]}, key=METHODS.index)
-        raise PrunekitError(f"--method {method} does not use {', '.join(flags.values())} (only "
-                            f"{', '.join(users)} {'does' if len(users) == 1 else 'do'}); "
-                            f"leave {'it' if len(flags) == 1 else 'them'} out")
+        refuse_flags(list(flags.values()),
+                     f"with --method {method} (read by {', '.join(users)} only)")
 
 
 @app.command("score", epilog=EXAMPLE)

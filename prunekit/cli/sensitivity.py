@@ -16,6 +16,7 @@ from prunekit.cli._options import (
     EpsOpt,
     LossOpt,
     SeedOpt,
+    StepsOpt,
     ThreadsOpt,
     attack_config,
 )
@@ -54,8 +55,7 @@ def sensitivity_cmd(
                                             "fgsm.", show_default=False)] = None,
     eps: EpsOpt = None,
     alpha: AlphaOpt = None,
-    steps: Annotated[int | None, typer.Option(help="PGD steps (default 5).",
-                                              show_default=False)] = None,
+    steps: StepsOpt = None,
     loss: LossOpt = None,
     conf: Annotated[float, typer.Option(help="Detection threshold (0.001: COCO practice for "
                                         "mAP).")] = 0.001,
