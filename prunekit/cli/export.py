@@ -96,15 +96,15 @@ def export_cmd(
         flags = ", ".join(f"{o.flag} ({f.name})" for f, o in registry.options("export"))
         raise PrunekitError(f"which format? give -o FILE.onnx (ONNX) or one of the model "
                             f"families' own formats ({flags}), one of them")
+    int8_given = [f for f, v in (("--data", data), ("--calib", calib),
+                                 ("--calib-method", calib_method), ("--weight-bits", weight_bits),
+                                 ("--val", val), ("--images", images)) if v is not None]
     if options:
         (fmt, dest), = options.items()
-        onnx_only = {"--batch": batch != "dynamic", "--opset": opset is not None,
-                     "--decode": decoded, "--no-verify": not verify, "--int8": int8,
-                     "--data": data is not None, "--calib": calib is not None,
-                     "--calib-method": calib_method is not None,
-                     "--weight-bits": weight_bits is not None, "--val": val is not None,
-                     "--images": images is not None, "--seed": seed != 0}
-        refuse_flags([f for f, on in onnx_only.items() if on],
+        onnx_given = [f for f, on in (("--batch", batch != "dynamic"), ("--opset", opset is not None),
+                                      ("--decode", decoded), ("--no-verify", not verify),
+                                      ("--int8", int8), ("--seed", seed != 0)) if on]
+        refuse_flags(onnx_given + int8_given,
                      f"with --{fmt.replace('_', '-')} (ONNX export settings)")
         ck = read_checkpoint(model)
         out = export(ck, dest, fmt=fmt)
@@ -116,8 +116,7 @@ def export_cmd(
         config = _int8_config(data, calib, calib_method, val, images, seed, decoded,
                               weight_bits, verify)
     else:
-        _refuse_int8_options(data=data, calib=calib, calib_method=calib_method,
-                             weight_bits=weight_bits, val=val, images=images)
+        refuse_flags(int8_given, "without --int8 (INT8 settings)")
     ck = read_checkpoint(model)
     if int8:
         _export_int8(ck, output, config, None if batch == "dynamic" else int(batch),
@@ -131,17 +130,6 @@ def export_cmd(
                f"{done.verified_batch}" if done.verified_batch else "not verified")
     console.print(f"wrote {output} ({len(done.data):,} bytes, opset {done.opset}, batch "
                   f"{done.batch}; {checked})", highlight=False)
-
-
-_INT8_ONLY = {"data": "--data", "calib": "--calib", "calib_method": "--calib-method",
-              "weight_bits": "--weight-bits", "val": "--val", "images": "--images"}
-
-
-def _refuse_int8_options(**given: Any) -> None:
-    """A float export takes no calibration settings: one given is a forgotten --int8, not a
-    setting to drop silently."""
-    refuse_flags([_INT8_ONLY[k] for k, v in given.items() if v is not None],
-                 "without --int8 (INT8 settings)")
 
 
 def _int8_config(data: Path | None, calib: int | None, method: str | None, val: Path | None,
