@@ -344,6 +344,8 @@ CASES = [
     case("bench {y} --min-time 0", "--min-time must be more than 0 seconds of timed runs, got "
          "0; 2 is the default"),
     case("bench {yq} --min-time -1", "--min-time must be more than 0 seconds"),
+    case("bench {y} --no-latency --min-time 5", "--min-time has no effect with --no-latency "
+         "(nothing is timed); leave it out"),
     case("bench {y} --device tpu --no-latency", "--device 'tpu' is unknown"),
     case("bench {y} --runtime tensorrt --no-latency", "--runtime 'tensorrt' is unknown"),
     case("bench {dc} --runtime onednn-graph --no-latency",
@@ -372,6 +374,10 @@ CASES = [
          "settings); leave it out"),
     case("export {d} --hf {out}/hf --int8 --data {val}", "--int8, --data have no effect with "
          "--hf (ONNX export settings); leave them out"),
+    case("export {d} --hf {out}/hf --batch dynamic", "--batch has no effect with --hf (ONNX "
+         "export settings); leave it out"),
+    case("export {d} --hf {out}/hf --no-verify --seed 0", "--no-verify, --seed have no effect "
+         "with --hf"),
     # --- export --int8 and the exported file as a model (issue 27) ------------------------------
     case("export {y} -o {out}/q.onnx --int8 --data {val} --calib 0",
          "--calib must be at least 1"),

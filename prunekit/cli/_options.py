@@ -90,8 +90,13 @@ def given(ctx: typer.Context, names: Iterable[str]) -> dict[str, str]:
     defaults), each with its flag: for settings a command refuses where the rest of the line
     leaves them without effect."""
     params = {p.name: p for p in ctx.command.params}
-    return {n: params[n].opts[0] for n in names
-            if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE"}
+    flags = {}
+    for n in names:
+        if getattr(ctx.get_parameter_source(n), "name", None) == "COMMANDLINE":
+            p = params[n]  # a --x/--no-x pair is named by the side given
+            off = p.secondary_opts and ctx.params.get(n) is False
+            flags[n] = p.secondary_opts[0] if off else p.opts[0]
+    return flags
 
 
 def refuse_given(ctx: typer.Context, names: Iterable[str], where: str) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from prunekit.cli._app import app
 from prunekit.cli._io import console, read_model
-from prunekit.cli._options import DeviceOpt, ModelArg, ThreadsOpt
+from prunekit.cli._options import DeviceOpt, ModelArg, ThreadsOpt, refuse_given
 
 EXAMPLE = """Examples:
 
@@ -37,6 +37,7 @@ class Format(str, Enum):
 
 @app.command("bench", epilog=EXAMPLE)
 def bench_cmd(
+    ctx: typer.Context,
     model: ModelArg = None,
     device: DeviceOpt = "cpu",
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
@@ -59,6 +60,8 @@ def bench_cmd(
     onnxruntime with the same fields."""
     from prunekit.bench import bench, format_csv_row
 
+    if not latency:
+        refuse_given(ctx, ["min_time"], "with --no-latency (nothing is timed)")
     ck = read_model(model)
     with console.status("benchmarking", spinner="dots"):
         result = bench(ck, device=device, batch=batch, threads=threads, latency=latency,

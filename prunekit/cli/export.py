@@ -10,7 +10,7 @@ import typer
 from prunekit.cli._app import app
 from prunekit.cli._families import FamilyOptionsCommand, with_family_options
 from prunekit.cli._io import check_output, console, read_checkpoint
-from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt, refuse_flags
+from prunekit.cli._options import CheckpointArg, OutputOpt, SeedOpt, given, refuse_flags
 
 if TYPE_CHECKING:
     from prunekit.checkpoint import Checkpoint
@@ -42,6 +42,7 @@ def _batch(value: str) -> str:
 @app.command("export", epilog=EXAMPLE, cls=FamilyOptionsCommand)
 @with_family_options("export")
 def export_cmd(
+    ctx: typer.Context,
     model: CheckpointArg = None,
     output: OutputOpt = None,
     batch: Annotated[str, typer.Option("--batch", help="ONNX: 'dynamic' (any batch size) or a "
@@ -96,14 +97,12 @@ def export_cmd(
         flags = ", ".join(f"{o.flag} ({f.name})" for f, o in registry.options("export"))
         raise PrunekitError(f"which format? give -o FILE.onnx (ONNX) or one of the model "
                             f"families' own formats ({flags}), one of them")
-    int8_given = [f for f, v in (("--data", data), ("--calib", calib),
-                                 ("--calib-method", calib_method), ("--weight-bits", weight_bits),
-                                 ("--val", val), ("--images", images)) if v is not None]
+    int8_given = list(given(ctx, ["data", "calib", "calib_method", "weight_bits", "val",
+                                  "images"]).values())
     if options:
         (fmt, dest), = options.items()
-        onnx_given = [f for f, on in (("--batch", batch != "dynamic"), ("--opset", opset is not None),
-                                      ("--decode", decoded), ("--no-verify", not verify),
-                                      ("--int8", int8), ("--seed", seed != 0)) if on]
+        onnx_given = list(given(ctx, ["batch", "opset", "decoded", "verify", "int8",
+                                      "seed"]).values())
         refuse_flags(onnx_given + int8_given,
                      f"with --{fmt.replace('_', '-')} (ONNX export settings)")
         ck = read_checkpoint(model)
