@@ -255,6 +255,15 @@ def test_no_report_is_left_behind_on_error(tmp_path: Path) -> None:
     ("scenario,run,ratio,map\na,1,0.5,0.3\na,1,0.5,0.4\n", r"more than once"),
     ("scenario,run,ratio,notes\na,1,0.5,x\n", r"no metric column"),
     ("scenario,run,ratio,map\na,one,0.5,0.3\n", r"run 'one'"),
+    ("scenario,run,ratio,map\na,1.5,0.5,0.3\n", r"has run 1\.5; runs must be whole"),
+    ("scenario,run,ratio,map\na,1,0.5,0.3\na,2,0.5,\"0,31\"\n",
+     r"has map 0,31 in data row 2; metrics must be numbers"),
+    ("scenario,run,ratio,latency_ms\na,1,0.5,inf\n", r"has latency_ms inf in data row 1; "
+                                                     r"metrics must be finite"),
+    ("scenario,run,ratio,map,adv_map50\na,1,0.5,0.3,40.9\n",
+     r"has adv_map50 40\.9 in data row 1, outside \[0, 1\]; give AP as a fraction"),
+    ("scenario,run,ratio,map\na,1,0.5,-0.2\n", r"map -0\.2 in data row 1, outside \[0, 1\]"),
+    ("scenario,run,ratio,map,ap.car\na,1,0.5,0.3,1.2\n", r"ap\.car 1\.2 .* outside \[0, 1\]"),
 ])
 def test_bad_results_raise_data_error(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "results.csv"
@@ -262,6 +271,13 @@ def test_bad_results_raise_data_error(tmp_path: Path, content: str, message: str
     with pytest.raises(DataError, match=message) as e:
         stats.load_results(path)
     assert str(path) in str(e.value)
+
+
+def test_an_empty_metric_cell_is_a_metric_not_measured(tmp_path: Path) -> None:
+    path = tmp_path / "results.csv"
+    path.write_text("scenario,run,ratio,map,adv_map\na,1,0.5,0.3,\na,2,0.5,0.31,0.1\n")
+    df = stats.load_results(path)
+    assert df["map"].tolist() == [0.3, 0.31] and np.isnan(df["adv_map"].iloc[0])
 
 
 def test_missing_file_names_the_file(tmp_path: Path) -> None:

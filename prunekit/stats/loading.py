@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from prunekit.errors import DataError
@@ -139,7 +140,7 @@ def _read_one(source: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
         raise DataError(f"{name} has a header but no rows; run the experiment grid first")
     metrics = [c for c in df.columns if _is_metric(c)]
     for c in metrics:
-        df[c] = pd.to_numeric(df[c], errors="coerce")
+        df[c] = _metric_values(name, df, c)
     if not any(df[c].notna().any() for c in metrics):
         raise DataError(f"{name} has no metric column with numbers; expected some of "
                         f"{', '.join(TABLE_METRICS)}")
@@ -149,7 +150,8 @@ def _read_one(source: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     run = pd.to_numeric(df["run"], errors="coerce")
     if run.isna().any() or (run != run.round()).any():
         bad = df["run"][run.isna() | (run != run.round())].iloc[0]
-        raise DataError(f"{name} has run {bad!r}; runs must be whole numbers (1, 2, ...)")
+        shown = f"{bad:g}" if isinstance(bad, (int, float)) else repr(bad)
+        raise DataError(f"{name} has run {shown}; runs must be whole numbers (1, 2, ...)")
     df["run"] = run.astype(int)
     ratio = pd.to_numeric(df["ratio"], errors="coerce")
     if ratio.isna().any():
@@ -162,6 +164,30 @@ def _read_one(source: pd.DataFrame | str | os.PathLike) -> pd.DataFrame:
     # Ratios computed as 1 - k/n arrive with float noise; rounding lets them group together.
     df["ratio"] = ratio.astype(float).round(6)
     return df
+
+
+def _metric_values(name: str, df: pd.DataFrame, column: str) -> pd.Series:
+    """``column`` as numbers: an empty cell is a metric not measured (NaN); text, an infinite
+    value, or an AP outside [0, 1] is a damaged table, refused with the row it is in."""
+    values = pd.to_numeric(df[column], errors="coerce")
+    checks = [(values.isna() & df[column].notna(), "; metrics must be numbers (leave the cell "
+                                                    "empty where it was not measured)"),
+              (values.isin([np.inf, -np.inf]), "; metrics must be finite")]
+    if _is_precision(column):
+        checks.append(((values < 0) | (values > 1), ", outside [0, 1]; give AP as a fraction "
+                                                    "(40.9 % is 0.409)"))
+    for bad, why in checks:
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            raise DataError(f"{name} has {column} {df[column].iloc[row]!s} in data row "
+                            f"{row + 1}{why}")
+    return values
+
+
+def _is_precision(column: str) -> bool:
+    """mAP columns and per-class AP: fractions in [0, 1] (evaluate writes no -1)."""
+    return (column.startswith(("map", "adv_map"))
+            or any(column.startswith(f"{p}.") for p in _PER_CLASS))
 
 
 def _is_metric(column: str) -> bool:
