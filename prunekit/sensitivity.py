@@ -18,8 +18,9 @@ separated), ``ratio``, ``params_removed`` and ``macs_removed`` (counted as ``ben
 :mod:`prunekit.budget`), ``map``, ``map50``, ``map75`` and with an attack ``adv_map``,
 ``adv_map50``, ``adv_map75``, then what the measurement depends on, the same in every row:
 ``granularity``, ``attack``, ``images`` (how many were measured), ``data`` (a digest of the
-subset's ground truth), ``scores`` (a digest of the checkpoint's scores) and ``model`` (the
-checkpoint's fingerprint: family, architecture and a digest of its weights, :func:`fingerprint`).
+subset's ground truth), ``scores`` (a digest of the checkpoint's scores), ``model`` (the
+checkpoint's fingerprint: family, architecture and a digest of its weights, :func:`fingerprint`)
+and ``detection`` (the threshold, NMS IoU and detections per image the mAP was taken at).
 ``mask --ratios-from`` refuses a CSV whose ``model`` is not the checkpoint's, and a resumed run
 one measured with other settings.
 
@@ -54,7 +55,7 @@ from prunekit.mask import apply, check_granularity, make_masks
 RATIOS = tuple(round(0.1 * k, 1) for k in range(1, 10))
 UNPRUNED = "(unpruned)"
 METRICS = ("map", "map50", "map75")
-SETTINGS = ("model", "granularity", "attack", "images", "data", "scores")
+SETTINGS = ("model", "granularity", "attack", "images", "data", "scores", "detection")
 COLUMNS = ("group", "members", "ratio", "params_removed", "macs_removed", *METRICS,
            *(f"adv_{m}" for m in METRICS), *SETTINGS)
 
@@ -164,8 +165,11 @@ def settings(ck: Checkpoint, gt: dict[str, Any], config: SensitivityConfig) -> d
     attack = "" if config.attack is None else json.dumps(describe(config.attack),
                                                          sort_keys=True)
     data = hashlib.sha256(json.dumps(gt, sort_keys=True).encode()).hexdigest()[:16]
+    detection = json.dumps({"conf": config.conf, "iou": config.iou, "max_det": config.max_det},
+                           sort_keys=True)
     return {"granularity": config.granularity, "attack": attack, "images": len(gt["images"]),
-            "data": data, "scores": scores_digest(ck), "model": fingerprint(ck)}
+            "data": data, "scores": scores_digest(ck), "model": fingerprint(ck),
+            "detection": detection}
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -379,7 +383,9 @@ def write(frame: pd.DataFrame, path: str | Path) -> None:
     write_atomic(path, to_csv(frame))
 
 
-_REQUIRED = ("group", "members", "ratio", "map", *SETTINGS)
+_RECORDED_LATER = ("detection",)  # absent from the CSVs of earlier versions: read as ""
+_REQUIRED = ("group", "members", "ratio", "map",
+             *(c for c in SETTINGS if c not in _RECORDED_LATER))
 
 
 def read(source: str | Path) -> pd.DataFrame:
@@ -405,6 +411,9 @@ def read(source: str | Path) -> pd.DataFrame:
     missing = [c for c in _REQUIRED if c not in frame]
     if missing:
         raise DataError(f"{what} (no {missing[0]!r} column); {fix}")
+    for c in _RECORDED_LATER:
+        if c not in frame:
+            frame[c] = ""
     for c in SETTINGS:
         if frame[c].nunique() > 1:
             raise DataError(f"{path} mixes rows of different {c}s; measure again into a new "
@@ -428,6 +437,9 @@ def check_resumable(frame: pd.DataFrame, source: str | Path, setting: dict[str, 
     """Refuse to add to a CSV measured with other settings or ratios."""
     for key in SETTINGS:
         old, new = str(frame[key].iloc[0]), str(setting[key])
+        if key in _RECORDED_LATER and old == "":
+            raise PrunekitError(f"{source} does not say which {key} settings it was measured "
+                                f"with (an earlier prunekit wrote it); give another -o")
         if old != new:
             raise PrunekitError(f"{source} was measured with another {key} ({_short(old)}, now "
                                 f"{_short(new)}); give another -o, or the same settings to "
@@ -442,6 +454,8 @@ def check_resumable(frame: pd.DataFrame, source: str | Path, setting: dict[str, 
 
 
 def _short(text: str) -> str:
+    if not text:
+        return "none"
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -226,7 +226,9 @@ def test_a_resumed_run_measures_only_the_missing_groups(runner, models, synth_da
     # other settings, or another model, are refused, and the file is left as it was
     before = out.read_bytes()
     for extra, fragment in ((["--ratios", "0.4"], "holds group"),
-                            (["--max-images", "3"], "was measured with another images")):
+                            (["--max-images", "3"], "was measured with another images"),
+                            (["--iou", "0.3"], "was measured with another detection"),
+                            (["--conf", "0.5"], "was measured with another detection")):
         done = runner.invoke(app, [*args, "--group", labels[2], *extra])
         assert done.exit_code == 1 and fragment in done.stderr, done.stderr
     other = tmp_path / "other.st"
@@ -266,6 +268,20 @@ def test_the_csv_is_refused_on_another_model_and_when_it_is_not_one(models, tmp_
     other.write_text("image_id,file_name,category_id,score\n1,a.png,1,0.5\n")
     with pytest.raises(PrunekitError, match="is not a sensitivity CSV"):
         sens.read(other)
+
+
+def test_a_csv_of_an_earlier_version_without_its_detection_settings(models, tmp_path):
+    """Read (a budget can use it) but not resumed: its mAP's detection settings are unknown."""
+    _, y = models["yolov3"]
+    csv = _fake_table(y, "weight", tmp_path / "sens.csv")
+    pd.read_csv(csv).drop(columns="detection").to_csv(csv, index=False)
+    frame = sens.read(csv)
+    assert (frame["detection"] == "").all()
+    sens.ratios_for_budget(y, csv, target="macs", value=0.5)
+    gt = {"images": [], "annotations": [], "categories": []}
+    with pytest.raises(PrunekitError, match="does not say which detection settings"):
+        sens.check_resumable(frame, csv, sens.settings(y, gt, sens.SensitivityConfig()),
+                             (0.3, 0.6, 0.9))
 
 
 # ------------------------------------------------------------------------------ allocation

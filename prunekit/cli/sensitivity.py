@@ -109,7 +109,8 @@ def sensitivity_cmd(
     done = {r["group"] for r in rows}
     todo = [g for g in (group or order) if g not in done]
     if resumed:
-        console.print(f"{output}: {len(done - {sens.UNPRUNED})} groups measured, "
+        measured = len(done - {sens.UNPRUNED})
+        console.print(f"{output}: {measured} group{'' if measured == 1 else 's'} measured, "
                       f"{len(todo)} to go", highlight=False)
     with progress_bar("sensitivity") as bar:
         task = bar.add_task("sensitivity", total=len(todo) + (sens.UNPRUNED not in done),
