@@ -39,6 +39,8 @@ from prunekit.models.base import Detector, Geometry, Target, quantise
 
 LOSSES = ("total", "cls", "box", "obj")
 METHODS = ("pgd", "fgsm")
+#: The settings only PGD reads (FGSM takes one step of ε, or 1.25 ε from its random start).
+PGD_ONLY = ("alpha", "steps")
 
 
 @dataclass(frozen=True)

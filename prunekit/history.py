@@ -19,7 +19,7 @@ import shlex
 from dataclasses import MISSING, fields
 from typing import Any
 
-from prunekit.attack import AttackConfig
+from prunekit.attack import PGD_ONLY, AttackConfig
 from prunekit.errors import PrunekitError
 from prunekit.finetune import TrainConfig
 from prunekit.mask import PruneConfig
@@ -153,8 +153,18 @@ def _score(args: dict[str, Any]) -> list[str]:
     if args["target"] is not None:
         argv += _flags("score", PruneConfig, args["target"])
     if args["attack"] is not None:
-        argv += _flags("score", AttackConfig, args["attack"])
+        argv += _attack("score", args["attack"])
     return argv + _runtime(args)
+
+
+def _attack(command: str, recorded: dict[str, Any]) -> list[str]:
+    """An attack's flags, less PGD's settings for FGSM (which `command` refuses)."""
+    recorded = dict(recorded)
+    if recorded["method"] == "fgsm":
+        for f in fields(AttackConfig):
+            if f.name in PGD_ONLY:
+                recorded[f.name] = f.default
+    return _flags(command, AttackConfig, recorded)
 
 
 def _mask(args: dict[str, Any]) -> list[str]:
@@ -170,7 +180,7 @@ def _finetune(args: dict[str, Any]) -> list[str]:
         recorded["eval_every"] = defaults["eval_every"]
     argv = ["prunekit", "finetune", *_flags("finetune", TrainConfig, recorded)]
     if args["attack"] is not None:
-        argv += _flags("finetune", AttackConfig, args["attack"])
+        argv += _attack("finetune", args["attack"])
     if (args.get("processes") or 1) > 1:
         raise PrunekitError(f"the finetune step ran as {args['processes']} processes "
                             f"(torchrun), which read the checkpoint from a file, not a pipe; "

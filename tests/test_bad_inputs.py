@@ -344,6 +344,12 @@ CASES = [
     case("bench {y} --min-time 0", "--min-time must be more than 0 seconds of timed runs, got "
          "0; 2 is the default"),
     case("bench {yq} --min-time -1", "--min-time must be more than 0 seconds"),
+    case("detect {y} --data {val} --attack fgsm --alpha 0.01 -o {out}/d.csv", "--alpha has no "
+         "effect with --attack fgsm (PGD's settings: FGSM takes one step of --eps); leave it out"),
+    case("finetune {y} --data {val} --steps 1 --adv fgsm --attack-steps 3 -o {out}/f.st",
+         "--attack-steps has no effect with --adv fgsm"),
+    case("grid cell {ys} {out}/cell --scenario s --run 1 --ratio 0.5 --data {val} --val {val} "
+         "--bench-seconds 0", "--bench-seconds must be more than 0 seconds of timed runs, got 0"),
     case("bench {y} --no-latency --min-time 5", "--min-time has no effect with --no-latency "
          "(nothing is timed); leave it out"),
     case("bench {y} --device tpu --no-latency", "--device 'tpu' is unknown"),

@@ -127,6 +127,22 @@ def test_a_finetune_step_is_rebuilt_without_settings_that_had_no_effect():
     assert commands([entry])[0][-4:] == ["--val", "val.json", "--eval-every", "5"]
 
 
+def test_an_fgsm_step_is_rebuilt_without_pgds_settings():
+    """FGSM reads neither PGD's step size nor its steps, and the commands refuse them."""
+    from dataclasses import asdict
+
+    from prunekit.attack import AttackConfig
+    from prunekit.finetune import TrainConfig
+
+    attack = asdict(AttackConfig(method="fgsm", eps=0.03, alpha=0.01, steps=7))
+    entry = {"command": "finetune", "args": {"train": asdict(TrainConfig(data="t.json")),
+                                             "attack": attack}}
+    assert commands([entry])[0][-4:] == ["--adv", "fgsm", "--eps", "0.03"]
+    entry["args"]["attack"]["method"] = "pgd"
+    assert commands([entry])[0][-8:] == ["--adv", "pgd", "--eps", "0.03", "--alpha", "0.01",
+                                         "--attack-steps", "7"]
+
+
 def test_a_history_without_settings_whole_is_refused_in_one_line():
     from tests.test_legacy import LEGACY
 

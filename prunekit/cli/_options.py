@@ -74,14 +74,17 @@ def attack_config(method: str | None, *, method_flag: str, steps_flag: str = "--
     ``loss``), None where left out (AttackConfig's defaults, the paper's). A setting given with
     no attack to apply it to is refused, not ignored, unless the command uses the settings for
     something else too (``settings_used``: the grid's adversarial evaluation)."""
-    from prunekit.attack import AttackConfig
+    from prunekit.attack import PGD_ONLY, AttackConfig
 
     chosen = {k: v for k, v in given.items() if v is not None}
+    flag = {k: steps_flag if k == "steps" else f"--{k}" for k in chosen}
     if method is None or method == "none":
         if not settings_used:
-            refuse_flags([steps_flag if k == "steps" else f"--{k}" for k in chosen],
-                         f"without {method_flag} pgd or fgsm")
+            refuse_flags(list(flag.values()), f"without {method_flag} pgd or fgsm")
         return None
+    if method == "fgsm" and not settings_used:
+        refuse_flags([flag[k] for k in PGD_ONLY if k in chosen],
+                     f"with {method_flag} fgsm (PGD's settings: FGSM takes one step of --eps)")
     return AttackConfig(method=method, **chosen).check(steps_flag, method_flag=method_flag)
 
 

@@ -98,6 +98,9 @@ def cell_cmd(
 
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    if not bench_seconds > 0:  # before the cell's fine-tuning, not after it
+        raise PrunekitError(f"--bench-seconds must be more than 0 seconds of timed runs, got "
+                            f"{bench_seconds:g}")
     if adv not in ("none", "pgd", "fgsm"):
         raise PrunekitError(f"--adv {adv!r} is unknown; use fgsm, pgd or none")
     root = str(images) if images else None
