@@ -371,6 +371,12 @@ def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
         if missing:
             raise PrunekitError(f"{f} has no {', '.join(missing)}: it is not a cell result; "
                                 f"delete it and run the grid again")
+        if not _in_its_folder(f, row):
+            scenario, run, ratio = f.parts[-4:-1]
+            raise PrunekitError(f"{f} holds scenario {row['scenario']!r}, run {row['run']}, "
+                                f"ratio {row['ratio']}, not the cell its folder names "
+                                f"({scenario}, {run}, {ratio}): a result copied or moved; "
+                                f"delete it and run that cell again")
     df = pd.DataFrame(rows)
     if times is not None:
         steps = _step_times(times)
@@ -383,6 +389,16 @@ def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
     lead = ["scenario", "run", "ratio", "granularity", "method", "colour"]
     cols = [c for c in lead if c in df.columns] + sorted(c for c in df.columns if c not in lead)
     return df[cols].sort_values(["scenario", "run", "ratio"]).reset_index(drop=True)
+
+
+def _in_its_folder(path: Path, row: dict[str, Any]) -> bool:
+    """Whether a cell's result names the cell its folder does: ``<scenario>/run<k>/r<ratio>``."""
+    scenario, run, ratio = path.parts[-4:-1]
+    try:
+        return (scenario == str(row["scenario"]) and int(run[3:]) == int(row["run"])
+                and abs(float(ratio[1:]) - float(row["ratio"])) < 1e-9)
+    except (TypeError, ValueError):
+        return False
 
 
 def _below(path: str, root: Path) -> str:

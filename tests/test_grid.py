@@ -81,6 +81,25 @@ def test_collect_joins_the_step_times(tmp_path):
         collect(tmp_path, times)
 
 
+@pytest.mark.parametrize("folder", ["s/run2/r0.5", "t/run1/r0.5", "s/run1/r0.75",
+                                    "s/runs/r0.5"])
+def test_collect_refuses_a_result_in_another_cells_folder(tmp_path, folder):
+    """A result.json copied or moved would enter the table as its own cell a second time (or
+    under the wrong scenario); its folder must name the cell it holds."""
+    from prunekit.errors import PrunekitError
+    from prunekit.grid import collect
+
+    result = json.dumps({"scenario": "s", "run": 1, "ratio": 0.5, "map": 0.5})
+    for where in ("s/run1/r0.5", folder):
+        (tmp_path / where).mkdir(parents=True, exist_ok=True)
+        (tmp_path / where / "result.json").write_text(result)
+    with pytest.raises(PrunekitError, match=r"holds scenario 's', run 1, ratio 0\.5, not the "
+                                            r"cell its folder names"):
+        collect(tmp_path)
+    (tmp_path / folder / "result.json").unlink()
+    assert len(collect(tmp_path)) == 1
+
+
 def test_collect_names_sources_inside_the_grid_relative_to_it(tmp_path):
     """Two runs of one grid in different folders give equal tables (the Slurm test compares
     them): a source inside the grid is written relative to it, one outside as recorded."""
