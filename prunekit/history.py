@@ -178,6 +178,8 @@ def _finetune(args: dict[str, Any]) -> list[str]:
         recorded["adv_mix"] = defaults["adv_mix"]
     if recorded.get("val") is None:
         recorded["eval_every"] = defaults["eval_every"]
+    if recorded.get("steps") is not None:  # steps win over epochs
+        recorded["epochs"] = defaults["epochs"]
     argv = ["prunekit", "finetune", *_flags("finetune", TrainConfig, recorded)]
     if args["attack"] is not None:
         argv += _attack("finetune", args["attack"])

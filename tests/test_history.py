@@ -113,13 +113,13 @@ def test_a_score_step_is_rebuilt_with_the_settings_its_method_reads():
 
 
 def test_a_finetune_step_is_rebuilt_without_settings_that_had_no_effect():
-    """adv_mix without an attack and eval_every without validation data did nothing, and
-    `finetune` refuses them, so the rebuilt command leaves them out."""
+    """adv_mix without an attack, eval_every without validation data and epochs beside steps
+    did nothing, and `finetune` refuses them, so the rebuilt command leaves them out."""
     from dataclasses import asdict
 
     from prunekit.finetune import TrainConfig
 
-    train = TrainConfig(data="train.json", steps=3, adv_mix=0.3, eval_every=5)
+    train = TrainConfig(data="train.json", steps=3, epochs=2.0, adv_mix=0.3, eval_every=5)
     entry = {"command": "finetune", "args": {"train": asdict(train), "attack": None}}
     assert commands([entry]) == [["prunekit", "finetune", "--data", "train.json", "--steps",
                                   "3"]]

@@ -133,6 +133,11 @@ def finetune_cmd(
         refuse_given(ctx, ("adv_mix",), "without --adv pgd or fgsm")
     if val is None:
         refuse_given(ctx, ("eval_every",), "without --val (the data it evaluates on)")
+    if steps is not None:
+        refuse_given(ctx, ("epochs",), "with --steps (the run's length is one or the other)")
+    if prune_to is not None and schedule == "one-shot":
+        refuse_given(ctx, ("prune_end", "prune_every"), "with --schedule one-shot (it prunes "
+                     "once, at --prune-start)")
     config = TrainConfig(
         data=str(data), steps=steps, epochs=epochs, batch_size=batch_size, lr=lr,
         weight_decay=weight_decay, warmup=warmup, augment=augment, grey=grey, img_size=img_size,
@@ -183,6 +188,8 @@ def _prune_config(prune_to: float | None, schedule: str, start: int, end: int | 
 
     if prune_to is None:
         return None
+    # The schedule's name and target before its steps (start and end checked below).
+    Schedule(prune_to, schedule, start, start).check()  # type: ignore[arg-type]
     if end is None:
         if schedule != "one-shot":
             raise PrunekitError(f"--schedule {schedule} needs --prune-end STEP (the last "

@@ -70,6 +70,14 @@ class TrainConfig:
             raise PrunekitError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.adv_mix <= 1:
             raise PrunekitError(f"--adv-mix must lie in [0, 1], got {self.adv_mix}")
+        if not self.weight_decay >= 0:
+            raise PrunekitError(f"--weight-decay must be at least 0, got {self.weight_decay}")
+        for flag, value, zero in (("--warmup", self.warmup, "no warm-up"),
+                                  ("--eval-every", self.eval_every, "only at the end"),
+                                  ("--save-every", self.save_every, "no saves before the end"),
+                                  ("--bn-batches", self.bn_batches, "off")):
+            if value is not None and value < 0:
+                raise PrunekitError(f"{flag} must be at least 0 ({zero}), got {value}")
         if self.steps is None:
             if self.epochs is None:
                 raise PrunekitError("how long? give --epochs E or --steps S")
