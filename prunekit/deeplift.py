@@ -155,7 +155,7 @@ def make_baseline(images: Tensor, name: str = "black") -> Tensor:
 
 def check_baseline(name: str) -> None:
     if name not in BASELINES:
-        raise PrunekitError(f"baseline {name!r} is unknown; use {', '.join(BASELINES)}")
+        raise PrunekitError(f"--baseline {name!r} is unknown; use {', '.join(BASELINES)}")
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

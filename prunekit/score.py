@@ -32,6 +32,7 @@ from torch import Tensor
 
 from prunekit.attack import AttackConfig
 from prunekit.checkpoint import Checkpoint
+from prunekit.deeplift import check_baseline
 from prunekit.device import resolve_device, set_threads
 from prunekit.errors import PrunekitError
 from prunekit.mask import PruneConfig
@@ -163,9 +164,13 @@ class ScoreConfig:
         if self.method in NEEDS_DATA and self.data is None:
             raise PrunekitError(f"--method {self.method} needs training images: give --data "
                                 f"train.json")
-        batch = 1 if self.batch_size is None else self.batch_size
-        if self.steps < 1 or self.batches < 1 or batch < 1:
-            raise PrunekitError("--steps, --batches and --batch-size must be at least 1")
+        for flag, value in (("--steps", self.steps), ("--batches", self.batches),
+                            ("--batch-size", self.batch_size)):
+            if value is not None and value < 1:
+                raise PrunekitError(f"{flag} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise PrunekitError(f"--lr must be positive, got {self.lr:g}")
+        check_baseline(self.baseline)
         return self
 
 
