@@ -366,6 +366,8 @@ CASES = [
     case("bench {y} --min-time 0", "--min-time must be more than 0 seconds of timed runs, got "
          "0; 2 is the default"),
     case("bench {yq} --min-time -1", "--min-time must be more than 0 seconds"),
+    case("attack {y} --data {val} --method none -o {out}/adv", "--method none writes no "
+         "attacked images; use pgd or fgsm"),
     case("detect {y} --data {val} --attack fgsm --alpha 0.01 -o {out}/d.csv", "--alpha has no "
          "effect with --attack fgsm (PGD's settings: FGSM takes one step of --eps); leave it out"),
     case("finetune {y} --data {val} --steps 1 --adv fgsm --attack-steps 3 -o {out}/f.st",

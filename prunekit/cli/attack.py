@@ -57,9 +57,11 @@ def attack_cmd(
 
     if batch_size < 1:
         raise PrunekitError(f"--batch-size must be at least 1, got {batch_size}")
-    ck = read_checkpoint(model)
+    if method == "none":  # the other commands' "no attack": this command is the attack
+        raise PrunekitError("--method none writes no attacked images; use pgd or fgsm")
     config = attack_config(method, method_flag="--method", eps=eps, alpha=alpha, steps=steps,
                            loss=loss)
+    ck = read_checkpoint(model)
     with progress_bar("attack") as bar:
         task = bar.add_task("attack", total=None, info="")
         summary = attack_dataset(ck, data, output, config, images=images,
