@@ -98,7 +98,9 @@ def _class_names(classes: int | None, names: list[str] | None,
         if classes is not None and classes != len(names):
             raise PrunekitError(f"--classes {classes} but {len(names)} names were given; drop "
                                 f"--classes or give one name per class")
-        if len(set(names)) != len(names):
-            raise PrunekitError("class names must be unique")
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            where = f"{dataset}'s categories name" if dataset is not None else "--names names"
+            raise PrunekitError(f"{where} {twice!r} twice; give each class one name")
         return list(names)
     return None

@@ -59,7 +59,7 @@ CASES = [
     case("init yolov3-small --names a,,b --img-size 64 --width 0.125 -o {out}/x.st",
          "has an empty name; give one name per class"),
     case("init yolov3-small --names a,a --img-size 64 --width 0.125 -o {out}/x.st",
-         "class names must be unique"),
+         "--names names 'a' twice; give each class one name"),
     case("init yolov3-small --classes 3 --names a,b --img-size 64 --width 0.125 -o {out}/x.st",
          "--classes 3 but 2 names were given"),
     case("init yolov3-small --dataset {out}/none.json --width 0.125 -o {out}/x.st",
