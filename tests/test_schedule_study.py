@@ -47,8 +47,7 @@ def scored(tmp_path_factory, synth_data):
 def _cell(runner, synth_data, model, out, *extra):
     argv = ["grid", "cell", str(model), str(out), "--run", "1", "--data",
             str(synth_data / "train.json"), "--val", str(synth_data / "val.json"), "--steps",
-            "4", "--batch-size", "4", "--attack-steps", "1", "--bench-seconds", "0.02",
-            "--no-adv-eval", *extra]
+            "4", "--batch-size", "4", "--bench-seconds", "0.02", "--no-adv-eval", *extra]
     result = runner.invoke(app, argv)
     return result, (json.loads((out / "result.json").read_text())
                     if result.exit_code == 0 else None)
