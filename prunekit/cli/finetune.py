@@ -83,7 +83,7 @@ def finetune_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from "
                                          "its state file (OUTPUT.state).")] = False,
     save_every: Annotated[int, typer.Option(help="Steps between saves of the training "
-                                            "state.")] = 200,
+                                            "state (0: none before the end).")] = 200,
     eval_every: Annotated[int, typer.Option(help="Steps between validation mAP "
                                             "evaluations (0: only at the end).")] = 0,
     bn_batches: Annotated[int, typer.Option(help="Batches to re-estimate BatchNorm statistics "

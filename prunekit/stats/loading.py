@@ -172,7 +172,7 @@ def _metric_values(name: str, df: pd.DataFrame, column: str) -> pd.Series:
     values = pd.to_numeric(df[column], errors="coerce")
     checks = [(values.isna() & df[column].notna(), "; metrics must be numbers (leave the cell "
                                                     "empty where it was not measured)"),
-              (values.isin([np.inf, -np.inf]), "; metrics must be finite")]
+              (np.isinf(values), "; metrics must be finite")]
     if _is_precision(column):
         checks.append(((values < 0) | (values > 1), ", outside [0, 1]; give AP as a fraction "
                                                     "(40.9 % is 0.409)"))
