@@ -14,7 +14,10 @@
 // Usage: onednn_direct ROUNDS KEEP MODE MIN_ROWS [KEEP MODE MIN_ROWS ...]  (MODE 0 library, 1 rows)
 // The models are built once and timed in turn, ROUNDS rounds of 1 s each; each model's latency is
 // the median of its rounds' medians; the ratio is the first model's latency over each other's,
-// divided by its MACs reduction. PROFILE=1 prints instead the per-layer times of the first two.
+// divided by its MACs reduction. PROFILE=1 prints instead the per-layer times of the first two;
+// PROFILE=warm times each convolution right after running it once more (its inputs, weights and
+// output where its own last run left them, in the cores' caches: what the handoff between layers
+// costs). THREADS=1 runs the library mode's primitives on one thread (default 2).
 #include <dnnl.hpp>
 #include <omp.h>
 
@@ -33,6 +36,11 @@ using dt = memory::data_type;
 using clock_type = std::chrono::steady_clock;
 
 static engine eng(engine::kind::cpu, 0);
+
+static int threads() {
+  const char* value = getenv("THREADS");
+  return value && atoi(value) == 1 ? 1 : 2;
+}
 
 static double ms_since(clock_type::time_point t0) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
@@ -114,7 +122,7 @@ struct Model {
   std::vector<stream> streams;
   long macs = 0;
   std::string name;
-  bool profile = false;
+  bool profile = false, warm = false;
 
   Map* map(int c, int h) {
     maps.emplace_back(new Map{c, h, h, std::vector<float>((size_t)c * h * h)});
@@ -175,7 +183,7 @@ struct Model {
     for (auto& c : convs) {
       macs += c.macs();
       bool split = mode == 1 && c.out->h >= min_rows;
-      omp_set_num_threads(split ? 1 : 2);  // each half is planned for the one thread it runs on
+      omp_set_num_threads(split ? 1 : threads());  // each half is planned for its one thread
       int h = c.out->h;
       if (split) {
         c.parts.push_back(make_part(c, 0, h / 2));
@@ -184,7 +192,7 @@ struct Model {
         c.parts.push_back(make_part(c, 0, h));
       }
     }
-    omp_set_num_threads(2);
+    omp_set_num_threads(threads());
     size_t size = 0;
     for (auto& c : convs)
       for (auto& p : c.parts) size = std::max(size, p.scratch.get_size());
@@ -210,6 +218,7 @@ struct Model {
     for (size_t i = 0; i < steps.size();) {
       auto [is_conv, j] = steps[i];
       if (is_conv && convs[j].parts.size() == 1) {
+        if (warm) run(convs[j], 0, 0);  // a residual layer adds twice: timing only
         auto t0 = clock_type::now();
         run(convs[j], 0, 0);
         if (profile) convs[j].ms += ms_since(t0);
@@ -259,6 +268,7 @@ int main(int argc, char** argv) {
     Model& b = *models[1];
     int na = a.macs > 1e10 ? 20 : 200, nb = b.macs > 1e10 ? 20 : 200;
     a.profile = b.profile = true;
+    a.warm = b.warm = std::string(getenv("PROFILE")) == "warm";
     for (int i = 0; i < na; ++i) a.pass();
     for (int i = 0; i < nb; ++i) b.pass();
     double excess = 0;
@@ -271,7 +281,12 @@ int main(int argc, char** argv) {
       printf("%5zu %4d->%4d %d %d %4d %10.3f %9.1f %10.3f %9.1f %10.3f\n", j, cb.ic, cb.oc, cb.k,
              cb.stride, cb.out->h, ta, ca.macs() / ta / 1e6, tb, cb.macs() / tb / 1e6, beyond);
     }
-    printf("all layers beyond their MACs: %.3f ms\n", excess);
+    double sum_a = 0, sum_b = 0;
+    for (Conv& c : a.convs) sum_a += c.ms / na;
+    for (Conv& c : b.convs) sum_b += c.ms / nb;
+    printf("all layers beyond their MACs: %.3f ms; the layers' times %.3f and %.3f ms: "
+           "speed-up / MACs reduction = %.3f\n",
+           excess, sum_a, sum_b, sum_a / sum_b / ((double)a.macs / b.macs));
     return 0;
   }
   std::vector<std::vector<double>> per_round(models.size());
