@@ -354,6 +354,10 @@ def collect(root: str | Path, times: str | Path | None = None) -> pd.DataFrame:
     finding on the cost of DeepLIFT's scores needs.
     """
     root = Path(root)
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise PrunekitError(f"{root} {what}; give the grid's folder (its OUT, holding "
+                            f"<scenario>/run<k>/r<ratio>/result.json)")
     files = sorted(root.glob("*/run*/r*/result.json"))
     if not files:
         raise PrunekitError(f"no cell results under {root} (expected "

@@ -148,6 +148,8 @@ CASES = [
          "--weight-decay must be at least 0, got -0.1"),
     case("finetune {y} --data {train} --steps 1 --warmup -1 @ -o {out}/x.st",
          "--warmup must be at least 0 (no warm-up), got -1"),
+    case("finetune {y} --data {train} --steps 2 --warmup 3 @ -o {out}/x.st",
+         "--warmup 3 is longer than the run (2 steps)"),
     case("finetune {y} --data {train} --steps 1 --save-every -1 @ -o {out}/x.st",
          "--save-every must be at least 0"),
     case("finetune {y} --data {train} --steps 1 --bn-batches -1 @ -o {out}/x.st",
@@ -460,6 +462,9 @@ CASES = [
     case("grid subset {out}/val.json {out}/sub.json --images 0",
          "--images must be at least 1, got 0"),
     case("grid collect {emptydir} -o {out}/r.csv", "no cell results under"),
+    case("grid collect {out}/nowhere -o {out}/r.csv", "nowhere does not exist; give the grid's "
+         "folder"),
+    case("grid collect {y} -o {out}/r.csv", "is a file; give the grid's folder"),
     case("grid collect {gridroot} -o {out}/r.csv", "is not valid JSON"),
     case("grid collect {gridbad} -o {out}/r.csv", "has no scenario, run, ratio: it is not a cell"),
     case("grid collect {gridroot} -o {out}", "is a directory; give a file name"),

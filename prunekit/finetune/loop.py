@@ -117,6 +117,10 @@ def setup(ck: Checkpoint, config: TrainConfig, attack: AttackConfig | None,
     steps = config.steps if config.steps is not None else \
         max(1, int(round(config.epochs * (len(dataset) // config.batch_size))))
     warmup = max(1, int(0.03 * steps)) if config.warmup is None else config.warmup
+    if warmup > steps:
+        raise PrunekitError(f"--warmup {warmup} is longer than the run ({steps} steps): the "
+                            f"learning rate would never reach --lr; give --warmup {steps} or "
+                            f"fewer")
     model = model.to(dev)
     if dev.type == "cpu":
         model = model.to(memory_format=torch.channels_last)
