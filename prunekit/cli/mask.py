@@ -117,9 +117,19 @@ def mask_cmd(
         left = f"; {len(entry['unpruned'])} weights without scores left unpruned" \
             if entry.get("unpruned") else ""
         console.print(f"{gran} pruning at {ratio:g}: {entry['sparsity']:.1%} of prunable "
-                      f"weights zeroed" + (", compacted" if compact else "") + left,
+                      f"weights zeroed" + (_compacted(out) if compact else "") + left,
                       highlight=False)
     write_checkpoint(out, output)
+
+
+def _compacted(ck) -> str:
+    """What compaction removed, as the console line's tail: only filters left wholly empty go,
+    which weight and kernel pruning seldom leave."""
+    entry = next(h for h in reversed(ck.history) if h["command"] == "compact")["args"]
+    before, after = entry["prunable_weights_before"], entry["prunable_weights_after"]
+    if after == before:
+        return ", compacted: no filter was left wholly empty, nothing removed (use --structured)"
+    return f", compacted: {1 - after / before:.1%} of prunable weights removed"
 
 
 def _check_target(kind: str, value: float) -> None:
