@@ -224,18 +224,18 @@ def _check_args(classes: Sequence[str], dontcare: str, val_fraction: float) -> t
         classes = [c.strip() for c in classes.split(",")]
     classes = tuple(c for c in classes if c)
     if not classes:
-        raise PrunekitError("no classes given; pass KITTI types such as Car,Pedestrian,Cyclist")
+        raise PrunekitError("--classes names none; pass KITTI types such as Car,Pedestrian,Cyclist")
     duplicates = sorted({c for c in classes if classes.count(c) > 1})
     if duplicates:
-        raise PrunekitError(f"classes {', '.join(duplicates)} given more than once; list each "
+        raise PrunekitError(f"--classes names {', '.join(duplicates)} more than once; list each "
                             f"class once")
     if "DontCare" in classes:
         raise PrunekitError("DontCare is not an object class; use dontcare='ignore' "
                             "(--dontcare ignore) to keep DontCare regions")
     if dontcare not in DONTCARE_MODES:
-        raise PrunekitError(f"dontcare must be 'drop' or 'ignore', not {dontcare!r}")
+        raise PrunekitError(f"--dontcare must be 'drop' or 'ignore', not {dontcare!r}")
     if not (isinstance(val_fraction, int | float) and 0 <= val_fraction < 1):
-        raise PrunekitError(f"val fraction {val_fraction!r} is outside [0, 1); give e.g. 0.2, "
+        raise PrunekitError(f"--val-fraction {val_fraction!r} is outside [0, 1); give e.g. 0.2, "
                             f"or 0 for no val split")
     return classes
 
