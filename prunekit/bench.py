@@ -52,7 +52,7 @@ from torch.utils import benchmark
 from torch.utils.flop_counter import FlopCounterMode
 
 from prunekit.checkpoint import Checkpoint
-from prunekit.device import resolve_device
+from prunekit.device import check_threads, resolve_device
 from prunekit.device import threads as _threads
 from prunekit.errors import PrunekitError
 from prunekit.models.base import Detector
@@ -343,9 +343,8 @@ def bench(ck: Checkpoint | OnnxFile, *, device: str = "cpu", batch: int = 1,
     """
     if batch < 1:
         raise PrunekitError(f"--batch must be at least 1, got {batch}")
+    check_threads(threads, timed=latency)
     threads = torch.get_num_threads() if threads is None else threads
-    if threads < 1:
-        raise PrunekitError(f"--threads must be at least 1, got {threads}")
     if latency and not min_run_time > 0:
         raise PrunekitError(f"--min-time must be more than 0 seconds of timed runs, got "
                             f"{min_run_time:g}; 2 is the default")

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,13 +57,26 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def set_threads(threads: int | None) -> None:
-    """Pin torch's CPU threads (``None`` leaves them as they are)."""
+def check_threads(threads: int | None, *, timed: bool = False) -> None:
+    """Refuse ``--threads`` under 1 and, where the run times something (``timed``), more
+    threads than the CPUs this process may run on: the times would be of an oversubscribed
+    machine, not of the setting asked for."""
     if threads is None:
         return
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
-    torch.set_num_threads(threads)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if timed and cpus and threads > cpus:
+        raise PrunekitError(f"--threads {threads} is more than the {cpus} CPUs this process may "
+                            f"run on, so the times would be of an oversubscribed machine; give "
+                            f"--threads {cpus} or fewer")
+
+
+def set_threads(threads: int | None) -> None:
+    """Pin torch's CPU threads (``None`` leaves them as they are)."""
+    check_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

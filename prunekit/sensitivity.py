@@ -48,6 +48,7 @@ import torch
 from prunekit.attack import AttackConfig, describe
 from prunekit.budget import Allocation, Costs, Curve, allocate, allocate_latency, ceiling
 from prunekit.checkpoint import Checkpoint
+from prunekit.device import check_threads
 from prunekit.errors import DataError, PrunekitError
 from prunekit.files import write_atomic
 from prunekit.mask import apply, check_granularity, make_masks
@@ -290,8 +291,7 @@ def measure(ck: Checkpoint, data: str | Path, config: SensitivityConfig, *,
     config.check()
     if jobs < 1:
         raise PrunekitError(f"--jobs must be at least 1, got {jobs}")
-    if threads is not None and threads < 1:
-        raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    check_threads(threads)
     if not ck.scores:
         raise PrunekitError(f"{ck.name} has no scores; run `prunekit score` on this checkpoint "
                             f"first (sensitivity prunes by them, as `mask` does)")

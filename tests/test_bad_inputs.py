@@ -365,6 +365,8 @@ CASES = [
     case("history {text}", "is truncated or not safetensors"),
     case("bench {y} --batch 0 --no-latency", "--batch must be at least 1, got 0"),
     case("bench {y} --threads 0 --no-latency", "--threads must be at least 1, got 0"),
+    case("bench {y} --threads 4096", "--threads 4096 is more than the"),
+    case("bench {yq} --threads 4096", "CPUs this process may run on"),
     case("bench {y} --min-time 0", "--min-time must be more than 0 seconds of timed runs, got "
          "0; 2 is the default"),
     case("bench {yq} --min-time -1", "--min-time must be more than 0 seconds"),
@@ -472,6 +474,8 @@ CASES = [
          "--data {train} --val {val}", "--ratio must lie in [0, 1)"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--adv cw --data {train} --val {val}", "--adv 'cw' is unknown"),
+    case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
+         "--threads 4096 --data {train} --val {val}", "--threads 4096 is more than the"),
     case("grid cell {ys} {out}/cell --scenario unstructured-magnitude --run 1 --ratio 0.5 "
          "--adv none --no-adv-eval --eps 0.1 --data {train} --val {val}",
          "--eps has no effect without --adv pgd or fgsm; leave it out"),

@@ -91,13 +91,13 @@ def cell_cmd(
     """Mask, fine-tune under attack, detect clean and attacked, evaluate, bench: result.json."""
     from dataclasses import replace
 
+    from prunekit.device import check_threads
     from prunekit.errors import PrunekitError
     from prunekit.finetune import TrainConfig
     from prunekit.grid import GRADUAL, CellSchedule, Measure, cell
     from prunekit.mask import PruneConfig
 
-    if threads < 1:
-        raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    check_threads(threads, timed=True)
     if not bench_seconds > 0:  # before the cell's fine-tuning, not after it
         raise PrunekitError(f"--bench-seconds must be more than 0 seconds of timed runs, got "
                             f"{bench_seconds:g}")
