@@ -65,8 +65,10 @@ def check_threads(threads: int | None, *, timed: bool = False) -> None:
         return
     if threads < 1:
         raise PrunekitError(f"--threads must be at least 1, got {threads}")
+    if not timed:
+        return
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if timed and cpus and threads > cpus:
+    if cpus and threads > cpus:
         raise PrunekitError(f"--threads {threads} is more than the {cpus} CPUs this process may "
                             f"run on, so the times would be of an oversubscribed machine; give "
                             f"--threads {cpus} or fewer")
